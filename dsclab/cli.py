@@ -1,0 +1,169 @@
+"""The ``dsclab`` command line.
+
+    dsclab run SPEC [--store PATH] [--workers N]   run (or resume) a study through its Prefect flow
+    dsclab status STORE                            done / pending / failed cells per axis
+    dsclab query STORE --var NAME [--sel d=8 ...] [--mean t ...]   a table of stored values
+    dsclab plot STORE [--out FILE]                 the study's figure
+    dsclab report STORE                            the study's text report (tables, fits)
+
+Exit codes: 0 success; 2 bad input (nothing created or changed); 3 finished with failed cells;
+1 anything else. Prefect is imported only by ``run``, so the rest works without a server.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _err(msg: str, code: int) -> int:
+    print(f"dsclab: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _study_kind(data: dict) -> str:
+    from flows import STUDIES
+
+    kind = data.get("kind", "sample_complexity") if isinstance(data, dict) else "sample_complexity"
+    if kind not in STUDIES:
+        raise UsageError(f"kind: unknown study kind {kind!r} (known: {', '.join(STUDIES)})")
+    return kind
+
+
+def default_plot_path(store: str) -> str:
+    import storage
+
+    root = storage.files_url(store)
+    if "://" not in root:
+        os.makedirs(root, exist_ok=True)
+    return f"{root}/plot.png"
+
+
+def cmd_run(args) -> int:
+    from dsclab.spec import load_yaml, parse_spec
+    from flows import STUDIES
+
+    data = load_yaml(args.spec)
+    kind = _study_kind(data)
+    model, flow_ref, template, cell_dims = STUDIES[kind]
+    spec = parse_spec(data, model)
+    if args.workers is not None:
+        spec = spec.model_copy(update={"workers": args.workers})
+    path = spec.store_path(args.store)
+    import storage
+
+    storage.check_store(path, template(spec))  # refuse a mismatched store before any work
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    flow = flow_ref()
+    t0 = time.perf_counter()
+    out = flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.workers))(spec=spec, store=path)
+    ds = storage.open_results(path)
+    from dsclab.report import PLOTS, REPORTS
+
+    print()
+    print(f"store: {path}  ({out['done']}/{out['cells']} cells done, {out['failed']} failed, "
+          f"{out['computed']} computed in this run, {time.perf_counter() - t0:.0f} s)")
+    print(REPORTS[ds.attrs["study"]](ds))
+    plot = PLOTS[ds.attrs["study"]](ds, default_plot_path(path))
+    print(f"plot: {plot}")
+    print(f"open with: python -c \"import xarray as xr; print(xr.open_zarr('{path}'))\"")
+    return 3 if out["failed"] else 0
+
+
+def cmd_status(args) -> int:
+    import storage
+    from dsclab.report import status_table
+
+    print(status_table(storage.open_results(args.store)))
+    return 0
+
+
+def _parse_sel(items: list[str]) -> dict:
+    sel = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--sel {item!r}: expected DIM=VALUE")
+        k, v = item.split("=", 1)
+        sel[k] = v
+    return sel
+
+
+def cmd_query(args) -> int:
+    import storage
+    from dsclab.report import query_table
+
+    ds = storage.open_results(args.store)
+    try:
+        print(query_table(ds, args.var, _parse_sel(args.sel), args.mean or []))
+    except KeyError as e:
+        raise UsageError(str(e.args[0] if e.args else e)) from None
+    return 0
+
+
+def cmd_plot(args) -> int:
+    import storage
+    from dsclab.report import PLOTS
+
+    ds = storage.open_results(args.store)
+    out = args.out or default_plot_path(args.store)
+    print(PLOTS[ds.attrs["study"]](ds, out))
+    return 0
+
+
+def cmd_report(args) -> int:
+    import storage
+    from dsclab.report import PLOTS, REPORTS
+
+    ds = storage.open_results(args.store)
+    print(REPORTS[ds.attrs["study"]](ds))
+    print(f"plot: {PLOTS[ds.attrs['study']](ds, default_plot_path(args.store))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dsclab", description="Diffusion Sample-Complexity Lab")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run or resume a study from a YAML spec")
+    r.add_argument("spec")
+    r.add_argument("--store", help="store path or fsspec URL (default: results/<name>.zarr)")
+    r.add_argument("--workers", type=int, help="tasks run at once (overrides the spec)")
+    r.set_defaults(fn=cmd_run)
+    s = sub.add_parser("status", help="done / pending / failed cells per axis")
+    s.add_argument("store")
+    s.set_defaults(fn=cmd_status)
+    q = sub.add_parser("query", help="a table of a stored variable")
+    q.add_argument("store")
+    q.add_argument("--var", required=True)
+    q.add_argument("--sel", nargs="*", metavar="DIM=VALUE")
+    q.add_argument("--mean", nargs="*", metavar="DIM", help="average over these dims")
+    q.set_defaults(fn=cmd_query)
+    pl = sub.add_parser("plot", help="draw the study's figure")
+    pl.add_argument("store")
+    pl.add_argument("--out")
+    pl.set_defaults(fn=cmd_plot)
+    rp = sub.add_parser("report", help="the study's text report")
+    rp.add_argument("store")
+    rp.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dsclab.spec import SpecError
+    from storage import StoreError
+
+    try:
+        return args.fn(args)
+    except (SpecError, StoreError, UsageError) as e:
+        return _err(str(e), 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

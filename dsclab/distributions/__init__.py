@@ -1,0 +1,31 @@
+"""Data families, found by name through ``DISTRIBUTIONS``.
+
+A family is a function ``(d, **params) -> distribution``; a distribution has ``d``,
+``sample(m, generator, t=0.0)``, ``score(x, t)``, ``denoise(x, t)`` and ``log_prob(x, t)`` for the
+exact law q_t of the OU forward process (see ``dsclab.noise``). Resolve a name once, at the
+config boundary, with :func:`make`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dsclab.distributions.gaussian import GaussianMixture, gaussian, gaussian_mixture
+from dsclab.distributions.rademacher import Rademacher, rademacher
+
+DISTRIBUTIONS: dict[str, Callable] = {
+    "gaussian": gaussian,
+    "gaussian_mixture": gaussian_mixture,
+    "rademacher": rademacher,
+}
+
+
+def make(name: str, d: int, **params):
+    """Build family ``name`` in dimension d with its keyword parameters."""
+    try:
+        family = DISTRIBUTIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown distribution {name!r} (known: {', '.join(sorted(DISTRIBUTIONS))})") from None
+    return family(d, **params)
+
+
+__all__ = ["DISTRIBUTIONS", "GaussianMixture", "Rademacher", "gaussian", "gaussian_mixture", "make", "rademacher"]

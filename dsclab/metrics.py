@@ -1,0 +1,127 @@
+"""Score errors and sample distances (science.md §2).
+
+Score errors compare an estimate s_hat with the exact score s on fresh points x ~ q_t:
+
+* L2 error          E ||s_hat_t(x) - s_t(x)||^2, also relative to E ||s_t(x)||^2;
+* quantile error    D^delta_{q_t}(s_hat, s) = inf{eps : P[||s_hat_t(x) - s_t(x)|| > eps] <= delta},
+                    the (1 - delta) quantile of ||s_hat_t(x) - s_t(x)|| (Gupta et al. 2023).
+
+Sample distances take two point clouds ``x (m, d)`` and ``y (m', d)``. Randomness (projection
+directions) comes from a passed generator.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+
+def score_errors(score_hat: Callable, dist, ts: Sequence[float], m: int, deltas: Sequence[float],
+                 generator: torch.Generator, dtype=torch.float32) -> dict[str, np.ndarray]:
+    """L2, relative L2 and quantile score errors on a grid of times.
+
+    Returns ``l2 (T,)``, ``l2_rel (T,)`` and ``quantile (T, D)`` for ``ts`` and ``deltas``.
+    """
+    l2, rel, qs = [], [], []
+    for t in ts:
+        x = dist.sample(m, generator, t=float(t))
+        s = dist.score(x, float(t))
+        with torch.no_grad():
+            sh = score_hat(x.to(dtype), float(t)).to(torch.float64)
+        err = ((sh - s) ** 2).sum(dim=1)
+        l2.append(err.mean().item())
+        rel.append(err.mean().item() / (s ** 2).sum(dim=1).mean().item())
+        qs.append(quantile_error(err.sqrt(), deltas))
+    return {"l2": np.array(l2), "l2_rel": np.array(rel), "quantile": np.array(qs)}
+
+
+def quantile_error(norms: torch.Tensor | np.ndarray, deltas: Sequence[float]) -> np.ndarray:
+    """(1 - delta) quantiles of the error norms ||s_hat - s||, one per delta.
+
+    The empirical version of inf{eps : P[norm > eps] <= delta}: the smallest observed value v with
+    #{norm > v} <= delta * m, i.e. the order statistic of rank ceil((1 - delta) m).
+    """
+    v = np.sort(np.asarray(norms, dtype=np.float64).ravel())
+    m = v.size
+    out = []
+    for delta in deltas:
+        k = int(np.ceil((1.0 - delta) * m - 1e-9))  # rank (1-based) of the quantile
+        out.append(v[min(max(k, 1), m) - 1])
+    return np.array(out)
+
+
+def sliced_w2(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, n_proj: int = 256) -> float:
+    """Sliced 2-Wasserstein distance: sqrt of the mean over random unit directions of the 1-D
+    squared W2 between projections (quantile coupling; the clouds are resampled to equal size
+    by quantile interpolation if they differ)."""
+    x, y = x.to(torch.float64), y.to(torch.float64)
+    th = torch.randn(x.shape[1], n_proj, generator=generator, dtype=torch.float64)
+    th = th / th.norm(dim=0, keepdim=True)
+    px, _ = torch.sort(x @ th, dim=0)
+    py, _ = torch.sort(y @ th, dim=0)
+    if px.shape[0] != py.shape[0]:
+        q = torch.linspace(0, 1, max(px.shape[0], py.shape[0]), dtype=torch.float64)
+        px, py = (torch.quantile(p, q, dim=0) for p in (px, py))
+    return float(((px - py) ** 2).mean().sqrt())
+
+
+def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T).clamp_min(0.0)
+
+
+def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> float:
+    """RBF-kernel MMD (biased V-statistic, square-rooted). ``bandwidth`` defaults to the median
+    pairwise distance of ``y``. Its bias gives a positive floor even when x and y share a law:
+    compare with :func:`mmd` of two independent draws of the target (``mmd_floor``)."""
+    x, y = x.to(torch.float64), y.to(torch.float64)
+    if bandwidth is None:
+        dyy = _sqdist(y, y)
+        bandwidth = float(dyy[dyy > 0].median().sqrt())
+    k = lambda a, b: torch.exp(-_sqdist(a, b) / (2 * bandwidth ** 2))
+    val = k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()
+    return float(val.clamp_min(0.0).sqrt())
+
+
+def w2_exact(x: torch.Tensor, y: torch.Tensor, max_points: int = 2000) -> float:
+    """Exact 2-Wasserstein distance between the empirical measures (optimal transport, POT's
+    network simplex on squared Euclidean costs). Refuses more than ``max_points`` points."""
+    import ot
+
+    if max(x.shape[0], y.shape[0]) > max_points:
+        raise ValueError(f"w2_exact: at most {max_points} points (got {x.shape[0]} and {y.shape[0]})")
+    a = np.full(x.shape[0], 1.0 / x.shape[0])
+    b = np.full(y.shape[0], 1.0 / y.shape[0])
+    cost = _sqdist(x.to(torch.float64), y.to(torch.float64)).numpy()
+    return float(np.sqrt(max(ot.emd2(a, b, cost, numItermax=10_000_000), 0.0)))
+
+
+def gaussian_kl(m1: torch.Tensor, c1: torch.Tensor, m2: torch.Tensor, c2: torch.Tensor) -> float:
+    """KL(N(m1, c1) || N(m2, c2)) in nats, float64."""
+    m1, c1, m2, c2 = (v.to(torch.float64) for v in (m1, c1, m2, c2))
+    d = m1.shape[0]
+    l2 = torch.linalg.cholesky(c2)
+    a = torch.cholesky_solve(c1, l2)
+    dm = (m2 - m1)[:, None]
+    maha = (dm * torch.cholesky_solve(dm, l2)).sum()
+    logdet2 = 2 * torch.log(torch.diagonal(l2)).sum()
+    logdet1 = torch.linalg.slogdet(c1)[1]
+    return float(0.5 * (torch.trace(a) + maha - d + logdet2 - logdet1))
+
+
+def gaussian_fit_kl(x: torch.Tensor, y: torch.Tensor) -> float:
+    """KL between the Gaussian fits (mean, covariance) of samples x and y: KL(N_x || N_y)."""
+    def fit(v):
+        v = v.to(torch.float64)
+        mu = v.mean(0)
+        c = torch.cov(v.T).reshape(v.shape[1], v.shape[1])
+        return mu, c
+    return gaussian_kl(*fit(x), *fit(y))
+
+
+SAMPLE_METRICS: dict[str, Callable] = {
+    "sliced_w2": lambda x, y, g: sliced_w2(x, y, g),
+    "mmd": lambda x, y, g: mmd(x, y),
+    "w2": lambda x, y, g: w2_exact(x, y),
+    "kl_gauss": lambda x, y, g: gaussian_fit_kl(x, y),
+}

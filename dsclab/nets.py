@@ -1,0 +1,70 @@
+"""Score networks.
+
+A network predicts the noise eps_hat(x, t) ~ E[Z | X_t = x] (``dsclab.noise`` convention), so the
+score is s_t(x) = -eps_hat / sigma_t and the DSM loss sigma_t^2 ||s + Z / sigma_t||^2 is simply
+||eps_hat - Z||^2. The output is written as eps_hat = sigma_t x + f_theta(x, t): the first term is
+exact for standard-normal data (where s_t(x) = -x), so f_theta learns the departure from it and
+starts at zero.
+
+Time enters through Fourier features of the log-SNR, which spreads the noise levels evenly over
+the embedding. Parameters are initialised from a passed ``torch.Generator``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dsclab import noise
+
+
+def _init_linear(layer: nn.Linear, generator: torch.Generator, gain: float = 1.0) -> None:
+    bound = gain / math.sqrt(layer.in_features)
+    with torch.no_grad():
+        layer.weight.copy_(torch.empty_like(layer.weight).uniform_(-bound, bound, generator=generator))
+        layer.bias.zero_()
+
+
+class ScoreMLP(nn.Module):
+    """MLP eps-predictor with a log-SNR Fourier time embedding.
+
+    Shapes: ``x (m, d)``, ``t`` float or ``(m,)``; ``forward`` returns eps_hat ``(m, d)``.
+    """
+
+    def __init__(self, d: int, *, width: int = 128, depth: int = 3, n_freq: int = 8,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.d, self.n_freq = d, n_freq
+        self.register_buffer("freqs", torch.arange(1, n_freq + 1, dtype=torch.float32) * (math.pi / 8.0))
+        dims = [d + 2 * n_freq] + [width] * depth
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.out = nn.Linear(width, d)
+        for layer in self.hidden:
+            _init_linear(layer, g, gain=math.sqrt(3.0))
+        _init_linear(self.out, g, gain=0.0)  # f_theta = 0 at start: eps_hat = sigma_t x
+
+    def _times(self, t, x: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        return t
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = self._times(t, x)
+        alpha = noise.logsnr(t).to(x.dtype)  # log-SNR, ~[-10, 14] over the useful range
+        ang = alpha[:, None] * self.freqs[None, :]
+        h = torch.cat([x, torch.sin(ang), torch.cos(ang)], dim=1)
+        for layer in self.hidden:
+            h = torch.nn.functional.silu(layer(h))
+        sig = noise.sigma(t).to(x.dtype)[:, None]
+        return sig * x + self.out(h)
+
+    def score(self, x: torch.Tensor, t) -> torch.Tensor:
+        """s_t(x) = -eps_hat(x, t) / sigma_t."""
+        t = self._times(t, x)
+        return noise.score_from_eps(self(x, t), t.to(x.dtype))
+
+
+NETWORKS = {"mlp": ScoreMLP}

@@ -1,0 +1,153 @@
+"""The sample-complexity study's numerics: data, training and evaluation of one cell, and the
+labelled layout of its results (science.md §2). No I/O and no Prefect here; ``tasks/`` wraps these.
+
+Results layout (the store's template):
+
+* dims ``d, n, seed, estimator`` (the cell axes), ``sampler, nfe`` (evaluations), ``t`` (score-error
+  grid) and ``delta`` (quantile levels);
+* ``status (d, n, seed, estimator)`` int8: 0 pending, 1 done, 2 failed;
+* ``train_seconds``, ``train_loss``, ``eval_seconds``, ``mmd_floor`` per cell;
+* ``score_l2``, ``score_l2_rel (..., t)``; ``score_quantile (..., t, delta)``;
+* ``sliced_w2``, ``mmd``, ``w2``, ``kl_gauss (..., sampler, nfe)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import numpy as np
+import torch
+import xarray as xr
+
+import dsclab
+from dsclab import distributions, noise
+from dsclab.metrics import SAMPLE_METRICS, mmd, score_errors
+from dsclab.samplers import SAMPLERS, GaussianNoise, steps_for_nfe
+from dsclab.spec import Cell, StudySpec
+from dsclab.train import TrainConfig, TrainResult, train_group
+
+CELL_DIMS = ("d", "n", "seed", "estimator")
+
+VARIABLES = {
+    # name: (extra dims, long name, units)
+    "train_seconds": ((), "training wall time", "s"),
+    "train_loss": ((), "final training loss (mean per sample, last 10% of steps)", "1"),
+    "eval_seconds": ((), "evaluation wall time", "s"),
+    "score_l2": (("t",), "L2 score error E||s_hat - s||^2", "1"),
+    "score_l2_rel": (("t",), "relative L2 score error E||s_hat - s||^2 / E||s||^2", "1"),
+    "score_quantile": (("t", "delta"), "(1 - delta)-quantile of ||s_hat - s||", "1"),
+    "sliced_w2": (("sampler", "nfe"), "sliced W2 distance of samples to q_t_min", "1"),
+    "mmd": (("sampler", "nfe"), "RBF MMD of samples to q_t_min", "1"),
+    "w2": (("sampler", "nfe"), "exact W2 distance of samples to q_t_min (optimal transport)", "1"),
+    "kl_gauss": (("sampler", "nfe"), "KL between Gaussian fits of samples and q_t_min", "nats"),
+    "mmd_floor": ((), "RBF MMD between two independent target samples (bias floor)", "1"),
+}
+
+COORD_ATTRS = {
+    "d": {"long_name": "dimension"},
+    "n": {"long_name": "training sample size"},
+    "seed": {"long_name": "seed"},
+    "estimator": {"long_name": "score estimator"},
+    "sampler": {"long_name": "sampler"},
+    "nfe": {"long_name": "score evaluations per sample"},
+    "t": {"long_name": "OU time", "units": "1"},
+    "delta": {"long_name": "quantile level delta"},
+}
+
+
+def derive_seed(*parts) -> int:
+    """A stable 63-bit seed from any JSON-able parts (e.g. purpose, distribution, d, seed)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
+
+
+def template(spec: StudySpec) -> xr.Dataset:
+    """The empty store: every dim, coordinate and attribute; floats NaN, status pending."""
+    coords = {
+        "d": np.array(spec.d, dtype=np.int64), "n": np.array(spec.n, dtype=np.int64),
+        "seed": np.array(spec.seed, dtype=np.int64), "estimator": np.array(spec.estimator, dtype=str),
+        "sampler": np.array(spec.sampler, dtype=str), "nfe": np.array(spec.nfe, dtype=np.int64),
+        "t": np.array(spec.evaluation.t, dtype=np.float64), "delta": np.array(spec.evaluation.delta, dtype=np.float64),
+    }
+    sizes = {k: len(v) for k, v in coords.items()}
+    data = {"status": (CELL_DIMS, np.zeros([sizes[k] for k in CELL_DIMS], dtype=np.int8),
+                       {"long_name": "cell status", "flag_values": [0, 1, 2],
+                        "flag_meanings": "pending done failed"})}
+    for name, (extra, long_name, units) in VARIABLES.items():
+        dims = CELL_DIMS + extra
+        data[name] = (dims, np.full([sizes[k] for k in dims], np.nan), {"long_name": long_name, "units": units})
+    ds = xr.Dataset(data, coords=coords)
+    for k, a in COORD_ATTRS.items():
+        ds[k].attrs.update(a)
+    ds.attrs.update({
+        "study": "sample_complexity", "name": spec.name,
+        "spec": json.dumps(spec.model_dump(mode="json"), sort_keys=True),
+        "spec_hash": spec.hash, "dsclab_version": dsclab.__version__,
+        "conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise)",
+    })
+    return ds
+
+
+def generate_data(spec: StudySpec, d: int, seed: int) -> np.ndarray:
+    """The training data of every cell with this (d, seed): max(n) draws; a cell uses a prefix."""
+    dist = distributions.make(spec.distribution.name, d, **spec.distribution.params)
+    g = torch.Generator().manual_seed(derive_seed("data", spec.distribution.model_dump(mode="json"), d, seed))
+    return dist.sample(max(spec.n), g).numpy()
+
+
+def train_config(spec: StudySpec) -> TrainConfig:
+    tr = spec.train
+    return TrainConfig(steps=tr.steps, batch_size=tr.batch_size, lr=tr.lr, width=tr.width, depth=tr.depth,
+                       t_min=tr.t_min, T=tr.T)
+
+
+def train_cells(spec: StudySpec, cells: list[Cell], data: dict[int, np.ndarray], device: str) -> list[TrainResult]:
+    """Train the cells of a group sharing d; ``data[seed]`` is that seed's full dataset."""
+    datasets = [torch.as_tensor(data[c.seed][: c.n], dtype=torch.float32) for c in cells]
+    seeds = [derive_seed("train", c.key) for c in cells]
+    return train_group(datasets, seeds, estimators=[c.estimator for c in cells],
+                       config=train_config(spec), device=device)
+
+
+def evaluate(spec: StudySpec, cell: Cell, score_hat, result: TrainResult | None = None) -> xr.Dataset:
+    """All metrics of one trained cell as a Dataset over (t, delta, sampler, nfe).
+
+    Score errors use fresh points from the exact q_t; samples start from N(0, I) at
+    ``evaluation.T`` and are compared with fresh draws from q_{t_min}, the law the reverse SDE
+    targets with early stopping.
+    """
+    ev = spec.evaluation
+    t0 = time.perf_counter()
+    dist = distributions.make(spec.distribution.name, cell.d, **spec.distribution.params)
+    g = torch.Generator().manual_seed(derive_seed("eval", cell.key))
+    errs = score_errors(score_hat, dist, ev.t, ev.n_score, ev.delta, g)
+    target = dist.sample(ev.n_samples, g, t=ev.t_min)
+    target2 = dist.sample(ev.n_samples, g, t=ev.t_min)
+    names = list(SAMPLE_METRICS)
+    vals = {k: np.full((len(spec.sampler), len(spec.nfe)), np.nan) for k in names}
+    for i, name in enumerate(spec.sampler):
+        for j, nfe in enumerate(spec.nfe):
+            ts = noise.time_grid(ev.T, ev.t_min, steps_for_nfe(name, nfe), ev.schedule)
+            gs = torch.Generator().manual_seed(derive_seed("sample", cell.key, name, nfe))
+            x = torch.randn(ev.n_samples, cell.d, generator=gs)
+            with torch.no_grad():
+                y = SAMPLERS[name](score_hat, x, ts, noise=GaussianNoise(x.shape, gs)).to(torch.float64)
+            if not torch.isfinite(y).all():
+                raise FloatingPointError(f"sampler {name} at nfe={nfe} produced non-finite samples")
+            for k in names:
+                vals[k][i, j] = SAMPLE_METRICS[k](y, target, g)
+    ds = xr.Dataset(
+        {
+            "score_l2": (("t",), errs["l2"]),
+            "score_l2_rel": (("t",), errs["l2_rel"]),
+            "score_quantile": (("t", "delta"), errs["quantile"]),
+            **{k: (("sampler", "nfe"), v) for k, v in vals.items()},
+            "mmd_floor": ((), mmd(target2, target)),
+            "train_seconds": ((), result.seconds if result else np.nan),
+            "train_loss": ((), result.loss if result else np.nan),
+        },
+        coords={"t": list(ev.t), "delta": list(ev.delta), "sampler": list(spec.sampler), "nfe": list(spec.nfe)},
+    )
+    ds["eval_seconds"] = ((), time.perf_counter() - t0)
+    return ds

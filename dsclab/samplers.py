@@ -1,0 +1,452 @@
+"""Reverse-time samplers: one small function each, one signature (science.md §0, §3).
+
+    sample_<name>(score, x, ts, *, noise) -> x
+
+* ``score(x, t) -> (m, d)``: the (exact or learned) score s_t at forward time ``t`` (a float).
+* ``x (m, d)``: the start, a draw from N(0, I) (or exactly q_T) at forward time ``ts[0]``.
+* ``ts``: decreasing float64 forward times t_0 = T > ... > t_N = t_min (see ``noise.time_grid``).
+  Step k integrates the reverse SDE  dY = [Y + 2 s_{T - tau}(Y)] dtau + sqrt(2) dW  over the
+  reverse-time interval of length h_k = t_k - t_{k+1}; a stage at reverse time tau_k + c h_k is
+  evaluated at forward time t_k - c h_k.
+* ``noise(t_from, t_to) -> (dW, H)``: the Brownian increment over that step, dW ~ N(0, h I), and
+  the space-time Levy area H ~ N(0, h/12 I), independent of dW. Both are taken in reverse time:
+  with W_s (0 <= s <= h) the path inside the step, dW = W_h and
+  H = (1/h) int_0^h (W_s - (s/h) W_h) ds. Randomness only enters here, so one Brownian path
+  (:class:`BrownianNoise`) can be reused across step counts. Each sampler calls ``noise`` exactly
+  once per step (the probability-flow ``heun`` never calls it).
+
+``NFE_PER_STEP[name]`` gives the score evaluations one step costs; samplers are compared per NFE.
+``SAMPLER_ORDERS[name]`` gives the claimed (strong, weak) orders for the reverse SDE (additive
+noise, smooth score); for ``heun`` it is the ODE order of the probability-flow ODE.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+Score = Callable[[torch.Tensor, float], torch.Tensor]
+Noise = Callable[[float, float], tuple[torch.Tensor, torch.Tensor]]
+
+SQRT2 = math.sqrt(2.0)
+
+
+# ------------------------------------------------------------------------------------------
+# Noise sources
+# ------------------------------------------------------------------------------------------
+
+class GaussianNoise:
+    """Fresh independent (dW, H) for every step, drawn from a ``torch.Generator``."""
+
+    def __init__(self, shape: Sequence[int], generator: torch.Generator, dtype=torch.float32, device="cpu"):
+        self.shape, self.generator, self.dtype, self.device = tuple(shape), generator, dtype, device
+
+    def __call__(self, t_from: float, t_to: float) -> tuple[torch.Tensor, torch.Tensor]:
+        h = float(t_from - t_to)
+        z = torch.randn((2,) + self.shape, generator=self.generator, dtype=torch.float64)
+        dw, hh = math.sqrt(h) * z[0], math.sqrt(h / 12.0) * z[1]
+        return dw.to(self.dtype).to(self.device), hh.to(self.dtype).to(self.device)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z: int) -> int:
+    """splitmix64 finaliser: a well-mixed 64-bit integer from any integer (node seeds)."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def bridge_split(w: torch.Tensor, hh: torch.Tensor, delta: float, a: float, z: torch.Tensor):
+    """Split (W, H) of an interval of length ``delta`` at ``a`` (0 < a < delta), exactly.
+
+    Given the increment W and space-time Levy area H of Brownian motion on [0, delta], returns
+    (W_L, H_L, W_R, H_R) of the sub-intervals [0, a] and [a, delta], drawn from their exact
+    conditional law using the two standard normals ``z[0], z[1]`` (shape of ``w``). With
+    b = delta - a the halves are tied to the whole by
+
+        W = W_L + W_R,     delta H = a H_L + b H_R + (b W_L - a W_R) / 2,
+
+    and, conditionally on (W, H) (which are independent, N(0, delta) and N(0, delta/12)):
+
+        E[W_L] = (a/delta) W + 6 a b / delta^2 H,      Var W_L = a b (delta^2 - 3 a b) / delta^3,
+        E[H_L] = (a/delta)^2 H,                        Var H_L = (a/12)(1 - a^3/delta^3),
+        Cov(W_L, H_L) = -a^3 b / (2 delta^3).
+
+    (For a = delta/2: W_L = W/2 + 3H/2 + sqrt(delta)/4 Z, the usual Levy-area bridge.)
+    """
+    b = delta - a
+    d3 = delta ** 3
+    vw = a * b * (delta * delta - 3.0 * a * b) / d3
+    vh = (a / 12.0) * (1.0 - a ** 3 / d3)
+    cwh = -(a ** 3) * b / (2.0 * d3)
+    sw = math.sqrt(max(vw, 0.0))
+    wl = (a / delta) * w + (6.0 * a * b / delta ** 2) * hh + sw * z[0]
+    rho = cwh / sw if sw > 0 else 0.0
+    hl = (a / delta) ** 2 * hh + rho * z[0] + math.sqrt(max(vh - rho * rho, 0.0)) * z[1]
+    wr = w - wl
+    hr = (delta * hh - a * hl - 0.5 * (b * wl - a * wr)) / b
+    return wl, hl, wr, hr
+
+
+class BrownianNoise:
+    """One Brownian path with its space-time Levy area, queried on any decreasing grid.
+
+    The path W lives on reverse time r = t1 - t for forward times t in [t0, t1]. It is built as a
+    Brownian tree: the root holds (W, H) of the whole interval, and every node's two halves are
+    drawn from the exact conditional law of :func:`bridge_split`, with normals from a
+    ``torch.Generator`` seeded by (seed, level, index). A node is a leaf when its width is at most
+
+        eps(t) = max(leaf_min, leaf_rel * min(1, t)),   t = the smallest forward time in the node,
+
+    so leaves shrink like the steps of the 'exp' schedule (uniform for t >= 1, geometric below)
+    and the tree is a fixed partition of [t0, t1], whatever grid is asked for. A query point r
+    inside a leaf splits that leaf at r, again exactly, with normals seeded by the leaf alone.
+    From the path values W(r) and time integrals I(r) = int_0^r W the step returns
+
+        dW = W(r_b) - W(r_a),     H = (I(r_b) - I(r_a) - h W(r_a)) / h - dW / 2.
+
+    What consistency holds:
+      * for any grid with at most one point per leaf (true when every step h at forward time t is
+        at least eps(t); two consecutive points in one leaf raise a ValueError), the values
+        (W(r), I(r)) at every grid point are deterministic functions of (seed, r): every such grid
+        sees one and the same continuous path, and the joint law of all (dW_k, H_k) is exactly
+        that of Brownian motion (independent, dW_k ~ N(0, h_k), H_k ~ N(0, h_k / 12));
+      * hence, for a > b > c (forward times) on grids of this kind, the increments add exactly,
+        W_ac = W_ab + W_bc, and the areas obey the bridge relation
+        (a-c) H_ac = (a-b) H_ab + (b-c) H_bc + ((b-c) W_ab - (a-b) W_bc) / 2 (float64 rounding);
+      * two grids with points at different places inside one leaf see two different exact bridge
+        completions inside that leaf only (below the resolution eps): the paths agree at every
+        node boundary and on every union of whole leaves.
+    ``seed`` is an int or a ``torch.Generator`` (one int is drawn from it at construction).
+    Cost per step: one tree level per halving between the step and eps (about log2(h / eps)
+    levels), each one normal pair per element; the tree is float64, the output ``dtype``.
+    """
+
+    MAX_DEPTH = 60
+
+    def __init__(self, shape: Sequence[int], seed, *, t0: float = 0.0, t1: float = 16.0,
+                 leaf_rel: float = 1e-3, leaf_min: float = 1e-8, dtype=torch.float32, device="cpu"):
+        if isinstance(seed, torch.Generator):
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=seed).item())
+        if not t1 > t0:
+            raise ValueError(f"need t1 > t0, got t0={t0}, t1={t1}")
+        if not (leaf_rel > 0 and leaf_min > 0):
+            raise ValueError("leaf_rel and leaf_min must be positive")
+        self.shape, self.seed, self.dtype, self.device = tuple(shape), int(seed), dtype, device
+        self.t0, self.t1 = float(t0), float(t1)
+        self.span = self.t1 - self.t0
+        self.leaf_rel, self.leaf_min = float(leaf_rel), float(leaf_min)
+        z = self._normals(-1, 0)
+        root = (math.sqrt(self.span) * z[0], math.sqrt(self.span / 12.0) * z[1])
+        zero = torch.zeros(self.shape, dtype=torch.float64)
+        # stack[l] = (index, W_node, H_node, W(lo), I(lo)) of the node on the last descended path
+        self._stack: list = [(0, root[0], root[1], zero, zero)]
+        self._last: tuple | None = None  # (r, W(r), I(r), leaf) of the last point evaluated
+
+    def _normals(self, level: int, index: int) -> torch.Tensor:
+        g = torch.Generator()
+        g.manual_seed(_mix64(_mix64(_mix64(self.seed) ^ (level + 2)) ^ index) & ((1 << 63) - 1))
+        return torch.randn((2,) + self.shape, generator=g, dtype=torch.float32).to(torch.float64)
+
+    def leaf_width(self, t: float) -> float:
+        """eps(t): the largest leaf width allowed at forward time t."""
+        return max(self.leaf_min, self.leaf_rel * min(1.0, t))
+
+    def _is_leaf(self, level: int, idx: int) -> bool:
+        width = self.span / 2 ** level
+        t_low = self.t1 - (idx + 1) * width
+        return level >= self.MAX_DEPTH or width <= self.leaf_width(t_low)
+
+    def _point(self, r: float):
+        """(W(r), I(r) = int_0^r W ds, leaf id) at reverse time r in [0, t1 - t0] (float64)."""
+        if self._last is not None and self._last[0] == r:
+            return self._last[1:]
+        r = min(max(r, 0.0), self.span)
+        level = 0
+        while True:
+            idx, wn, hn, wlo, ilo = self._stack[level]
+            width = self.span / 2 ** level
+            a = r - idx * width
+            if a <= 0.0:
+                out = (wlo, ilo, ("lo", level, idx))
+                break
+            if a >= width:
+                out = (wlo + wn, ilo + width * wlo + width * (hn + 0.5 * wn), ("hi", level, idx))
+                break
+            if self._is_leaf(level, idx):  # inside a leaf: exact split at r, normals from the leaf
+                wl, hl, _, _ = bridge_split(wn, hn, width, a, self._normals(level, idx))
+                out = (wlo + wl, ilo + a * wlo + a * (hl + 0.5 * wl), ("in", level, idx))
+                break
+            child = 2 * idx + (1 if a >= 0.5 * width else 0)
+            if len(self._stack) > level + 1 and self._stack[level + 1][0] == child:
+                level += 1
+                continue
+            half = 0.5 * width
+            wl, hl, wr, hr = bridge_split(wn, hn, width, half, self._normals(level, idx))
+            if child == 2 * idx:
+                node = (child, wl, hl, wlo, ilo)
+            else:
+                node = (child, wr, hr, wlo + wl, ilo + half * wlo + half * (hl + 0.5 * wl))
+            del self._stack[level + 1:]
+            self._stack.append(node)
+            level += 1
+        self._last = (r,) + out
+        return out
+
+    def path(self, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, int W) at forward time t: the path value and its running time integral (float64)."""
+        w, i, _ = self._point(self.t1 - float(t))
+        return w, i
+
+    def __call__(self, t_from: float, t_to: float) -> tuple[torch.Tensor, torch.Tensor]:
+        t_from, t_to = float(t_from), float(t_to)
+        if not (self.t0 - 1e-12 <= t_to < t_from <= self.t1 + 1e-12):
+            raise ValueError(f"step [{t_from}, {t_to}] outside [{self.t0}, {self.t1}] or not decreasing")
+        h = t_from - t_to
+        wa, ia, leaf_a = self._point(self.t1 - t_from)
+        wb, ib, leaf_b = self._point(self.t1 - t_to)
+        if leaf_a[0] == leaf_b[0] == "in" and leaf_a[1:] == leaf_b[1:]:
+            raise ValueError(f"step [{t_from}, {t_to}] (h={h:.3g}) lies inside one leaf of width "
+                             f"<= {self.leaf_width(t_to):.3g}; construct BrownianNoise with smaller leaf_rel/leaf_min")
+        dw = wb - wa
+        hh = (ib - ia - h * wa) / h - 0.5 * dw
+        return dw.to(self.dtype).to(self.device), hh.to(self.dtype).to(self.device)
+
+
+# ------------------------------------------------------------------------------------------
+# One-stage baselines
+# ------------------------------------------------------------------------------------------
+
+def sample_euler_maruyama(score: Score, x: torch.Tensor, ts, *, noise: Noise) -> torch.Tensor:
+    """Euler–Maruyama on the reverse SDE (science.md §0, §3 baseline; 1 NFE per step).
+
+    Y' = Y + h (Y + 2 s_t(Y)) + sqrt(2) dW,  dW ~ N(0, h I).
+    """
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        h = float(t - t_next)
+        dw, _ = noise(float(t), float(t_next))
+        x = x + h * (x + 2.0 * score(x, float(t))) + SQRT2 * dw
+    return x
+
+
+def sample_exponential_integrator(score: Score, x: torch.Tensor, ts, *, noise: Noise) -> torch.Tensor:
+    """Exponential integrator (DDPM-type; science.md §3 baseline; 1 NFE per step).
+
+    The linear drift is integrated exactly with the score frozen at the step's start:
+    Y' = e^h Y + 2 (e^h - 1) s_t(Y) + sqrt(e^{2h} - 1) xi,  xi = dW / sqrt(h) ~ N(0, I).
+    """
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        h = float(t - t_next)
+        dw, _ = noise(float(t), float(t_next))
+        eh = math.exp(h)
+        x = eh * x + 2.0 * math.expm1(h) * score(x, float(t)) + math.sqrt(math.expm1(2 * h) / h) * dw
+    return x
+
+
+# ------------------------------------------------------------------------------------------
+# Stochastic exponential Runge–Kutta (the adopted SRK of science.md §3)
+# ------------------------------------------------------------------------------------------
+
+def _phi2_h(h: float) -> float:
+    """h phi_2(h) = (e^h - 1 - h) / h = int_0^h e^{h-u} (u/h) du (series for small h)."""
+    if h < 1e-4:
+        return h / 2.0 + h * h / 6.0 + h ** 3 / 24.0
+    return (math.expm1(h) - h) / h
+
+
+def sample_srk(score: Score, x: torch.Tensor, ts, *, noise: Noise) -> torch.Tensor:
+    """Stochastic exponential Runge–Kutta, 2 stages (science.md §3 "adopted SRK"; 2 NFE per step).
+
+    The paper (Wu–Chen–Wei 2024) could not be read here; this is the construction the project
+    adopts: exponential integrator for the linear part, a second score evaluation at a stage built
+    on the same Brownian increment, corrected by the score difference. With f_t = 2 s_t and the
+    mild form of the reverse SDE over one step (reverse time u in [0, h], t' = t - h)
+
+        Y_h = e^h Y_0 + int_0^h e^{h-u} f_{t-u}(Y_u) du + sqrt(2) int_0^h e^{h-u} dW_u,
+
+    the step replaces f along the step by its linear interpolation between the two stages:
+
+        xi   = sqrt((e^{2h} - 1) / h) dW                        (exact law of the noise integral)
+        Yp   = e^h Y + (e^h - 1) f_t(Y) + xi                    (stage: the EI step, same xi)
+        Y'   = Yp + h phi_2(h) [f_{t'}(Yp) - f_t(Y)],   h phi_2(h) = (e^h - 1 - h)/h.
+
+    This is a stochastic exponential Heun (ETD2RK-type) step. Claimed order: weak order 2
+    (strong order 1) for the additive-noise semi-linear SDE with smooth f. Argument: expanding
+    f_{t'}(Yp) - f_t(Y) to first order, the correction reproduces the O(h^2) drift terms
+    (h^2/2)(f' (Y + f) + d_t f) and the O(h^2) covariance between the drift correction and the
+    noise, E[(h/2) f' xi xi^T] = h^2 f', exactly as in the weak Taylor scheme; the remaining
+    differences are O(h^3) per step in the first two moments (the mean-zero O(h^2) term
+    (h/4) f''[xi, xi] - E does not affect weak order 2). For linear f (Gaussian data) the step
+    is exact to O(h^3) in mean and covariance, so KL to the target falls like h^4 versus h^2 for
+    the exponential integrator (tests/test_samplers.py checks the doubled slope).
+    """
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        t, t_next = float(t), float(t_next)
+        h = t - t_next
+        dw, _ = noise(t, t_next)
+        f0 = 2.0 * score(x, t)
+        yp = math.exp(h) * x + math.expm1(h) * f0 + math.sqrt(math.expm1(2 * h) / h) * dw
+        x = yp + _phi2_h(h) * (2.0 * score(yp, t_next) - f0)
+    return x
+
+
+# ------------------------------------------------------------------------------------------
+# Additive-noise stochastic Runge–Kutta tableaux (SRA1, ShARK) and their one stepper
+# ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AdditiveSRKTableau:
+    """Explicit SRK for dY = a(tau, Y) dtau + sigma dW with additive noise (sigma constant).
+
+    Stages and update (h the step, dW and H the step's increment and space-time Levy area):
+
+        Z_i = Y + h sum_{j<i} A[i][j] a(tau + c_j h, Z_j) + sigma (aW[i] dW + aH[i] H)
+        Y'  = Y + h sum_i b[i] a(tau + c_i h, Z_i) + sigma (bW dW + bH H)
+
+    ``strong_order``/``weak_order`` are the orders claimed by the reference for additive noise.
+    """
+    name: str
+    c: tuple[float, ...]
+    A: tuple[tuple[float, ...], ...]
+    aW: tuple[float, ...]
+    aH: tuple[float, ...]
+    b: tuple[float, ...]
+    bW: float
+    bH: float
+    strong_order: float
+    weak_order: float
+    reference: str
+
+    def __post_init__(self):
+        s = len(self.c)
+        if not (len(self.A) == len(self.aW) == len(self.aH) == len(self.b) == s):
+            raise ValueError(f"{self.name}: tableau arrays must all have {s} stages")
+        for i, row in enumerate(self.A):
+            if len(row) != s or any(row[j] != 0.0 for j in range(i, s)):
+                raise ValueError(f"{self.name}: A must be strictly lower triangular (explicit)")
+        if abs(sum(self.b) - 1.0) > 1e-12:
+            raise ValueError(f"{self.name}: drift weights must sum to 1 (consistency)")
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+
+# Rößler (2010), SIAM J. Numer. Anal. 48(3), SRA1: strong 1.5 / weak 2 for additive noise. In
+# Rößler's form the stage noise is (3/2) I_(1,0)/h with I_(1,0)/h = dW/2 + H.
+SRA1 = AdditiveSRKTableau(
+    name="sra1", c=(0.0, 0.75), A=((0.0, 0.0), (0.75, 0.0)),
+    aW=(0.0, 0.75), aH=(0.0, 1.5), b=(1.0 / 3.0, 2.0 / 3.0), bW=1.0, bH=0.0,
+    strong_order=1.5, weak_order=2.0, reference="Rößler 2010, SIAM J. Numer. Anal. 48(3), Table SRA1",
+)
+
+# Foster, dos Reis & Strange (2023), arXiv:2210.17543, eq. (6.1), ShARK: shifted additive-noise
+# RK; the first stage is shifted by sigma H. Strong order 1.5 for additive noise, order 2 for ODEs.
+SHARK = AdditiveSRKTableau(
+    name="shark", c=(0.0, 5.0 / 6.0), A=((0.0, 0.0), (5.0 / 6.0, 0.0)),
+    aW=(0.0, 5.0 / 6.0), aH=(1.0, 1.0), b=(0.4, 0.6), bW=1.0, bH=0.0,
+    strong_order=1.5, weak_order=2.0, reference="Foster, dos Reis & Strange 2023, arXiv:2210.17543, eq. (6.1)",
+)
+
+TABLEAUX: dict[str, AdditiveSRKTableau] = {"sra1": SRA1, "shark": SHARK}
+
+
+def sample_additive_srk(score: Score, x: torch.Tensor, ts, *, noise: Noise,
+                        tableau: AdditiveSRKTableau) -> torch.Tensor:
+    """Step the reverse SDE with an :class:`AdditiveSRKTableau` (one NFE per stage).
+
+    Drift a(tau, Y) = Y + 2 s_{t}(Y) at forward time t = t_k - c_i h, sigma = sqrt(2).
+    """
+    s = tableau.stages
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        t, t_next = float(t), float(t_next)
+        h = t - t_next
+        dw, hh = noise(t, t_next)
+        k = []
+        for i in range(s):
+            z = x
+            for j in range(i):
+                if tableau.A[i][j] != 0.0:
+                    z = z + (h * tableau.A[i][j]) * k[j]
+            if tableau.aW[i] != 0.0:
+                z = z + (SQRT2 * tableau.aW[i]) * dw
+            if tableau.aH[i] != 0.0:
+                z = z + (SQRT2 * tableau.aH[i]) * hh
+            k.append(z + 2.0 * score(z, t - tableau.c[i] * h))
+        upd = x
+        for i in range(s):
+            upd = upd + (h * tableau.b[i]) * k[i]
+        x = upd + (SQRT2 * tableau.bW) * dw
+        if tableau.bH != 0.0:
+            x = x + (SQRT2 * tableau.bH) * hh
+    return x
+
+
+def sample_sra1(score: Score, x: torch.Tensor, ts, *, noise: Noise) -> torch.Tensor:
+    """SRA1 (Rößler 2010) on the reverse SDE: :data:`SRA1` stepped by :func:`sample_additive_srk`."""
+    return sample_additive_srk(score, x, ts, noise=noise, tableau=SRA1)
+
+
+def sample_shark(score: Score, x: torch.Tensor, ts, *, noise: Noise) -> torch.Tensor:
+    """ShARK (Foster et al. 2023) on the reverse SDE: :data:`SHARK` stepped by :func:`sample_additive_srk`."""
+    return sample_additive_srk(score, x, ts, noise=noise, tableau=SHARK)
+
+
+# ------------------------------------------------------------------------------------------
+# Deterministic reference: Heun on the probability-flow ODE
+# ------------------------------------------------------------------------------------------
+
+def sample_heun(score: Score, x: torch.Tensor, ts, *, noise: Noise | None = None) -> torch.Tensor:
+    """Heun (explicit trapezoidal, ODE order 2) on the probability-flow ODE; 2 NFE per step.
+
+    dY = [Y + s_{T-tau}(Y)] dtau has the same marginals as the reverse SDE. ``noise`` is ignored
+    (never called): the output is a deterministic function of the start.
+        k1 = Y + s_t(Y),  Yp = Y + h k1,  k2 = Yp + s_{t'}(Yp),  Y' = Y + (h/2)(k1 + k2).
+    """
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        t, t_next = float(t), float(t_next)
+        h = t - t_next
+        k1 = x + score(x, t)
+        yp = x + h * k1
+        x = x + (0.5 * h) * (k1 + yp + score(yp, t_next))
+    return x
+
+
+SAMPLERS: dict[str, Callable] = {
+    "euler_maruyama": sample_euler_maruyama,
+    "exponential_integrator": sample_exponential_integrator,
+    "srk": sample_srk,
+    "sra1": sample_sra1,
+    "shark": sample_shark,
+    "heun": sample_heun,
+}
+
+NFE_PER_STEP: dict[str, int] = {
+    "euler_maruyama": 1,
+    "exponential_integrator": 1,
+    "srk": 2,
+    "sra1": SRA1.stages,
+    "shark": SHARK.stages,
+    "heun": 2,
+}
+
+# (strong, weak) order claimed for the reverse SDE; heun: (ODE order, ODE order) of the flow.
+SAMPLER_ORDERS: dict[str, tuple[float, float]] = {
+    "euler_maruyama": (1.0, 1.0),  # additive noise: strong order 1
+    "exponential_integrator": (1.0, 1.0),
+    "srk": (1.0, 2.0),
+    "sra1": (SRA1.strong_order, SRA1.weak_order),
+    "shark": (SHARK.strong_order, SHARK.weak_order),
+    "heun": (2.0, 2.0),
+}
+
+
+def steps_for_nfe(name: str, nfe: int) -> int:
+    """Number of steps of sampler ``name`` that costs ``nfe`` score evaluations (at least 1)."""
+    return max(1, nfe // NFE_PER_STEP[name])

@@ -1,0 +1,281 @@
+"""Study specifications: frozen pydantic models, their validation and their expansion into cells.
+
+A ``StudySpec`` is the parameter of the sample-complexity flow (the Prefect UI renders it as a
+form) and is loaded from YAML by :func:`load_spec`. Invalid input raises :class:`SpecError` with
+one line naming the field and the value, before anything is created.
+
+A cell is one (d, n, seed, estimator); its ``key`` is a stable hash of its parameters, the
+spec's numerics and the code version.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import dsclab
+from dsclab import distributions
+from dsclab.losses import ESTIMATORS
+from dsclab.noise import SCHEDULES
+from dsclab.samplers import SAMPLERS
+
+
+class SpecError(ValueError):
+    """An invalid study spec; the message is one line naming the field."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _positive_ints(name: str, values: Sequence[int]) -> list[int]:
+    if len(values) == 0:
+        raise ValueError("needs at least one value")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{v!r} is not a positive integer")
+    _unique(values)
+    return list(values)
+
+
+def _unique(values: Sequence[Any]) -> None:
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"duplicate value {v!r}")
+        seen.add(v)
+
+
+def _known(kind: str, values: Sequence[str], registry) -> list[str]:
+    if len(values) == 0:
+        raise ValueError("needs at least one value")
+    for v in values:
+        if v not in registry:
+            raise ValueError(f"unknown {kind} {v!r} (known: {', '.join(registry)})")
+    _unique(values)
+    return list(values)
+
+
+class DistributionSpec(_Frozen):
+    """The data family (``dsclab.distributions.DISTRIBUTIONS``) and its parameters."""
+
+    name: str = Field("gaussian_mixture", description="data family")
+    params: dict[str, float | int | list[float]] = Field(default_factory=dict, description="family parameters")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v not in distributions.DISTRIBUTIONS:
+            raise ValueError(f"unknown distribution {v!r} (known: {', '.join(distributions.DISTRIBUTIONS)})")
+        return v
+
+    @model_validator(mode="after")
+    def _params(self) -> "DistributionSpec":
+        try:
+            distributions.make(self.name, 2, **self.params)
+        except TypeError as e:
+            raise ValueError(f"bad parameters {self.params} for {self.name}: {e}") from None
+        return self
+
+
+class TrainSpec(_Frozen):
+    """Training of one score network per cell (Adam, a budget of optimiser steps)."""
+
+    steps: int = Field(1500, gt=0, description="optimiser steps per cell")
+    batch_size: int = Field(256, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    width: int = Field(128, gt=0, description="hidden width of the MLP")
+    depth: int = Field(3, gt=0, description="hidden layers of the MLP")
+    t_min: float = Field(1e-3, gt=0, description="smallest training time")
+    T: float = Field(5.0, gt=0, description="largest training time")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:i]'")
+
+    @model_validator(mode="after")
+    def _range(self) -> "TrainSpec":
+        if self.t_min >= self.T:
+            raise ValueError(f"t_min {self.t_min} must be below T {self.T}")
+        return self
+
+
+class EvalSpec(_Frozen):
+    """Evaluation of a trained cell: score errors on a t grid and samples from each sampler."""
+
+    t: list[float] = Field([0.01, 0.03, 0.1, 0.3, 1.0], description="times of the score-error grid")
+    delta: list[float] = Field([0.01, 0.1], description="quantile levels of the quantile score error")
+    n_score: int = Field(2000, gt=0, description="fresh points per t for score errors")
+    n_samples: int = Field(1000, gt=0, description="generated samples per (sampler, nfe)")
+    T: float = Field(5.0, gt=0, description="sampler start time (from N(0, I))")
+    t_min: float = Field(1e-3, gt=0, description="early-stopping time of the samplers")
+    schedule: str = Field("exp", description="time grid of the samplers")
+
+    @field_validator("t")
+    @classmethod
+    def _t(cls, v: list[float]) -> list[float]:
+        if not v or any(x <= 0 for x in v):
+            raise ValueError(f"{v} must be positive times")
+        _unique(v)
+        return v
+
+    @field_validator("delta")
+    @classmethod
+    def _delta(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < x < 1 for x in v):
+            raise ValueError(f"{v} must lie in (0, 1)")
+        _unique(v)
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        if v not in SCHEDULES:
+            raise ValueError(f"unknown schedule {v!r} (known: {', '.join(SCHEDULES)})")
+        return v
+
+    @field_validator("n_samples")
+    @classmethod
+    def _n_samples(cls, v: int) -> int:
+        if v > 2000:
+            raise ValueError(f"{v} is above 2000, the most exact W2 (optimal transport) takes")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> "EvalSpec":
+        if self.t_min >= self.T:
+            raise ValueError(f"t_min {self.t_min} must be below T {self.T}")
+        return self
+
+
+class Cell(_Frozen):
+    d: int
+    n: int
+    seed: int
+    estimator: str
+    key: str
+
+
+class StudySpec(_Frozen):
+    """A sample-complexity study: the grid d x n x seed x estimator, evaluated per sampler x nfe."""
+
+    kind: Literal["sample_complexity"] = Field("sample_complexity", description="study kind (selects the flow)")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="study name; store results/<name>.zarr")
+    distribution: DistributionSpec = DistributionSpec()
+    d: list[int] = Field(..., description="dimensions")
+    n: list[int] = Field(..., description="training sample sizes")
+    seed: list[int] = Field([0], description="seeds (data, initialisation and sampling)")
+    estimator: list[str] = Field(["dsm"], description="score estimators")
+    sampler: list[str] = Field(["euler_maruyama", "exponential_integrator"], description="samplers")
+    nfe: list[int] = Field([10, 30, 100], description="score evaluations per sample")
+    train: TrainSpec = TrainSpec()
+    evaluation: EvalSpec = EvalSpec()
+    store: str | None = Field(None, description="store path or fsspec URL (default results/<name>.zarr)")
+    workers: int = Field(2, gt=0, description="tasks run at once")
+    max_cells: int = Field(10_000, gt=0, description="refuse grids with more cells than this")
+
+    @field_validator("d", "n", "nfe")
+    @classmethod
+    def _pos(cls, v, info):
+        return _positive_ints(info.field_name, v)
+
+    @field_validator("seed")
+    @classmethod
+    def _seeds(cls, v):
+        if not v:
+            raise ValueError("needs at least one value")
+        for s in v:
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+                raise ValueError(f"{s!r} is not a non-negative integer")
+        _unique(v)
+        return v
+
+    @field_validator("estimator")
+    @classmethod
+    def _est(cls, v):
+        return _known("estimator", v, ESTIMATORS)
+
+    @field_validator("sampler")
+    @classmethod
+    def _samp(cls, v):
+        return _known("sampler", v, SAMPLERS)
+
+    @model_validator(mode="after")
+    def _budget(self) -> "StudySpec":
+        cells = len(self.d) * len(self.n) * len(self.seed) * len(self.estimator)
+        if cells > self.max_cells:
+            raise ValueError(f"the grid has {cells} cells, over max_cells={self.max_cells}")
+        return self
+
+    # -- derived ----------------------------------------------------------------------------
+    def numerics(self) -> dict:
+        """What determines the numbers (not where they are stored or how many tasks run)."""
+        return self.model_dump(mode="json", exclude={"store", "workers", "max_cells"})
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps({"spec": self.numerics(), "version": dsclab.__version__}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def store_path(self, override: str | None = None) -> str:
+        return override or self.store or f"results/{self.name}.zarr"
+
+    def cells(self) -> list[Cell]:
+        num = self.numerics()
+        common = {k: num[k] for k in ("distribution", "train", "evaluation", "sampler", "nfe")}
+        out = []
+        for d in self.d:
+            for n in self.n:
+                for seed in self.seed:
+                    for est in self.estimator:
+                        blob = json.dumps({"d": d, "n": n, "seed": seed, "estimator": est, **common,
+                                           "version": dsclab.__version__}, sort_keys=True)
+                        out.append(Cell(d=d, n=n, seed=seed, estimator=est,
+                                        key=hashlib.sha256(blob.encode()).hexdigest()[:16]))
+        return out
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line: the first error's field path and message."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int))
+    idx = [p for p in e["loc"] if isinstance(p, int)]
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "missing":
+        return f"{loc}: missing (required)"
+    if e["type"] == "extra_forbidden":
+        return f"{loc}: unknown field"
+    where = f"{loc}[{idx[0]}]" if idx else loc
+    if "input" in e and e["type"] not in ("value_error", "assertion_error") and not isinstance(e["input"], dict):
+        return f"{where}: {e['input']!r}: {msg}"
+    return f"{where or 'spec'}: {msg}"
+
+
+def parse_spec(data: Any, model: type[BaseModel] = StudySpec):
+    """Validate a mapping into ``model``; raise :class:`SpecError` with one line on failure."""
+    if not isinstance(data, dict):
+        raise SpecError(f"spec: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e)) from None
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"spec: no such file {str(p)!r}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"spec: malformed YAML in {str(p)!r}{where}: {getattr(e, 'problem', e)}") from None
+    return data
+
+
+def load_spec(path: str | Path, model: type[BaseModel] = StudySpec):
+    """Load and validate a YAML spec file (``yaml.safe_load``)."""
+    return parse_spec(load_yaml(path), model)

@@ -1,0 +1,53 @@
+"""Arrays and checkpoints beside a store (``<name>.files/``), through fsspec."""
+from __future__ import annotations
+
+import io
+
+import fsspec
+import numpy as np
+import torch
+
+from storage.store import files_url
+
+
+def url(store: str, *parts: str) -> str:
+    return "/".join([files_url(store), *parts])
+
+
+def exists(u: str) -> bool:
+    fs, root = fsspec.core.url_to_fs(u)
+    return fs.exists(root)
+
+
+def save_array(u: str, arr: np.ndarray) -> None:
+    """Write atomically enough for a cache: to a temporary name, then move into place."""
+    fs, root = fsspec.core.url_to_fs(u)
+    fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    tmp = root + ".tmp"
+    with fs.open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+    fs.mv(tmp, root)
+
+
+def load_array(u: str) -> np.ndarray:
+    with fsspec.open(u, "rb") as f:
+        return np.load(io.BytesIO(f.read()), allow_pickle=False)
+
+
+def save_checkpoint(u: str, obj: dict) -> None:
+    fs, root = fsspec.core.url_to_fs(u)
+    fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    tmp = root + ".tmp"
+    with fs.open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+    fs.mv(tmp, root)
+
+
+def load_checkpoint(u: str) -> dict:
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
+    with fsspec.open(u, "rb") as f:
+        return torch.load(io.BytesIO(f.read()), weights_only=True, map_location="cpu")

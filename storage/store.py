@@ -1,0 +1,164 @@
+"""Create, check, write and read a study store.
+
+Layout: ``<path>`` is a zarr group (xarray dataset) whose variables are chunked 1 along every cell
+axis and whole along the others, so each cell's values live in their own chunks and concurrent
+writers never share one. ``status`` (int8, cell axes only) is 0 pending, 1 done, 2 failed; a
+cell is marked done only after all its values are written. Beside the store, ``files_url(path)``
+(``<name>.files``) holds the data cache, checkpoints and plots.
+
+Metadata is written unconsolidated; :func:`consolidate` runs once when a study finishes.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+import numpy as np
+import xarray as xr
+import zarr
+
+PENDING, DONE, FAILED = 0, 1, 2
+
+
+class StoreError(ValueError):
+    """The store cannot be used for this study (one-line message)."""
+
+
+def files_url(path: str) -> str:
+    """The folder beside the store for caches, checkpoints and plots: x.zarr -> x.files."""
+    p = str(path).rstrip("/")
+    return (p[: -len(".zarr")] if p.endswith(".zarr") else p) + ".files"
+
+
+def _fs(path: str):
+    try:
+        fs, root = fsspec.core.url_to_fs(str(path))
+    except (ImportError, ValueError) as e:  # unknown protocol, or its backend is not installed
+        raise StoreError(f"store {path}: {str(e).splitlines()[0]}") from None
+    return fs, root
+
+
+def _exists(path: str) -> tuple[bool, bool]:
+    """(exists, is a directory) for a local path or fsspec URL."""
+    fs, root = _fs(path)
+    if not fs.exists(root):
+        return False, False
+    return True, fs.isdir(root)
+
+
+def _open(path: str) -> xr.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 'no consolidated metadata' is expected
+        try:
+            return xr.open_zarr(path, consolidated=True)
+        except (KeyError, FileNotFoundError, ValueError, zarr.errors.BaseZarrError if hasattr(zarr.errors, "BaseZarrError") else ValueError):
+            return xr.open_zarr(path, consolidated=False)
+
+
+def open_results(path: str) -> xr.Dataset:
+    """Open a study store as an xarray Dataset (lazily, with dask)."""
+    exists, isdir = _exists(path)
+    if not exists:
+        raise StoreError(f"no store at {path}")
+    try:
+        return _open(path)
+    except Exception as e:  # noqa: BLE001 - any failure here means "not a store"
+        raise StoreError(f"{path} is not a dsclab store ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _writable_local(path: str) -> None:
+    fs, root = _fs(path)
+    if not isinstance(fs, LocalFileSystem):
+        return
+    parent = os.path.abspath(root)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise StoreError(f"cannot create store {path}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot create store {path}: {parent} is not writable")
+
+
+def check_store(path: str, template: xr.Dataset) -> bool:
+    """Check, without writing anything, that ``template`` can be created at ``path`` or matches
+    the store there. Returns True if a store exists. Raises StoreError with one line otherwise."""
+    exists, isdir = _exists(path)
+    if exists and not isdir:
+        raise StoreError(f"store path {path} is a file, not a zarr store")
+    if not exists:
+        _writable_local(path)
+        return False
+    ds = open_results(path)
+    have, want = ds.attrs.get("spec_hash"), template.attrs.get("spec_hash")
+    if have != want:
+        raise StoreError(
+            f"store {path} was made from another spec (hash {have}, this spec {want}); "
+            "use --store to choose another path, or rename the study")
+    return True
+
+
+def create_or_open(path: str, template: xr.Dataset, cell_dims: Sequence[str]) -> bool:
+    """Write ``template`` as a new store at ``path``, or check that the store there matches it.
+
+    Returns True when the store was created. Refuses (StoreError) a path that is a file, a folder
+    that is not a store, or a store made from another spec (``attrs['spec_hash']`` differs);
+    nothing is changed then.
+    """
+    if check_store(path, template):
+        return False
+    encoding = {}
+    for name, var in template.variables.items():
+        if name in template.dims:
+            continue
+        encoding[name] = {"chunks": tuple(1 if dim in cell_dims else var.sizes[dim] for dim in var.dims)}
+    try:
+        # Zarr format 2: fixed-width string coordinates (estimator, sampler) have a specification
+        # there, and every zarr reader opens it.
+        template.to_zarr(path, mode="w-", encoding=encoding, consolidated=False, compute=True, zarr_format=2)
+    except (PermissionError, OSError) as e:
+        raise StoreError(f"cannot create store {path}: {e.strerror or e}") from None
+    return True
+
+
+def _region(ds: xr.Dataset, index: Mapping[str, object]) -> dict[str, slice]:
+    region = {}
+    for dim, value in index.items():
+        i = ds.indexes[dim].get_loc(value)
+        region[dim] = slice(i, i + 1)
+    return region
+
+
+def write_cell(path: str, values: xr.Dataset, index: Mapping[str, object]) -> None:
+    """Write one cell's variables into its region. ``values`` holds variables with the cell
+    dims of length 1 (or without them; they are added) and the other dims whole."""
+    ds = _open(path)
+    region = _region(ds, index)
+    vals = values
+    for dim in index:
+        if dim not in vals.dims:
+            vals = vals.expand_dims(dim)
+    vals = vals.drop_vars([c for c in vals.coords], errors="ignore")
+    for name in vals.data_vars:
+        vals[name] = vals[name].transpose(*ds[name].dims).astype(ds[name].dtype)
+    vals.to_zarr(path, region={k: region[k] for k in index}, mode="r+", consolidated=False)
+
+
+def mark_cells(path: str, indices: Sequence[Mapping[str, object]], status: int) -> None:
+    """Set the ``status`` of cells (after their values are written)."""
+    for index in indices:
+        st = xr.Dataset({"status": ((), np.int8(status))})
+        write_cell(path, st, index)
+
+
+def read_status(path: str) -> xr.DataArray:
+    return _open(path)["status"].load()
+
+
+def consolidate(path: str) -> None:
+    """Consolidate the store's metadata (once, when a study finishes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(path)

@@ -1,0 +1,84 @@
+"""Tasks of the sample-complexity flow: generate data, train a group of cells, evaluate a cell.
+
+Numerical failures of a cell (diverged training, non-finite samples) mark that cell failed in
+the store and do not raise, so every other cell completes; infrastructure errors raise.
+"""
+from __future__ import annotations
+
+import traceback
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+import storage
+from dsclab import sample_complexity as sc
+from dsclab.nets import ScoreMLP
+from dsclab.spec import Cell, StudySpec
+from dsclab.train import resolve_device
+from storage import files
+
+
+def _index(cell: Cell) -> dict:
+    return {"d": cell.d, "n": cell.n, "seed": cell.seed, "estimator": cell.estimator}
+
+
+def data_url(store: str, spec: StudySpec, d: int, seed: int) -> str:
+    key = sc.derive_seed("data", spec.distribution.model_dump(mode="json"), max(spec.n))
+    return files.url(store, "data", f"{spec.distribution.name}-{key:016x}-d{d}-seed{seed}.npy")
+
+
+@task(name="generate-data", cache_policy=NO_CACHE, tags=["cpu"])
+def generate_data(store: str, spec: StudySpec, d: int, seed: int) -> str:
+    """Draw (once) and cache the largest-n dataset for (distribution, d, seed)."""
+    u = data_url(store, spec, d, seed)
+    if not files.exists(u):
+        files.save_array(u, sc.generate_data(spec, d, seed))
+    return u
+
+
+@task(name="train-group", cache_policy=NO_CACHE, tags=["gpu"])
+def train_group(store: str, spec: StudySpec, cells: list[Cell]) -> dict[str, str | None]:
+    """Train cells sharing d; returns {cell key: checkpoint URL, or None if it failed}."""
+    log = get_run_logger()
+    device = str(resolve_device(spec.train.device))
+    data = {c.seed: files.load_array(data_url(store, spec, c.d, c.seed)) for c in cells}
+    out: dict[str, str | None] = {}
+    for cell in cells:  # one at a time so that one diverging cell does not sink its group
+        try:
+            (res,) = sc.train_cells(spec, [cell], data, device)
+        except Exception as e:  # noqa: BLE001 - recorded as the cell's failure
+            log.warning("cell %s failed in training: %s", _index(cell), e)
+            storage.mark_cells(store, [_index(cell)], storage.FAILED)
+            out[cell.key] = None
+            continue
+        u = files.url(store, "checkpoints", f"{cell.key}.pt")
+        files.save_checkpoint(u, {"state_dict": res.model.state_dict(), "d": cell.d, "width": spec.train.width,
+                                  "depth": spec.train.depth, "loss": res.loss, "seconds": res.seconds})
+        out[cell.key] = u
+    return out
+
+
+def load_model(u: str) -> tuple[ScoreMLP, dict]:
+    ck = files.load_checkpoint(u)
+    model = ScoreMLP(ck["d"], width=ck["width"], depth=ck["depth"])
+    model.load_state_dict(ck["state_dict"])
+    return model.eval(), ck
+
+
+@task(name="evaluate-cell", cache_policy=NO_CACHE, tags=["cpu"])
+def evaluate_cell(store: str, spec: StudySpec, cell: Cell, checkpoints: dict[str, str | None]) -> int:
+    """Evaluate a trained cell, write its region, then mark it done. Returns its status."""
+    u = checkpoints.get(cell.key)
+    if u is None:
+        return storage.FAILED
+    try:
+        model, ck = load_model(u)
+        res = sc.TrainResult(model, ck["loss"], ck["seconds"])
+        values = sc.evaluate(spec, cell, model.score, res)
+    except Exception as e:  # noqa: BLE001
+        get_run_logger().warning("cell %s failed in evaluation: %s\n%s", _index(cell), e, traceback.format_exc())
+        storage.mark_cells(store, [_index(cell)], storage.FAILED)
+        return storage.FAILED
+    storage.write_cell(store, values, _index(cell))
+    storage.mark_cells(store, [_index(cell)], storage.DONE)
+    return storage.DONE

@@ -1,0 +1,78 @@
+"""Specs: validation into one-line errors, stable cell keys, and the CLI refusing bad input."""
+import pytest
+import yaml
+
+from dsclab import cli
+from dsclab.spec import SpecError, StudySpec, load_spec, parse_spec
+
+GOOD = {"name": "t", "d": [2], "n": [10, 20], "seed": [0], "nfe": [5]}
+
+
+def test_quick_spec_loads():
+    sp = load_spec("studies/quick.yaml")
+    assert isinstance(sp, StudySpec) and sp.d == [2, 8, 32] and len(sp.cells()) == 45
+    with pytest.raises(Exception, match="frozen"):
+        sp.name = "x"
+
+
+@pytest.mark.parametrize("patch,msg", [
+    ({"n": [-5]}, "n: -5 is not a positive integer"),
+    ({"n": [0]}, "n: 0 is not a positive integer"),
+    ({"sampler": ["foo"]}, "sampler: unknown sampler 'foo' (known: euler_maruyama, exponential_integrator"),
+    ({"estimator": ["bsmx"]}, "estimator: unknown estimator 'bsmx'"),
+    ({"d": [2, 2]}, "d: duplicate value 2"),
+    ({"d": []}, "d: needs at least one value"),
+    ({"n": ["ten"]}, "n[0]: 'ten'"),
+    ({"distribution": {"name": "nope"}}, "distribution.name: unknown distribution 'nope'"),
+    ({"distribution": {"name": "gaussian", "params": {"foo": 1}}}, "distribution: bad parameters"),
+    ({"train": {"steps": 0}}, "train.steps"),
+    ({"evaluation": {"delta": [1.5]}}, "evaluation.delta"),
+    ({"nfe": [10], "max_cells": 1}, "the grid has 2 cells, over max_cells=1"),
+    ({"colour": "red"}, "colour: unknown field"),
+])
+def test_invalid_specs_one_line(patch, msg):
+    with pytest.raises(SpecError) as e:
+        parse_spec({**GOOD, **patch})
+    text = str(e.value)
+    assert msg in text and "\n" not in text
+
+
+def test_missing_name():
+    with pytest.raises(SpecError, match="name: missing"):
+        parse_spec({k: v for k, v in GOOD.items() if k != "name"})
+
+
+def test_cell_keys_stable_and_distinct():
+    a, b = parse_spec(GOOD).cells(), parse_spec(dict(GOOD)).cells()
+    assert [c.key for c in a] == [c.key for c in b]
+    assert len({c.key for c in a}) == len(a)
+    c = parse_spec({**GOOD, "train": {"steps": 10}}).cells()
+    assert a[0].key != c[0].key  # numerics change the key
+    assert parse_spec({**GOOD, "workers": 1}).hash == parse_spec(GOOD).hash  # execution does not
+
+
+def _run_cli(tmp_path, data, capsys, raw=None):
+    f = tmp_path / "spec.yaml"
+    f.write_text(raw if raw is not None else yaml.safe_dump(data))
+    store = tmp_path / "out.zarr"
+    code = cli.main(["run", str(f), "--store", str(store)])
+    err = capsys.readouterr().err.strip()
+    return code, err, store
+
+
+def test_cli_refuses_n_zero_and_creates_nothing(tmp_path, capsys):
+    code, err, store = _run_cli(tmp_path, {**GOOD, "n": [0]}, capsys)
+    assert code == 2
+    assert err == "dsclab: error: n: 0 is not a positive integer"
+    assert not store.exists() and not (tmp_path / "out.files").exists()
+
+
+def test_cli_refuses_malformed_yaml(tmp_path, capsys):
+    code, err, store = _run_cli(tmp_path, None, capsys, raw="name: [unclosed\n")
+    assert code == 2 and "malformed YAML" in err and len(err.splitlines()) == 1
+    assert not store.exists()
+
+
+def test_cli_refuses_unknown_kind(tmp_path, capsys):
+    code, err, _ = _run_cli(tmp_path, {**GOOD, "kind": "astrology"}, capsys)
+    assert code == 2 and "kind: unknown study kind 'astrology'" in err

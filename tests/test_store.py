@@ -1,0 +1,79 @@
+"""The results store: template, round trip, region writes and refusals."""
+import numpy as np
+import pytest
+import xarray as xr
+from xarray.testing import assert_identical
+
+import storage
+from dsclab import sample_complexity as sc
+from dsclab.spec import parse_spec
+
+BASE = {"name": "s", "d": [2, 4], "n": [10, 20], "seed": [0, 1], "nfe": [5], "sampler": ["euler_maruyama"],
+        "evaluation": {"t": [0.1, 1.0], "delta": [0.1]}}
+
+
+def spec(**kw):
+    return parse_spec({**BASE, **kw})
+
+
+def test_template_round_trip(tmp_path):
+    sp = spec()
+    path = str(tmp_path / "s.zarr")
+    tpl = sc.template(sp)
+    assert storage.create_or_open(path, tpl, sc.CELL_DIMS) is True
+    back = storage.open_results(path).load()
+    assert_identical(back, tpl)
+    assert set(back.dims) == {"d", "n", "seed", "estimator", "sampler", "nfe", "t", "delta"}
+    assert np.isnan(back.score_l2).all() and (back.status == storage.PENDING).all()
+    assert back.score_quantile.dims == ("d", "n", "seed", "estimator", "t", "delta")
+    # chunk 1 along every cell axis, whole along the others
+    enc = back.score_quantile.encoding["chunks"]
+    assert enc == (1, 1, 1, 1, 2, 1)
+
+
+def test_region_write_round_trip_and_status(tmp_path):
+    sp = spec()
+    path = str(tmp_path / "s.zarr")
+    storage.create_or_open(path, sc.template(sp), sc.CELL_DIMS)
+    vals = xr.Dataset({"score_l2": (("t",), [1.5, 2.5]), "train_seconds": ((), 3.0)}, coords={"t": [0.1, 1.0]})
+    idx = {"d": 4, "n": 10, "seed": 1, "estimator": "dsm"}
+    storage.write_cell(path, vals, idx)
+    storage.mark_cells(path, [idx], storage.DONE)
+    ds = storage.open_results(path).load()
+    cell = ds.sel(idx)
+    np.testing.assert_array_equal(cell.score_l2.values, [1.5, 2.5])
+    assert float(cell.train_seconds) == 3.0 and int(cell.status) == storage.DONE
+    others = ds.where(~((ds.d == 4) & (ds.n == 10) & (ds.seed == 1)))
+    assert np.isnan(others.score_l2).all()
+    assert int((ds.status == storage.DONE).sum()) == 1
+    # consolidation keeps the content identical
+    storage.consolidate(path)
+    assert_identical(xr.open_zarr(path).load(), ds)
+
+
+def test_reopen_same_spec_keeps_values_and_refuses_other_spec(tmp_path):
+    path = str(tmp_path / "s.zarr")
+    storage.create_or_open(path, sc.template(spec()), sc.CELL_DIMS)
+    idx = {"d": 2, "n": 20, "seed": 0, "estimator": "dsm"}
+    storage.mark_cells(path, [idx], storage.DONE)
+    assert storage.create_or_open(path, sc.template(spec()), sc.CELL_DIMS) is False
+    before = storage.open_results(path).load()
+    with pytest.raises(storage.StoreError, match="another spec"):
+        storage.create_or_open(path, sc.template(spec(n=[10, 30])), sc.CELL_DIMS)
+    assert_identical(storage.open_results(path).load(), before)
+
+
+def test_store_path_that_is_a_file_is_refused(tmp_path):
+    p = tmp_path / "f.zarr"
+    p.write_text("x")
+    with pytest.raises(storage.StoreError, match="is a file"):
+        storage.create_or_open(str(p), sc.template(spec()), sc.CELL_DIMS)
+    assert p.read_text() == "x"
+
+
+def test_memory_url_store():
+    url = "memory://dsclab-test/s.zarr"
+    tpl = sc.template(spec())
+    storage.create_or_open(url, tpl, sc.CELL_DIMS)
+    storage.mark_cells(url, [{"d": 2, "n": 10, "seed": 0, "estimator": "dsm"}], storage.DONE)
+    assert int(storage.read_status(url).sum()) == 1
