@@ -5,6 +5,7 @@
     dsclab query STORE --var NAME [--sel d=8 ...] [--mean t ...]   a table of stored values
     dsclab plot STORE [--out FILE]                 the study's figure
     dsclab report STORE                            the study's text report (tables, fits)
+    dsclab check STORE                             status/value disagreements, missing or corrupt chunks
 
 Exit codes: 0 success; 2 bad input (nothing created or changed); 3 finished with failed cells;
 1 anything else. Prefect is imported only by ``run``, so the rest works without a server.
@@ -127,6 +128,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    import storage
+    from storage.check import check_store
+
+    problems = check_store(args.store)
+    cells = int(storage.read_status(args.store).size)
+    for line in problems:
+        print(line)
+    print(f"{len(problems)} problem(s) in {cells} cells" if problems else f"ok: {cells} cells, status and values agree")
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsclab", description="Diffusion Sample-Complexity Lab")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -151,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="the study's text report")
     rp.add_argument("store")
     rp.set_defaults(fn=cmd_report)
+    ck = sub.add_parser("check", help="cells whose status and values disagree; missing or corrupt chunks")
+    ck.add_argument("store")
+    ck.set_defaults(fn=cmd_check)
     return p
 
 

@@ -94,12 +94,14 @@ import torch.nn.functional as F
 
 from dsclab import noise
 from dsclab.distributions.gaussian import GaussianMixture
+from dsclab.distributions.rademacher import Rademacher
 
 __all__ = [
     "Denoiser", "Estimate", "EnsembleEstimate", "denoiser_from_score_fn", "channel", "mse_eps_paired",
     "mmse_eps", "loc_scale", "logsnr_range", "sample_logsnr", "mmse_gaussian", "gaussian_entropy",
     "REFERENCES", "nll_continuous", "nll_discrete", "ensemble_nll", "ESTIMATORS", "per_dim",
-    "bits_per_dim", "spectrum", "empirical_moments", "moment_matched_gaussian",
+    "bits_per_dim", "spectrum", "empirical_moments", "moment_matched_gaussian", "GapTerms", "CrossedEstimate",
+    "gap_terms", "crossed_mean", "crossed_estimates", "clamp_to_box", "lattice_box", "DataSetNLL", "data_set_nll",
 ]
 
 LOG_2PI_E = math.log(2 * math.pi * math.e)
@@ -128,10 +130,17 @@ class EnsembleEstimate(NamedTuple):
 # The channel and the MSE curve
 # -------------------------------------------------------------------------------------------
 
-def denoiser_from_score_fn(score: Callable) -> Denoiser:
-    """Turn ``score(x, t) -> (M, d)`` into ``denoise(x, t) = e^t (x + sigma_t^2 score(x, t))`` (Tweedie)."""
+def denoiser_from_score_fn(score: Callable, dtype: torch.dtype | None = None) -> Denoiser:
+    """Turn ``score(x, t) -> (M, d)`` into ``denoise(x, t) = e^t (x + sigma_t^2 score(x, t))`` (Tweedie).
+
+    With ``dtype`` (e.g. float32 for a network) the score sees ``x`` in that dtype (t stays
+    float64) and Tweedie is done in float64, so only the network runs in low precision.
+    """
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return noise.denoiser_from_score(x, score(x, t), t)
+        if dtype is None:
+            return noise.denoiser_from_score(x, score(x, t), t)
+        x64, t64 = x.to(torch.float64), torch.as_tensor(t, dtype=torch.float64)
+        return noise.denoiser_from_score(x64, score(x.to(dtype), t64).to(torch.float64), t64)
     return denoise
 
 
@@ -331,8 +340,123 @@ ESTIMATORS: dict[str, Callable] = {"continuous": nll_continuous, "discrete": nll
 
 
 # -------------------------------------------------------------------------------------------
-# Ensembles
+# Ensembles and data-set estimates (shared draws, per-point terms)
 # -------------------------------------------------------------------------------------------
+
+class GapTerms(NamedTuple):
+    """Per-(model, alpha draw, point) terms of the estimators on one data set, all draws shared.
+
+    ``h`` the constant (reference entropy, or the discrete left-tail term); ``alpha, w (J,)`` the
+    log-SNR draws and importance weights; ``gaps (K, J, m)`` = mse_k(x_i, alpha_j, eps_ji) - ref_ji,
+    with one eps_ji per (draw, point) shared by the K models. Model k's one-draw estimate of
+    -log p(x_i) is h + w_j gaps[k, j, i] / 2 (:meth:`values`).
+    """
+    h: float
+    alpha: torch.Tensor
+    w: torch.Tensor
+    gaps: torch.Tensor
+
+    def values(self, k: int) -> torch.Tensor:
+        """(J, m) one-draw estimates of -log p(x_i) for model k."""
+        return self.h + 0.5 * self.w[:, None] * self.gaps[k]
+
+
+class CrossedEstimate(NamedTuple):
+    """Data-set estimates of E_x[-log p(x)] (or of its difference from a per-point offset), nats.
+
+    ``value, se (K,)`` per model; ``ensemble, ensemble_se`` scalars (NaN without members);
+    ``choice (J,)`` the model index (into the denoiser list) the ensemble keeps at each draw.
+    The SEs cover the sampling of the data set *and* of (alpha, eps); see :func:`crossed_mean`.
+    """
+    value: torch.Tensor
+    se: torch.Tensor
+    ensemble: torch.Tensor
+    ensemble_se: torch.Tensor
+    choice: torch.Tensor
+
+
+def gap_terms(x: torch.Tensor, denoisers: Sequence[Denoiser], generator: torch.Generator, *, lam=None,
+              discrete: bool = False, reference: str = "matched", n_alpha: int = 256, clip: float = 4.0,
+              loc: float | None = None, scale: float | None = None, control_variate: bool = True,
+              left_tail: bool = False, batch_size: int = 1 << 16, dtype=torch.float64) -> GapTerms:
+    """All terms of the estimators for ``x (m, d)`` and K denoisers on shared draws (:class:`GapTerms`).
+
+    ``n_alpha`` draws alpha_j (paper's truncated logistic); for each, every point gets one fresh eps
+    shared by all models. Continuous data (``discrete=False``): ref_ji = mmse_G(alpha_j), times
+    ||eps_ji||^2 / d with the control variate, and h = the reference entropy. Discrete: ref = 0 and
+    h = 0, or with ``left_tail`` the Gaussian bound 1/2 sum_i softplus(a + log lam_i) on the dropped
+    part below a (as in :func:`nll_discrete`).
+    """
+    x, lam, loc, scale = _setup(x, lam, loc, scale)
+    m, d = x.shape
+    K = len(denoisers)
+    if K < 1:
+        raise ValueError("need at least one denoiser")
+    if discrete:
+        ref_lam = None
+        h = 0.5 * float(F.softplus(logsnr_range(loc, scale, clip)[0] + torch.log(lam)).sum()) if left_tail else 0.0
+    else:
+        h, ref_lam = REFERENCES[reference](lam)
+    alpha, w = sample_logsnr(n_alpha, loc, scale, generator, clip=clip, device=x.device)
+    gaps = torch.empty(K, n_alpha, m, dtype=torch.float64, device=x.device)
+    per_chunk = max(1, batch_size // m)
+    for s in range(0, n_alpha, per_chunk):
+        a = alpha[s:s + per_chunk]
+        c = a.shape[0]
+        eps = _randn((c * m, d), generator, x.device)
+        arow, xrow = a.repeat_interleave(m), x.repeat(c, 1)
+        if ref_lam is None:
+            ref = torch.zeros(c, m, dtype=torch.float64, device=x.device)
+        elif control_variate:
+            ref = mmse_gaussian(a, ref_lam)[:, None] * ((eps * eps).sum(-1) / d).reshape(c, m)
+        else:
+            ref = mmse_gaussian(a, ref_lam)[:, None].expand(c, m)
+        for k, den in enumerate(denoisers):
+            gaps[k, s:s + c] = mse_eps_paired(xrow, arow, eps, den, dtype).reshape(c, m) - ref
+    return GapTerms(h, alpha, w, gaps)
+
+
+def crossed_mean(values: torch.Tensor) -> Estimate:
+    """Mean of ``values (J, m)`` (J draws x m points, crossed) and its standard error.
+
+    With T_ji = f(x_i, alpha_j, eps_ji), Var(mean) = s_x^2/m + s_a^2/J + s_e^2/(mJ) (x, alpha and
+    residual effects). The sample variance of the point means estimates s_x^2 + s_e^2/J and that
+    of the draw means s_a^2 + s_e^2/m, so SE^2 = var(point means)/m + var(draw means)/J counts the
+    residual twice: conservative by s_e^2/(mJ). A factor with a single level contributes nothing.
+    """
+    J, m = values.shape
+    var = torch.zeros((), dtype=torch.float64, device=values.device)
+    if m > 1:
+        var = var + values.mean(0).var() / m
+    if J > 1:
+        var = var + values.mean(1).var() / J
+    return Estimate(values.mean(), var.sqrt())
+
+
+def crossed_estimates(terms: GapTerms, members: Sequence[int] | None = None,
+                      offset: torch.Tensor | None = None) -> CrossedEstimate:
+    """Per-model and ensemble estimates of mean_i[-log p(x_i)] from :func:`gap_terms`, with SEs.
+
+    ``members``: indices of the models the ensemble may pick (default all; empty gives NaN). At each
+    draw the ensemble keeps the member with the smallest data-averaged gap (as :func:`ensemble_nll`).
+    ``offset (m,)``: per-point values subtracted before averaging, e.g. the exact -log p(x_i), so that
+    value and SE are those of the paired difference (the data set's sampling largely cancels).
+    """
+    K, J, m = terms.gaps.shape
+    off = 0.0 if offset is None else torch.as_tensor(offset, dtype=torch.float64, device=terms.gaps.device)[None, :]
+    vals = [crossed_mean(terms.values(k) - off) for k in range(K)]
+    members = list(range(K)) if members is None else list(members)
+    choice = torch.full((J,), -1, dtype=torch.long, device=terms.gaps.device)
+    ens = Estimate(torch.tensor(math.nan, dtype=torch.float64), torch.tensor(math.nan, dtype=torch.float64))
+    if members:
+        idx = torch.as_tensor(members, dtype=torch.long, device=terms.gaps.device)
+        best = terms.gaps[idx].mean(-1).argmin(0)  # (J,) position in members
+        choice = idx[best]
+        chosen = terms.gaps[choice, torch.arange(J, device=terms.gaps.device)]  # (J, m)
+        ens = crossed_mean(terms.h + 0.5 * terms.w[:, None] * chosen - off)
+    return CrossedEstimate(torch.stack([v.value for v in vals]), torch.stack([v.se for v in vals]),
+                           ens.value, ens.se, choice)
+
 
 def ensemble_nll(x: torch.Tensor, denoisers: Sequence[Denoiser], generator: torch.Generator, *, lam=None,
                  discrete: bool = False, reference: str = "matched", n_alpha: int = 256, clip: float = 4.0,
@@ -346,37 +470,26 @@ def ensemble_nll(x: torch.Tensor, denoisers: Sequence[Denoiser], generator: torc
     (no reference and h = 0 when ``discrete``). An upper bound in expectation on the entropy
     (cross-entropy for data not from the model family), at least as tight as each member; see the
     module docstring for the truncation and min-of-averages caveats. The SE covers the (alpha, eps)
-    noise for this data set, not the sampling of the data set itself.
+    noise for this data set, not the sampling of the data set itself (:func:`crossed_estimates`
+    gives both).
     """
-    x, lam, loc, scale = _setup(x, lam, loc, scale)
-    m, d = x.shape
-    K = len(denoisers)
-    if K < 1:
-        raise ValueError("need at least one denoiser")
-    if discrete:
-        h, ref_lam = 0.0, None
-    else:
-        h, ref_lam = REFERENCES[reference](lam)
-    alpha, w = sample_logsnr(n_alpha, loc, scale, generator, clip=clip, device=x.device)
-    gaps = torch.empty(K, n_alpha, dtype=torch.float64, device=x.device)
-    per_chunk = max(1, batch_size // m)
-    for s in range(0, n_alpha, per_chunk):
-        a = alpha[s:s + per_chunk]
-        c = a.shape[0]
-        eps = _randn((c * m, d), generator, x.device)
-        arow, xrow = a.repeat_interleave(m), x.repeat(c, 1)
-        if ref_lam is None:
-            ref = torch.zeros(c, dtype=torch.float64, device=x.device)
-        elif control_variate:
-            ref = mmse_gaussian(a, ref_lam) * ((eps * eps).sum(-1) / d).reshape(c, m).mean(-1)
-        else:
-            ref = mmse_gaussian(a, ref_lam)
-        for k, den in enumerate(denoisers):
-            gaps[k, s:s + c] = mse_eps_paired(xrow, arow, eps, den, dtype).reshape(c, m).mean(-1) - ref
+    terms = gap_terms(x, denoisers, generator, lam=lam, discrete=discrete, reference=reference, n_alpha=n_alpha,
+                      clip=clip, loc=loc, scale=scale, control_variate=control_variate, batch_size=batch_size,
+                      dtype=dtype)
+    gaps = terms.gaps.mean(-1)  # (K, J): data-averaged
     best, choice = gaps.min(0)
-    ens = _summarise(h, (w * best)[None])
-    mem = _summarise(h, w[None] * gaps)
-    return EnsembleEstimate(ens.value[0], ens.se[0], mem.value, mem.se, alpha, choice)
+    ens = _summarise(terms.h, (terms.w * best)[None])
+    mem = _summarise(terms.h, terms.w[None] * gaps)
+    return EnsembleEstimate(ens.value[0], ens.se[0], mem.value, mem.se, terms.alpha, choice)
+
+
+def clamp_to_box(denoise: Denoiser, lo: float = -1.0, hi: float = 1.0) -> Denoiser:
+    """``denoise`` followed by projection onto the box [lo, hi]^d, the convex hull of a lattice
+    such as {-1, +1}^d. For data in the box the projection never increases ||x - x_hat|| (it is
+    non-expansive and fixes x), so the MSE curve and every estimate can only go down."""
+    def clamped(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return denoise(x, t).clamp(lo, hi)
+    return clamped
 
 
 # -------------------------------------------------------------------------------------------
@@ -413,3 +526,76 @@ def moment_matched_gaussian(mean, cov) -> GaussianMixture:
     mean = torch.as_tensor(mean, dtype=torch.float64).reshape(1, -1)
     cov = torch.as_tensor(cov, dtype=torch.float64)
     return GaussianMixture([1.0], mean, cov[None])
+
+
+def lattice_box(dist) -> tuple[float, float] | None:
+    """(lo, hi) of the box hull of a lattice-valued law ({-1, +1}^d -> (-1, 1)); None if continuous."""
+    return (-1.0, 1.0) if isinstance(dist, Rademacher) else None
+
+
+class DataSetNLL(NamedTuple):
+    """I-MMSE estimates of mean_i[-log p(x_i)] on held-out points for K denoisers, nats per dimension.
+
+    ``value, se, gap, gap_se (K,)``: estimate, SE over points and draws, and the paired difference
+    from the exact -log p(x_i) of the same points with its SE (NaN without ``log_prob``);
+    ``curve (K, k)``: data-averaged mmse_eps / d on the log-SNR grid; ``ens_*``: the same for the
+    ensemble of ``members`` (per-draw, per-grid-point minimum; NaN without members) and ``share (K,)``
+    the fraction of draws at which each model is the ensemble's pick; ``exact, exact_se``: mean exact
+    -log p(x_i) / d and its SE over the points (NaN without ``log_prob``).
+    """
+    value: np.ndarray
+    se: np.ndarray
+    gap: np.ndarray
+    gap_se: np.ndarray
+    curve: np.ndarray
+    ens_value: float
+    ens_se: float
+    ens_gap: float
+    ens_gap_se: float
+    ens_curve: np.ndarray
+    share: np.ndarray
+    exact: float
+    exact_se: float
+
+
+def data_set_nll(x: torch.Tensor, denoisers: Sequence[Denoiser], dist, generator: torch.Generator, *, logsnr,
+                 members: Sequence[int] = (), n_alpha: int = 64, clip: float = 4.0, dtype=torch.float64) -> DataSetNLL:
+    """Evaluate denoisers as likelihood models on held-out points ``x (m, d)`` of the law ``dist``.
+
+    Continuous laws: :func:`gap_terms` with the matched-Gaussian reference of the spectrum of
+    ``dist.cov()``. Lattice laws (:func:`lattice_box`): the discrete estimator with the Gaussian
+    left-tail term and every denoiser clamped to the lattice's box. A trained network does not
+    snap to the lattice; truncating at b = loc + clip scale amounts to using it up to b and hard
+    rounding above, whose share 1/2 int_b^inf 4 gamma Q(sqrt(gamma)) d alpha per coordinate is
+    below 1e-15 at the paper's clip = 4 (gamma(b) >= e^4) and is dropped. All models share the
+    (alpha, eps) draws; then each model's data-averaged curve on ``logsnr`` is computed with one
+    fresh eps per (point, grid value), the same eps for every model.
+    """
+    x = x.to(torch.float64)
+    m, d = x.shape
+    lam = spectrum(dist.cov())
+    box = lattice_box(dist)
+    if box is not None:
+        denoisers = [clamp_to_box(den, *box) for den in denoisers]
+    K = len(denoisers)
+    grid = torch.as_tensor(logsnr, dtype=torch.float64).reshape(-1)
+    with torch.no_grad():
+        terms = gap_terms(x, denoisers, generator, lam=lam, discrete=box is not None, left_tail=box is not None,
+                          n_alpha=n_alpha, clip=clip, dtype=dtype)
+        curve_seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        curves = torch.stack([mmse_eps(x, grid, den, torch.Generator().manual_seed(curve_seed), dtype=dtype).mean(0)
+                              for den in denoisers]) / d  # (K, k)
+    est = crossed_estimates(terms, members)
+    nan = math.nan
+    gap = CrossedEstimate(torch.full((K,), nan), torch.full((K,), nan), torch.tensor(nan), torch.tensor(nan), est.choice)
+    exact = exact_se = nan
+    if hasattr(dist, "log_prob"):
+        nlp = -dist.log_prob(x).to(torch.float64)
+        gap = crossed_estimates(terms, members, offset=nlp)
+        exact, exact_se = float(nlp.mean()) / d, float(nlp.std() / math.sqrt(m)) / d
+    share = np.array([float((est.choice == k).double().mean()) if k in members else nan for k in range(K)])
+    ens_curve = curves[list(members)].min(0).values if members else torch.full_like(grid, nan)
+    npy = lambda v: (v.detach().cpu().numpy() / d)
+    return DataSetNLL(npy(est.value), npy(est.se), npy(gap.value), npy(gap.se), curves.cpu().numpy(),
+                      float(est.ensemble) / d, float(est.ensemble_se) / d, float(gap.ensemble) / d,
+                      float(gap.ensemble_se) / d, ens_curve.cpu().numpy(), share, exact, exact_se)

@@ -68,3 +68,45 @@ class ScoreMLP(nn.Module):
 
 
 NETWORKS = {"mlp": ScoreMLP}
+
+
+class EnsembleMLP(nn.Module):
+    """M independent ``ScoreMLP`` members evaluated as one batched network (grouped linear layers
+    through ``torch.baddbmm``): member m's parameters are slice m of each stacked tensor, so the
+    gradient of a sum of member losses is each member's own gradient, and Adam (elementwise)
+    updates each member exactly as if it were trained alone.
+
+    Inputs are flat: ``x (M * B, d)`` and ``t (M * B,)`` with rows grouped by member (member m
+    owns rows m*B ... (m+1)*B - 1); ``forward`` returns eps_hat of the same shape.
+    """
+
+    def __init__(self, members: list[ScoreMLP]):
+        super().__init__()
+        first = members[0]
+        self.M, self.d = len(members), first.d
+        self.register_buffer("freqs", first.freqs.clone())
+        n_hidden = len(first.hidden)
+        stack = lambda f: nn.Parameter(torch.stack([f(m) for m in members]).detach().clone())
+        self.W = nn.ParameterList(stack(lambda m, i=i: m.hidden[i].weight.T) for i in range(n_hidden))
+        self.b = nn.ParameterList(stack(lambda m, i=i: m.hidden[i].bias[None, :]) for i in range(n_hidden))
+        self.W_out = stack(lambda m: m.out.weight.T)
+        self.b_out = stack(lambda m: m.out.bias[None, :])
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        ang = noise.logsnr(t).to(x.dtype)[:, None] * self.freqs[None, :]
+        h = torch.cat([x, torch.sin(ang), torch.cos(ang)], dim=1).reshape(self.M, -1, self.d + 2 * self.freqs.numel())
+        for W, b in zip(self.W, self.b):
+            h = torch.nn.functional.silu(torch.baddbmm(b, h, W))
+        out = torch.baddbmm(self.b_out, h, self.W_out).reshape(-1, self.d)
+        return noise.sigma(t).to(x.dtype)[:, None] * x + out
+
+    def member(self, m: int, template: ScoreMLP) -> ScoreMLP:
+        """Member m as a standalone ``ScoreMLP`` (``template`` gives the architecture)."""
+        with torch.no_grad():
+            for i, layer in enumerate(template.hidden):
+                layer.weight.copy_(self.W[i][m].T)
+                layer.bias.copy_(self.b[i][m, 0])
+            template.out.weight.copy_(self.W_out[m].T)
+            template.out.bias.copy_(self.b_out[m, 0])
+        return template

@@ -8,7 +8,9 @@ Results layout (the store's template):
 * ``status (d, n, seed, estimator)`` int8: 0 pending, 1 done, 2 failed;
 * ``train_seconds``, ``train_loss``, ``eval_seconds``, ``mmd_floor`` per cell;
 * ``score_l2``, ``score_l2_rel (..., t)``; ``score_quantile (..., t, delta)``;
-* ``sliced_w2``, ``mmd``, ``w2``, ``kl_gauss (..., sampler, nfe)``.
+* ``sliced_w2``, ``mmd``, ``w2``, ``kl_gauss (..., sampler, nfe)``;
+* ``nll_immse``, ``nll_immse_se``, ``nll_exact`` (nats per dimension) and ``mmse (..., logsnr)``:
+  the trained model as a likelihood model through the I-MMSE identity (science.md §6).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 import xarray as xr
 
 import dsclab
-from dsclab import distributions, noise
+from dsclab import distributions, immse, noise
 from dsclab.metrics import SAMPLE_METRICS, mmd, score_errors
 from dsclab.samplers import SAMPLERS, GaussianNoise, steps_for_nfe
 from dsclab.spec import Cell, StudySpec
@@ -42,6 +44,11 @@ VARIABLES = {
     "w2": (("sampler", "nfe"), "exact W2 distance of samples to q_t_min (optimal transport)", "1"),
     "kl_gauss": (("sampler", "nfe"), "KL between Gaussian fits of samples and q_t_min", "nats"),
     "mmd_floor": ((), "RBF MMD between two independent target samples (bias floor)", "1"),
+    "nll_immse": ((), "I-MMSE estimate of -log p(x) of the trained model on held-out data (matched-Gaussian "
+                      "reference; discrete estimator for lattice data)", "nats per dimension"),
+    "nll_immse_se": ((), "standard error of nll_immse (held-out points and log-SNR draws)", "nats per dimension"),
+    "nll_exact": ((), "exact -log p(x) of the data law averaged over the same held-out points", "nats per dimension"),
+    "mmse": (("logsnr",), "data-averaged noise-prediction MSE E||eps - eps_hat||^2 / d of the trained model", "1"),
 }
 
 COORD_ATTRS = {
@@ -53,6 +60,7 @@ COORD_ATTRS = {
     "nfe": {"long_name": "score evaluations per sample"},
     "t": {"long_name": "OU time", "units": "1"},
     "delta": {"long_name": "quantile level delta"},
+    "logsnr": {"long_name": "log-SNR alpha = log(e^-2t / sigma_t^2)", "units": "1"},
 }
 
 
@@ -69,6 +77,7 @@ def template(spec: StudySpec) -> xr.Dataset:
         "seed": np.array(spec.seed, dtype=np.int64), "estimator": np.array(spec.estimator, dtype=str),
         "sampler": np.array(spec.sampler, dtype=str), "nfe": np.array(spec.nfe, dtype=np.int64),
         "t": np.array(spec.evaluation.t, dtype=np.float64), "delta": np.array(spec.evaluation.delta, dtype=np.float64),
+        "logsnr": np.array(spec.evaluation.logsnr, dtype=np.float64),
     }
     sizes = {k: len(v) for k, v in coords.items()}
     data = {"status": (CELL_DIMS, np.zeros([sizes[k] for k in CELL_DIMS], dtype=np.int8),
@@ -110,12 +119,27 @@ def train_cells(spec: StudySpec, cells: list[Cell], data: dict[int, np.ndarray],
                        config=train_config(spec), device=device)
 
 
+def immse_eval(spec: StudySpec, cell: Cell, score_hat, dist) -> immse.DataSetNLL:
+    """The trained score as a likelihood model (science.md §6; :func:`dsclab.immse.data_set_nll`).
+
+    ``evaluation.n_nll`` held-out points from the exact law and ``evaluation.n_alpha`` log-SNR
+    draws; points and draws depend on (distribution, d, seed) only, so every n and estimator of
+    that (d, seed) is scored on the same points with the same noise (common random numbers:
+    differences along n are much less noisy than each value). The network runs in float32.
+    """
+    ev = spec.evaluation
+    g = torch.Generator().manual_seed(derive_seed("immse", spec.distribution.model_dump(mode="json"), cell.d, cell.seed))
+    x = dist.sample(ev.n_nll, g)
+    den = immse.denoiser_from_score_fn(score_hat, dtype=torch.float32)
+    return immse.data_set_nll(x, [den], dist, g, logsnr=ev.logsnr, n_alpha=ev.n_alpha)
+
+
 def evaluate(spec: StudySpec, cell: Cell, score_hat, result: TrainResult | None = None) -> xr.Dataset:
-    """All metrics of one trained cell as a Dataset over (t, delta, sampler, nfe).
+    """All metrics of one trained cell as a Dataset over (t, delta, sampler, nfe, logsnr).
 
     Score errors use fresh points from the exact q_t; samples start from N(0, I) at
     ``evaluation.T`` and are compared with fresh draws from q_{t_min}, the law the reverse SDE
-    targets with early stopping.
+    targets with early stopping; the likelihood variables come from :func:`immse_eval`.
     """
     ev = spec.evaluation
     t0 = time.perf_counter()
@@ -137,8 +161,13 @@ def evaluate(spec: StudySpec, cell: Cell, score_hat, result: TrainResult | None 
                 raise FloatingPointError(f"sampler {name} at nfe={nfe} produced non-finite samples")
             for k in names:
                 vals[k][i, j] = SAMPLE_METRICS[k](y, target, g)
+    nll = immse_eval(spec, cell, score_hat, dist)
     ds = xr.Dataset(
         {
+            "nll_immse": ((), nll.value[0]),
+            "nll_immse_se": ((), nll.se[0]),
+            "nll_exact": ((), nll.exact),
+            "mmse": (("logsnr",), nll.curve[0]),
             "score_l2": (("t",), errs["l2"]),
             "score_l2_rel": (("t",), errs["l2_rel"]),
             "score_quantile": (("t", "delta"), errs["quantile"]),
@@ -147,7 +176,8 @@ def evaluate(spec: StudySpec, cell: Cell, score_hat, result: TrainResult | None 
             "train_seconds": ((), result.seconds if result else np.nan),
             "train_loss": ((), result.loss if result else np.nan),
         },
-        coords={"t": list(ev.t), "delta": list(ev.delta), "sampler": list(spec.sampler), "nfe": list(spec.nfe)},
+        coords={"t": list(ev.t), "delta": list(ev.delta), "sampler": list(spec.sampler), "nfe": list(spec.nfe),
+                "logsnr": list(ev.logsnr)},
     )
     ds["eval_seconds"] = ((), time.perf_counter() - t0)
     return ds

@@ -278,13 +278,15 @@ def sample_srk(score: Score, x: torch.Tensor, ts, *, noise: Noise) -> torch.Tens
 
     This is a stochastic exponential Heun (ETD2RK-type) step. Claimed order: weak order 2
     (strong order 1) for the additive-noise semi-linear SDE with smooth f. Argument: expanding
-    f_{t'}(Yp) - f_t(Y) to first order, the correction reproduces the O(h^2) drift terms
-    (h^2/2)(f' (Y + f) + d_t f) and the O(h^2) covariance between the drift correction and the
-    noise, E[(h/2) f' xi xi^T] = h^2 f', exactly as in the weak Taylor scheme; the remaining
-    differences are O(h^3) per step in the first two moments (the mean-zero O(h^2) term
-    (h/4) f''[xi, xi] - E does not affect weak order 2). For linear f (Gaussian data) the step
-    is exact to O(h^3) in mean and covariance, so KL to the target falls like h^4 versus h^2 for
-    the exponential integrator (tests/test_samplers.py checks the doubled slope).
+    f_{t'}(Yp) - f_t(Y) around Y (h phi_2(h) = h/2 + O(h^2)), the correction reproduces the terms
+    of the weak order-2 Taylor scheme beyond the exact linear flow: the drift terms
+    (h^2/2)(f' (Y + f) + d_t f), the drift-noise covariance E[(h/2) f' xi xi^T] = h^2 f', and the
+    Ito term E[(h/4) f''[xi, xi]] = (h^2/2) Laplacian(f) (= (h^2/2)(sigma^2/2) Laplacian(f),
+    sigma^2 = 2); the remaining differences in the moments are O(h^3) per step. For linear f
+    (Gaussian data) mean and covariance of one step are exact to O(h^3), so KL to the target
+    falls like h^4, against h^2 for the exponential integrator. Measured (exact propagation,
+    gaussian(32, cond=10), 'exp' grid T = 5 -> t_min = 1e-3, start q_T): KL ~ NFE^-4.47 versus
+    NFE^-2.09; KL = 1e-4 at NFE ~200 versus ~1470 (tests/test_samplers.py).
     """
     for t, t_next in zip(ts[:-1], ts[1:]):
         t, t_next = float(t), float(t_next)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -112,6 +113,18 @@ class EvalSpec(_Frozen):
     T: float = Field(5.0, gt=0, description="sampler start time (from N(0, I))")
     t_min: float = Field(1e-3, gt=0, description="early-stopping time of the samplers")
     schedule: str = Field("exp", description="time grid of the samplers")
+    logsnr: list[float] = Field([float(a) for a in range(-8, 9)],
+                                description="log-SNR grid of the stored data-averaged MSE curve (I-MMSE)")
+    n_nll: int = Field(1000, ge=2, description="held-out points of the I-MMSE likelihood estimate")
+    n_alpha: int = Field(64, ge=2, description="log-SNR draws of the I-MMSE integral (shared by the points)")
+
+    @field_validator("logsnr")
+    @classmethod
+    def _logsnr(cls, v: list[float]) -> list[float]:
+        if not v or any(not math.isfinite(x) for x in v):
+            raise ValueError(f"{v} must be finite log-SNR values")
+        _unique(v)
+        return v
 
     @field_validator("t")
     @classmethod
@@ -158,11 +171,41 @@ class Cell(_Frozen):
     key: str
 
 
-class StudySpec(_Frozen):
+class StudyBase(_Frozen):
+    """What every study spec has: a name, where its store goes and how many tasks run at once.
+
+    A study kind subclasses this with a ``kind: Literal[...]`` field and its own axes; ``hash``
+    covers everything but ``store``, ``workers`` and ``max_cells`` (which do not change numbers).
+    """
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="study name; store results/<name>.zarr")
+    store: str | None = Field(None, description="store path or fsspec URL (default results/<name>.zarr)")
+    workers: int = Field(2, gt=0, description="tasks run at once")
+    max_cells: int = Field(10_000, gt=0, description="refuse grids with more cells than this")
+
+    def numerics(self) -> dict:
+        """What determines the numbers (not where they are stored or how many tasks run)."""
+        return self.model_dump(mode="json", exclude={"store", "workers", "max_cells"})
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps({"spec": self.numerics(), "version": dsclab.__version__}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def store_path(self, override: str | None = None) -> str:
+        return override or self.store or f"results/{self.name}.zarr"
+
+    def key(self, **cell) -> str:
+        """Stable key of one cell: its parameters, the spec's numerics and the code version."""
+        blob = json.dumps({**cell, "spec": self.numerics(), "version": dsclab.__version__}, sort_keys=True,
+                          default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class StudySpec(StudyBase):
     """A sample-complexity study: the grid d x n x seed x estimator, evaluated per sampler x nfe."""
 
     kind: Literal["sample_complexity"] = Field("sample_complexity", description="study kind (selects the flow)")
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="study name; store results/<name>.zarr")
     distribution: DistributionSpec = DistributionSpec()
     d: list[int] = Field(..., description="dimensions")
     n: list[int] = Field(..., description="training sample sizes")
@@ -172,9 +215,6 @@ class StudySpec(_Frozen):
     nfe: list[int] = Field([10, 30, 100], description="score evaluations per sample")
     train: TrainSpec = TrainSpec()
     evaluation: EvalSpec = EvalSpec()
-    store: str | None = Field(None, description="store path or fsspec URL (default results/<name>.zarr)")
-    workers: int = Field(2, gt=0, description="tasks run at once")
-    max_cells: int = Field(10_000, gt=0, description="refuse grids with more cells than this")
 
     @field_validator("d", "n", "nfe")
     @classmethod
@@ -209,32 +249,10 @@ class StudySpec(_Frozen):
             raise ValueError(f"the grid has {cells} cells, over max_cells={self.max_cells}")
         return self
 
-    # -- derived ----------------------------------------------------------------------------
-    def numerics(self) -> dict:
-        """What determines the numbers (not where they are stored or how many tasks run)."""
-        return self.model_dump(mode="json", exclude={"store", "workers", "max_cells"})
-
-    @property
-    def hash(self) -> str:
-        blob = json.dumps({"spec": self.numerics(), "version": dsclab.__version__}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def store_path(self, override: str | None = None) -> str:
-        return override or self.store or f"results/{self.name}.zarr"
-
     def cells(self) -> list[Cell]:
-        num = self.numerics()
-        common = {k: num[k] for k in ("distribution", "train", "evaluation", "sampler", "nfe")}
-        out = []
-        for d in self.d:
-            for n in self.n:
-                for seed in self.seed:
-                    for est in self.estimator:
-                        blob = json.dumps({"d": d, "n": n, "seed": seed, "estimator": est, **common,
-                                           "version": dsclab.__version__}, sort_keys=True)
-                        out.append(Cell(d=d, n=n, seed=seed, estimator=est,
-                                        key=hashlib.sha256(blob.encode()).hexdigest()[:16]))
-        return out
+        """One cell per (d, n, seed, estimator); the key ignores the grid's other values."""
+        return [Cell(d=d, n=n, seed=seed, estimator=est, key=self.key(d=d, n=n, seed=seed, estimator=est))
+                for d in self.d for n in self.n for seed in self.seed for est in self.estimator]
 
 
 def format_validation_error(err: ValidationError) -> str:

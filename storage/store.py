@@ -11,6 +11,7 @@ Metadata is written unconsolidated; :func:`consolidate` runs once when a study f
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -70,16 +71,21 @@ def open_results(path: str) -> xr.Dataset:
 
 
 def _writable_local(path: str) -> None:
+    """For a local path: the nearest existing ancestor must be a folder we can create files in
+    (probed with a temporary file, which also catches read-only filesystems for root)."""
     fs, root = _fs(path)
     if not isinstance(fs, LocalFileSystem):
         return
-    parent = os.path.abspath(root)
+    parent = os.path.dirname(os.path.abspath(root))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise StoreError(f"cannot create store {path}: {parent} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot create store {path}: {parent} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise StoreError(f"cannot create store {path}: {parent} is not writable ({e.strerror})") from None
 
 
 def check_store(path: str, template: xr.Dataset) -> bool:

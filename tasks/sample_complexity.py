@@ -14,11 +14,11 @@ import storage
 from dsclab import sample_complexity as sc
 from dsclab.nets import ScoreMLP
 from dsclab.spec import Cell, StudySpec
-from dsclab.train import resolve_device
+from flows.runners import task_device
 from storage import files
 
 
-def _index(cell: Cell) -> dict:
+def cell_index(cell: Cell) -> dict:
     return {"d": cell.d, "n": cell.n, "seed": cell.seed, "estimator": cell.estimator}
 
 
@@ -38,17 +38,20 @@ def generate_data(store: str, spec: StudySpec, d: int, seed: int) -> str:
 
 @task(name="train-group", cache_policy=NO_CACHE, tags=["gpu"])
 def train_group(store: str, spec: StudySpec, cells: list[Cell]) -> dict[str, str | None]:
-    """Train cells sharing d; returns {cell key: checkpoint URL, or None if it failed}."""
+    """Train cells sharing d; returns {cell key: checkpoint URL, or None if it failed}.
+
+    Tagged ``gpu``: the Prefect concurrency limit ``gpu`` and, under Dask, the resource GPU=1 keep
+    one training task per GPU; the device comes from the worker (``flows.runners.task_device``)."""
     log = get_run_logger()
-    device = str(resolve_device(spec.train.device))
+    device = task_device(spec.train.device)  # the worker's GPU when it has one (flows.runners)
     data = {c.seed: files.load_array(data_url(store, spec, c.d, c.seed)) for c in cells}
     out: dict[str, str | None] = {}
     for cell in cells:  # one at a time so that one diverging cell does not sink its group
         try:
             (res,) = sc.train_cells(spec, [cell], data, device)
         except Exception as e:  # noqa: BLE001 - recorded as the cell's failure
-            log.warning("cell %s failed in training: %s", _index(cell), e)
-            storage.mark_cells(store, [_index(cell)], storage.FAILED)
+            log.warning("cell %s failed in training: %s", cell_index(cell), e)
+            storage.mark_cells(store, [cell_index(cell)], storage.FAILED)
             out[cell.key] = None
             continue
         u = files.url(store, "checkpoints", f"{cell.key}.pt")
@@ -76,9 +79,9 @@ def evaluate_cell(store: str, spec: StudySpec, cell: Cell, checkpoints: dict[str
         res = sc.TrainResult(model, ck["loss"], ck["seconds"])
         values = sc.evaluate(spec, cell, model.score, res)
     except Exception as e:  # noqa: BLE001
-        get_run_logger().warning("cell %s failed in evaluation: %s\n%s", _index(cell), e, traceback.format_exc())
-        storage.mark_cells(store, [_index(cell)], storage.FAILED)
+        get_run_logger().warning("cell %s failed in evaluation: %s\n%s", cell_index(cell), e, traceback.format_exc())
+        storage.mark_cells(store, [cell_index(cell)], storage.FAILED)
         return storage.FAILED
-    storage.write_cell(store, values, _index(cell))
-    storage.mark_cells(store, [_index(cell)], storage.DONE)
+    storage.write_cell(store, values, cell_index(cell))
+    storage.mark_cells(store, [cell_index(cell)], storage.DONE)
     return storage.DONE

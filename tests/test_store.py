@@ -77,3 +77,40 @@ def test_memory_url_store():
     storage.create_or_open(url, tpl, sc.CELL_DIMS)
     storage.mark_cells(url, [{"d": 2, "n": 10, "seed": 0, "estimator": "dsm"}], storage.DONE)
     assert int(storage.read_status(url).sum()) == 1
+
+
+def _store_with_done_cell(tmp_path):
+    path = str(tmp_path / "s.zarr")
+    storage.create_or_open(path, sc.template(spec()), sc.CELL_DIMS)
+    idx = {"d": 4, "n": 10, "seed": 1, "estimator": "dsm"}
+    values = sc.template(spec()).sel({k: [v] for k, v in idx.items()}).drop_vars("status")
+    values = values.squeeze([k for k in idx]).map(lambda a: a.fillna(1.0))
+    storage.write_cell(path, values.drop_vars(list(idx), errors="ignore"), idx)
+    storage.mark_cells(path, [idx], storage.DONE)
+    return path, idx
+
+
+def test_check_consistent_store_reports_nothing(tmp_path):
+    from storage.check import check_store
+
+    path, _ = _store_with_done_cell(tmp_path)
+    assert check_store(path) == []
+
+
+def test_check_reports_corrupted_and_missing_chunks_and_disagreeing_status(tmp_path):
+    from storage.check import check_store
+
+    path, idx = _store_with_done_cell(tmp_path)
+    # d=4 is index 1, n=10 index 0, seed=1 index 1, estimator index 0
+    chunk = tmp_path / "s.zarr" / "score_l2" / "1.0.1.0.0"
+    assert chunk.exists()
+    chunk.write_bytes(b"garbage" * 10)
+    (tmp_path / "s.zarr" / "w2" / "1.0.1.0.0.0").unlink()
+    other = {"d": 2, "n": 20, "seed": 0, "estimator": "dsm"}
+    storage.write_cell(path, xr.Dataset({"train_seconds": ((), 5.0)}), other)  # values, status pending
+    problems = check_store(path)
+    text = "\n".join(problems)
+    assert "d=4, n=10, seed=1, estimator=dsm: score_l2: unreadable chunk" in text
+    assert "w2: chunk w2/1.0.1.0.0.0 missing" in text
+    assert "d=2, n=20, seed=0, estimator=dsm: status pending but values in train_seconds" in text
+    assert len(problems) == 3

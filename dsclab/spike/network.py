@@ -14,7 +14,8 @@ with row means r_i = mean_j h_ij, column means c_j = mean_i h_ij, diagonal d_i =
 g and diagonal mean dbar; A, A', R, R', G, D are linear maps on channels. Each term commutes with
 the action h -> P h P^T, so the layer does; elementwise nonlinearities preserve it.
 
-Input channels: ``y / sqrt(1 + t)``, ``(y y) / (n (1 + t))`` (a power-iteration feature) and four
+Input channels: ``y / sqrt(1 + t)`` (noise-scaled), ``y / (1 + t)`` (signal-scaled, ~x at large t),
+``(y y) / (n (1 + t))`` (a power-iteration feature) and four
 time features of ``s = log(1 + t) / log(1 + t_scale)``: ``s, s^2, sin(pi s), cos(pi s)``, appended
 to every layer's input. Output: the symmetric part of the last layer's single channel.
 """
@@ -69,7 +70,7 @@ class SpikeNet(nn.Module):
                  generator: torch.Generator | None = None):
         super().__init__()
         self.n, self.t_scale = n, float(4 * n if t_scale is None else t_scale)
-        c_in = 2
+        c_in = 3
         layers = []
         for i in range(depth):
             c_out = 1 if i == depth - 1 else width
@@ -96,9 +97,10 @@ class SpikeNet(nn.Module):
         y = y.to(dtype=p.dtype, device=p.device)
         tv = t_vector(t, B, dtype=p.dtype, device=p.device)
         a = y / torch.sqrt(1.0 + tv)[:, None, None]
+        a1 = y / (1.0 + tv)[:, None, None]
         b = (y @ y) / (n * (1.0 + tv))[:, None, None]
         tf = self.time_features(tv)[:, None, None, :].expand(B, n, n, self.N_TIME)
-        h = torch.stack([a, b], dim=-1)
+        h = torch.stack([a, a1, b], dim=-1)
         for i, layer in enumerate(self.layers):
             h = layer(torch.cat([h, tf], dim=-1))
             if i < len(self.layers) - 1:

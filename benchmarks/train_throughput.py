@@ -1,0 +1,75 @@
+"""Cells per hour: a plain per-cell training loop against batched ensembles (issue 9).
+
+Trains the quick study's cells (studies/quick.yaml: d x n x seed) both ways in one run, on the
+same data and seeds, and prints cells/hour for each and their ratio. The plain loop is what a
+researcher would write: one ScoreMLP per cell, trained alone, one after another. The batched way
+trains all cells sharing d as one ensemble (``train_ensemble``).
+
+    .venv/bin/python benchmarks/train_throughput.py [--device cpu|cuda] [--steps N] [--spec FILE]
+
+``--steps`` shortens every cell's budget equally (the ratio is per optimiser step, so it is not
+affected); default: the spec's own budget.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import record  # noqa: E402
+
+from dsclab import sample_complexity as sc  # noqa: E402
+from dsclab.spec import load_spec  # noqa: E402
+from dsclab.train import train_ensemble, train_score  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spec", default="studies/quick.yaml")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = load_spec(args.spec)
+    if args.steps:
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": args.steps})})
+    cfg = sc.train_config(spec)
+    cells = spec.cells()
+    data = {(d, s): torch.as_tensor(sc.generate_data(spec, d, s), dtype=torch.float32)
+            for d in spec.d for s in spec.seed}
+    seeds = {c.key: sc.derive_seed("train", c.key) for c in cells}
+
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for c in cells:
+        train_score(data[(c.d, c.seed)][: c.n], config=cfg, seed=seeds[c.key], device=args.device)
+    plain = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    for d in spec.d:
+        group = [c for c in cells if c.d == d]
+        train_ensemble([data[(c.d, c.seed)][: c.n] for c in group], [seeds[c.key] for c in group],
+                       config=cfg, device=args.device)
+    batched = time.perf_counter() - t0
+
+    n = len(cells)
+    res = {"cells": n, "steps": cfg.steps, "device": args.device,
+           "plain_seconds": plain, "batched_seconds": batched,
+           "plain_cells_per_hour": 3600 * n / plain, "batched_cells_per_hour": 3600 * n / batched,
+           "speedup": plain / batched}
+    print(f"{n} cells x {cfg.steps} steps on {args.device} ({torch.get_num_threads()} threads)")
+    print(f"plain loop : {plain:8.1f} s  {res['plain_cells_per_hour']:10.0f} cells/hour")
+    print(f"batched    : {batched:8.1f} s  {res['batched_cells_per_hour']:10.0f} cells/hour")
+    print(f"speedup    : {res['speedup']:.2f}x")
+    print(f"record     : {record('train_throughput', res)}")
+
+
+if __name__ == "__main__":
+    main()

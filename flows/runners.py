@@ -1,0 +1,258 @@
+"""Where a flow's tasks run: threads in the flow's process (default), a local Dask cluster, or an
+existing Dask scheduler; and which device a training task uses.
+
+A study flow takes a :class:`RunnerSpec` parameter (the Prefect UI renders it as a form next to
+the spec) and submits its tasks through :func:`start`::
+
+    with runners.start(runner, workers=spec.workers, log=log) as run:
+        data = run.submit(generate_data, path, spec, d, seed)
+        trained = run.submit(train_group, path, spec, cells, wait_for=[data])
+        ...                      # wait for the futures inside the ``with``
+
+Routing: a task tagged ``gpu`` (training) is limited by the Prefect tag concurrency limit ``gpu``
+(one slot per GPU, set by ``dsclab server``) under every runner, and under Dask it also carries the
+resource annotation ``{"GPU": 1}``, so a Dask worker declaring ``--resources GPU=1`` runs at most
+one such task at a time, whatever its thread count. Tasks without the tag (data generation,
+evaluation) run on any worker thread. A GPU task picks its device with :func:`task_device`: the
+``DSCLAB_DEVICE`` variable of the process it runs in (the work pool's job variables set it), else
+CUDA when the process sees a GPU (``CUDA_VISIBLE_DEVICES`` of its worker), else the CPU.
+
+Robustness (for a worker lost mid-task): Dask reschedules the tasks of a worker that dies on the
+remaining workers (up to ``distributed.scheduler.allowed-failures`` times, default 3); tasks only
+write their own cell's chunks and mark a cell done last, so a rerun of a half-finished task is
+safe.
+
+``RunnerSpec`` imports neither Prefect nor Dask, so it could move into ``dsclab.spec`` as a field
+of ``StudyBase`` (excluded from the hash, like ``workers``).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+GPU_TAG = "gpu"
+GPU_RESOURCE = "GPU"
+
+
+class RunnerSpec(BaseModel):
+    """How the flow runs its tasks. ``kind='threads'``: a thread pool of ``spec.workers`` threads in
+    the flow's process. ``kind='dask'``: a Dask cluster, either the scheduler at ``address`` or a
+    temporary local cluster of ``n_workers`` processes (each declaring ``resources``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["threads", "dask"] = Field("threads", description="'threads' (in the flow's process) or 'dask'")
+    address: str | None = Field(None, description="Dask scheduler address, e.g. tcp://host:8786 (kind dask); "
+                                                  "empty: start a local cluster")
+    n_workers: int = Field(2, gt=0, description="worker processes of a local Dask cluster")
+    threads_per_worker: int = Field(1, gt=0, description="threads per local Dask worker")
+    resources: dict[str, float] = Field({GPU_RESOURCE: 1.0},
+                                        description="resources each local Dask worker declares")
+    cluster_class: str = Field("distributed.LocalCluster",
+                               description="class of the local cluster, e.g. dask_cuda.LocalCUDACluster")
+    gpu_annotation: Literal["auto", "always", "never"] = Field(
+        "auto", description="annotate gpu-tagged tasks with the Dask resource GPU=1: 'auto' when "
+                            "some worker declares GPU")
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _blank(cls, v):
+        return None if isinstance(v, str) and not v.strip() else v  # an empty UI field means none
+
+    @model_validator(mode="after")
+    def _address(self) -> "RunnerSpec":
+        if self.kind == "threads" and self.address:
+            raise ValueError("address is for kind 'dask'")
+        return self
+
+
+def task_device(requested: str = "auto") -> str:
+    """The device a training task uses: ``requested`` unless it is 'auto'; then ``DSCLAB_DEVICE``
+    from the environment when set (and not 'auto'), else CUDA when visible, else the CPU."""
+    if requested == "auto":
+        requested = os.environ.get("DSCLAB_DEVICE", "").strip() or "auto"
+    from dsclab.train import resolve_device
+
+    return str(resolve_device(requested))
+
+
+def make_task_runner(spec: RunnerSpec, workers: int):
+    """The Prefect task runner ``spec`` describes (not started)."""
+    if spec.kind == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    from prefect_dask import DaskTaskRunner
+
+    if spec.address:
+        return DaskTaskRunner(address=spec.address)
+    kwargs: dict[str, Any] = {"n_workers": spec.n_workers, "threads_per_worker": spec.threads_per_worker,
+                              "resources": dict(spec.resources)}
+    if spec.cluster_class == "distributed.LocalCluster":
+        kwargs["processes"] = True
+    return DaskTaskRunner(cluster_class=spec.cluster_class, cluster_kwargs=kwargs)
+
+
+PACKAGES = ("dsclab", "storage", "tasks", "flows")
+
+
+def preimport_packages() -> None:
+    """Import this project's packages, ignoring sys.path folders that would shadow them.
+
+    A Dask worker puts its scratch folder first on ``sys.path``, and that folder holds a
+    ``storage`` directory (its spill space); with an editable install (an import hook placed after
+    the path search) ``import storage`` would then find that empty directory as a namespace
+    package. Importing once with such folders left out puts the real packages in ``sys.modules``.
+    """
+    import importlib
+    import sys
+
+    def shadows(entry: str, name: str) -> bool:
+        d = os.path.join(entry or ".", name)
+        return os.path.isdir(d) and not os.path.exists(os.path.join(d, "__init__.py"))
+
+    saved = list(sys.path)
+    try:
+        sys.path[:] = [p for p in saved if not any(shadows(p, n) for n in PACKAGES)]
+        for name in PACKAGES:
+            mod = sys.modules.get(name)
+            if mod is not None and getattr(mod, "__file__", None) is None:  # a namespace package
+                for k in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+                    del sys.modules[k]
+            importlib.import_module(name)
+    finally:
+        sys.path[:] = saved
+
+
+def _register_preimport(client) -> None:
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class PreImport(WorkerPlugin):
+        name = "dsclab-preimport"
+
+        def setup(self, worker):
+            preimport_packages()
+
+    client.register_plugin(PreImport())
+
+
+def _workers_declare_gpu(client) -> tuple[int, int]:
+    """(workers, workers declaring a GPU resource) currently connected to the scheduler."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return len(workers), sum(1 for w in workers.values() if w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1)
+
+
+class Runner:
+    """A started task runner; :meth:`submit` is ``task.submit`` on it, adding the Dask GPU
+    annotation to gpu-tagged tasks."""
+
+    def __init__(self, spec: RunnerSpec, task_runner, annotate_gpu: bool):
+        self.spec, self.task_runner, self.annotate_gpu = spec, task_runner, annotate_gpu
+
+    def submit(self, task, *args, wait_for=None, **kwargs):
+        from prefect.utilities.callables import get_call_parameters
+
+        parameters = get_call_parameters(task.fn, args, kwargs)
+        ctx = contextlib.nullcontext()
+        if self.annotate_gpu and GPU_TAG in task.tags:
+            import dask
+
+            ctx = dask.annotate(resources={GPU_RESOURCE: 1})
+        with ctx:
+            return self.task_runner.submit(task, parameters, wait_for)
+
+    @property
+    def client(self):
+        """The Dask client (kind 'dask' only)."""
+        return self.task_runner.client
+
+
+@contextlib.contextmanager
+def _share_ephemeral_api(spec: RunnerSpec, log=None) -> Iterator[None]:
+    """Without PREFECT_API_URL the flow talks to a temporary server in a subprocess; hand its URL
+    to the tasks (through the settings Prefect serialises with each Dask task) so that Dask
+    workers report to it instead of each starting a temporary server of their own."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    ctx = FlowRunContext.get()
+    url = None if PREFECT_API_URL.value() or ctx is None else getattr(ctx.client, "api_url", None)
+    if not url:
+        yield
+        return
+    if spec.address and log is not None:
+        log.warning("no PREFECT_API_URL: Dask workers at %s report to this machine's temporary server "
+                    "%s; start a Prefect server and set PREFECT_API_URL for remote workers", spec.address, url)
+    with temporary_settings({PREFECT_API_URL: str(url)}):
+        yield
+
+
+@contextlib.contextmanager
+def start(spec: RunnerSpec | None, workers: int, log=None) -> Iterator[Runner]:
+    """Start the runner ``spec`` describes for the duration of the ``with`` block (a local Dask
+    cluster is torn down at its end). Futures must be waited for inside the block."""
+    spec = spec or RunnerSpec()
+    tr = make_task_runner(spec, workers)
+    with contextlib.ExitStack() as stack:
+        if spec.kind == "dask":
+            stack.enter_context(_share_ephemeral_api(spec, log))
+        stack.enter_context(tr)
+        annotate = False
+        if spec.kind == "dask":
+            client = tr.client  # connects (or starts the local cluster) now
+            _register_preimport(client)
+            n, with_gpu = _workers_declare_gpu(client)
+            if spec.gpu_annotation == "always":
+                annotate = True
+            elif spec.gpu_annotation == "auto":
+                annotate = with_gpu > 0 or (not spec.address and spec.resources.get(GPU_RESOURCE, 0) >= 1)
+                if not annotate and log is not None:
+                    log.warning("no Dask worker declares the resource %s (%d workers): gpu tasks run "
+                                "unconstrained; start workers with --resources %s=1 or set gpu_annotation "
+                                "'always'", GPU_RESOURCE, n, GPU_RESOURCE)
+            if log is not None:
+                log.info("Dask cluster %s: %d workers (%d declare %s), gpu annotation %s",
+                         spec.address or "local", n, with_gpu, GPU_RESOURCE, "on" if annotate else "off")
+        yield Runner(spec, tr, annotate)
+
+
+# Command-line flags (``dsclab run``) ------------------------------------------------------------
+
+def add_runner_args(parser) -> None:
+    """Add --runner, --dask-address, --dask-workers to an argparse parser."""
+    parser.add_argument("--runner", choices=["threads", "dask"], default=None,
+                        help="where tasks run: threads in this process (default) or a Dask cluster")
+    parser.add_argument("--dask-address", default=None,
+                        help="Dask scheduler address (tcp://host:8786); implies --runner dask")
+    parser.add_argument("--dask-workers", type=int, default=None,
+                        help="worker processes of a local Dask cluster (default 2); implies --runner dask")
+
+
+def runner_from_args(args) -> RunnerSpec | None:
+    """The RunnerSpec the flags ask for, or None when none was given (the flow's default)."""
+    address, n = getattr(args, "dask_address", None), getattr(args, "dask_workers", None)
+    kind = getattr(args, "runner", None) or ("dask" if address or n else None)
+    if kind is None:
+        return None
+    if kind == "threads" and (address or n):
+        raise ValueError("--dask-address / --dask-workers need --runner dask")
+    if n is not None and n <= 0:
+        raise ValueError(f"--dask-workers {n}: must be a positive integer")
+    return RunnerSpec(kind=kind, address=address, **({"n_workers": n} if n else {}))
+
+
+def flow_kwargs(flow, args) -> dict:
+    """``{'runner': RunnerSpec}`` for a flow call when flags ask for a runner; raises ValueError
+    when the flow takes no ``runner`` parameter."""
+    import inspect
+
+    runner = runner_from_args(args)
+    if runner is None:
+        return {}
+    if "runner" not in inspect.signature(flow.fn).parameters:
+        raise ValueError(f"flow {flow.name!r} takes no runner parameter (only threads)")
+    return {"runner": runner}
