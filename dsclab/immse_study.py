@@ -41,7 +41,11 @@ same points) and ``ensemble_share`` over (data, d, n, seed, denoiser); ``nll_exa
 E||eps - eps_hat||^2 / d on the log-SNR grid (for ``ensemble`` the per-point minimum over
 members, i.e. the envelope); and, filled in when the store is created (closed forms),
 ``mmse_gauss (data, d, logsnr)`` = mean_i sigmoid(alpha + log lam_i) (the Gaussian reference
-curve) and ``logsnr_min``/``logsnr_max (data, d)``, the integration range.
+curve), ``logsnr_min``/``logsnr_max (data, d)``, the integration range, and ``train_t_min (data, d)``.
+
+Training range. By default (``train_logsnr_margin``) a network is trained on t >= t(logsnr_max
++ 0.5) of its law: the noise levels the likelihood integrates, plus a margin, and no higher SNR
+(for +-1 data the denoiser there is a near-step the network would spend its capacity on).
 """
 from __future__ import annotations
 
@@ -56,7 +60,7 @@ import xarray as xr
 from pydantic import Field, field_validator, model_validator
 
 import dsclab
-from dsclab import distributions, immse
+from dsclab import distributions, immse, noise
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.distributions.rademacher import Rademacher
 from dsclab.sample_complexity import derive_seed
@@ -104,6 +108,9 @@ class ImmseSpec(StudyBase):
     n: list[int] = Field(..., description="training sample sizes of the trained denoiser")
     seed: list[int] = Field([0], description="seeds (training data, held-out data, initialisation, draws)")
     mismatch: float = Field(4.0, gt=0, description="odds factor of the mismatched mixture weights / +-1 law")
+    train_logsnr_margin: float | None = Field(
+        0.5, ge=0, description="train each network on log-SNR <= (upper end of its law's integration range) + margin, "
+                               "i.e. t >= t(that log-SNR), instead of t >= train.t_min; null: train.t_min")
     train: TrainSpec = TrainSpec()
     evaluation: ImmseEvalSpec = ImmseEvalSpec()
 
@@ -232,18 +239,21 @@ def reference(spec: ImmseSpec) -> xr.Dataset:
     """Closed forms per (data, d): the Gaussian reference curve and the integration range."""
     names, grid = [x.name for x in spec.data], torch.tensor(spec.evaluation.logsnr, dtype=torch.float64)
     curve = np.full((len(names), len(spec.d), len(grid)), np.nan)
-    lo, hi = np.full((len(names), len(spec.d)), np.nan), np.full((len(names), len(spec.d)), np.nan)
+    lo, hi, tmin = (np.full((len(names), len(spec.d)), np.nan) for _ in range(3))
     for i, name in enumerate(names):
         for j, d in enumerate(spec.d):
-            lam = immse.spectrum(spec.law(name, d).cov())
+            law = spec.law(name, d)
+            lam = immse.spectrum(law.cov())
             curve[i, j] = (immse.mmse_gaussian(grid, lam) / d).numpy()
             lo[i, j], hi[i, j] = immse.logsnr_range(*immse.loc_scale(lam), spec.evaluation.clip)
+            tmin[i, j] = train_t_min(spec, law)
     return xr.Dataset({
         "mmse_gauss": (("data", "d", "logsnr"), curve, {
             "long_name": "noise-prediction MMSE / d of the matched Gaussian, mean_i sigmoid(alpha + log lam_i)",
             "units": "1"}),
         "logsnr_min": (("data", "d"), lo, {"long_name": "lower end of the log-SNR integration range", "units": "1"}),
         "logsnr_max": (("data", "d"), hi, {"long_name": "upper end of the log-SNR integration range", "units": "1"}),
+        "train_t_min": (("data", "d"), tmin, {"long_name": "smallest OU time the networks are trained on", "units": "1"}),
     })
 
 
@@ -291,10 +301,23 @@ def training_data(spec: ImmseSpec, name: str, d: int, seed: int) -> torch.Tensor
     return spec.law(name, d).sample(max(spec.n), g)
 
 
-def train_config(spec: ImmseSpec) -> TrainConfig:
+def train_t_min(spec: ImmseSpec, law) -> float:
+    """Smallest training time: t(logsnr_max + margin) for the law's integration range (the noise
+    levels the likelihood uses, plus a margin), or ``train.t_min`` when the margin is null."""
+    if spec.train_logsnr_margin is None:
+        return spec.train.t_min
+    lam = immse.spectrum(law.cov())
+    top = immse.logsnr_range(*immse.loc_scale(lam), spec.evaluation.clip)[1] + spec.train_logsnr_margin
+    return float(noise.t_from_logsnr(top))
+
+
+def train_config(spec: ImmseSpec, law) -> TrainConfig:
     tr = spec.train
+    t_min = train_t_min(spec, law)
+    if t_min >= tr.T:
+        raise ValueError(f"training range is empty: t_min {t_min:.3g} >= T {tr.T}")
     return TrainConfig(steps=tr.steps, batch_size=tr.batch_size, lr=tr.lr, width=tr.width, depth=tr.depth,
-                       t_min=tr.t_min, T=tr.T)
+                       t_min=t_min, T=tr.T)
 
 
 def run_cell(spec: ImmseSpec, cell: ImmseCell) -> xr.Dataset:
@@ -305,7 +328,7 @@ def run_cell(spec: ImmseSpec, cell: ImmseCell) -> xr.Dataset:
     """
     law = spec.law(cell.data, cell.d)
     x_train = training_data(spec, cell.data, cell.d, cell.seed)[: cell.n]
-    res = train_score(x_train.to(torch.float32), config=train_config(spec), seed=derive_seed("immse-train", cell.key),
+    res = train_score(x_train.to(torch.float32), config=train_config(spec, law), seed=derive_seed("immse-train", cell.key),
                       device=resolve_device(spec.train.device))
     t0 = time.perf_counter()
     model = res.model.cpu().eval()
@@ -435,6 +458,9 @@ def plot(ds: xr.Dataset, out: str) -> str:
                         lw=1, label=f"trained n={int(n)}")
             ax.plot(alpha, sel.sel(denoiser="ensemble").isel(n=-1), color="C1", lw=2.5, ls=":",
                     label=f"ensemble (n={int(ds.n[-1])})")
+            top = 1.3 * float(max(ds.mmse_gauss.sel(data=data, d=d).max(),
+                                  sel.sel(denoiser=list(fixed)).max()))
+            ax.set_ylim(-0.02 * top, top)  # badly overfitted networks (small n) leave the panel
             ax.set_title(f"{data}, d={int(d)}", fontsize=10)
             ax.set_xlabel("log-SNR α"), ax.set_ylabel("E‖ε − ε̂‖² / d")
             ax.grid(alpha=0.3)
@@ -445,13 +471,15 @@ def plot(ds: xr.Dataset, out: str) -> str:
                             color=f"C{j}", ls=ls, marker=mk, capsize=2, label=f"{k}, d={int(d)}")
             ax.axhline(float(g.sel(data=data, d=d, denoiser="exact").mean()), color=f"C{j}", lw=0.8, ls="--")
         ax.axhline(0.0, color="k", lw=0.6)
+        ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_xscale("log"), ax.set_xlabel("n (training samples)")
         ax.set_ylabel("nll_immse − nll_exact (nats/dim)")
-        ax.set_title(f"{data}: likelihood gap (dashed: exact denoiser)", fontsize=10)
+        ax.set_title(f"{data}: likelihood gap (dashed: exact)", fontsize=10)
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].legend(fontsize=7)
     axes[0, nd].legend(fontsize=7)
-    fig.suptitle(f"{ds.attrs.get('name', '')}: MSE curves (seed 0; shaded: integration range) and likelihood gaps")
+    fig.suptitle(f"{ds.attrs.get('name', '')}: MSE curves (seed 0; shaded: the log-SNR range the likelihood "
+                 "integrates) and likelihood gaps (symlog)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

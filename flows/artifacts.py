@@ -82,7 +82,10 @@ def generic_summary(ds: xr.Dataset) -> pd.DataFrame:
 def table_records(df: pd.DataFrame) -> list[dict]:
     """JSON-able rows of a table (index as the first column, NaN as None)."""
     out = df.reset_index()
-    out.columns = [str(c) if c != "index" else (df.index.name or "") for c in out.columns]
+    # Name value columns 'd=8' rather than '8': the UI orders integer-like keys first.
+    prefix = f"{df.columns.name}=" if df.columns.name else ""
+    names = [str(c) if i < df.index.nlevels else f"{prefix}{c}" for i, c in enumerate(out.columns)]
+    out.columns = [n if n != "index" else (df.index.name or "") for n in names]
 
     def clean(v):
         if hasattr(v, "item"):

@@ -1,0 +1,451 @@
+"""Time bootstrapping (BSM), Markov-dependent training data and a hypothesis class whose size does
+not grow with d (Kumar–Nagaraj–Sarkar 2025; science.md §4). Numerics only: no I/O, no Prefect.
+
+The paper's exact BSM loss and experiments could not be read here; this module implements the
+construction science.md §4 adopts (documented at :func:`bsm_loss`).
+
+Conventions (stated once)
+-------------------------
+* OU forward process of :mod:`dsclab.noise`: X_t = e^{-t} X_0 + sigma_t Z. Over a step
+  Delta = t - t' > 0 the transition is X_t = e^{-Delta} X_{t'} + sigma_Delta xi, xi ~ N(0, I).
+* A training set is a :class:`NoisedData`: ``x0 (n, d)`` clean points, ``times (n, K)`` (increasing
+  along each row), ``xt (n, K, d)`` the noised point of row i at ``times[i, k]``, and
+  ``prev (n, K, d)`` / ``t_prev (n, K)``: the point at the previous time t_{k-1} on the *same
+  forward path* as ``xt[i, k]`` (t_{-1} = 0 and prev = x0 for k = 0). Pair count = n K pairs
+  (x0_i, xt[i, k]).
+* Time grid: geometric, ratio r = (T / t_min)^{1/K}, offset at random per row:
+  t_{ik} = t_min r^{k + u_i}, u_i ~ U[0, 1). Every step has Delta = t (1 - 1/r) and the rows
+  together cover [t_min, T), so one network learns all times (one h(t, x) for all noise levels).
+* Data modes (:data:`DATA_MODES`): ``trajectory`` — the K points of row i lie on ONE forward OU
+  path from x0_i (a Markov chain; prev[i, k] = xt[i, k-1]); ``independent`` — every (i, k) is an
+  independent noising of x0_i, with its own predecessor on its own two-point path.
+* Networks are noise predictors eps_hat(x, t) (``dsclab.nets`` convention), score -eps_hat/sigma_t.
+  Losses return per-sample values ``(m,)`` in eps units (score units weighted by sigma_t^2);
+  the caller reduces.
+* Targets of the regression, in score units: DSM  -(X_t - e^{-t} X_0) / sigma_t^2;
+  BSM  e^{t - t'} h_hat(t', X_{t'}) (science.md §4, from the same path).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from dsclab import noise
+from dsclab.distributions.gaussian import GaussianMixture
+from dsclab.losses import dsm_loss
+from dsclab.nets import ScoreMLP, _init_linear
+
+# ------------------------------------------------------------------------------------------
+# Training data: time grids, forward paths
+# ------------------------------------------------------------------------------------------
+
+
+def grid_ratio(K: int, t_min: float, T: float) -> float:
+    """r = (T / t_min)^{1/K}: consecutive training times of a row differ by the factor r."""
+    return (T / t_min) ** (1.0 / K)
+
+
+def row_times(n: int, K: int, t_min: float, T: float, generator: torch.Generator) -> torch.Tensor:
+    """t_{ik} = t_min r^{k + u_i}, u_i ~ U[0, 1): ``(n, K)`` float64, increasing along rows."""
+    r = grid_ratio(K, t_min, T)
+    u = torch.rand(n, 1, generator=generator, dtype=torch.float64)
+    k = torch.arange(K, dtype=torch.float64)[None, :]
+    return t_min * r ** (k + u)
+
+
+def ou_step(x: torch.Tensor, dt, xi: torch.Tensor) -> torch.Tensor:
+    """One exact OU transition over ``dt`` (float or broadcastable tensor): e^{-dt} x + sigma_dt xi."""
+    return noise.mean_coef(dt) * x + noise.sigma(dt) * xi
+
+
+@dataclass
+class NoisedData:
+    """A fixed training set of n rows x K times (see the module docstring for the layout)."""
+
+    x0: torch.Tensor      # (n, d)
+    times: torch.Tensor   # (n, K) float64
+    xt: torch.Tensor      # (n, K, d)
+    prev: torch.Tensor    # (n, K, d)
+    t_prev: torch.Tensor  # (n, K) float64
+
+    @property
+    def n(self) -> int:
+        return self.x0.shape[0]
+
+    @property
+    def K(self) -> int:
+        return self.times.shape[1]
+
+    def head(self, n: int) -> "NoisedData":
+        """The first n rows (nested designs: a cell with sample size n uses a prefix)."""
+        return NoisedData(self.x0[:n], self.times[:n], self.xt[:n], self.prev[:n], self.t_prev[:n])
+
+
+def _prev_times(times: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.zeros_like(times[:, :1]), times[:, :-1]], dim=1)
+
+
+def sample_trajectory(x0: torch.Tensor, times: torch.Tensor, generator: torch.Generator) -> NoisedData:
+    """``trajectory`` mode: X_{t_k} = e^{-(t_k - t_{k-1})} X_{t_{k-1}} + sigma_{t_k - t_{k-1}} xi_k,
+    X_{t_{-1}} = x0 (a Markov chain: each row is one forward OU path). float64."""
+    x0 = x0.to(torch.float64)
+    n, K = times.shape
+    tp = _prev_times(times)
+    xi = torch.randn(n, K, x0.shape[1], generator=generator, dtype=torch.float64)
+    xs, x = [], x0
+    for k in range(K):
+        x = ou_step(x, (times[:, k] - tp[:, k])[:, None], xi[:, k])
+        xs.append(x)
+    xt = torch.stack(xs, dim=1)
+    prev = torch.cat([x0[:, None], xt[:, :-1]], dim=1)
+    return NoisedData(x0, times, xt, prev, tp)
+
+
+def sample_independent(x0: torch.Tensor, times: torch.Tensor, generator: torch.Generator) -> NoisedData:
+    """``independent`` mode: for every (i, k) an independent two-point path
+    X_{t_{k-1}} = e^{-t_{k-1}} x0 + sigma_{t_{k-1}} zeta, X_{t_k} = e^{-Delta} X_{t_{k-1}} + sigma_Delta xi
+    (so X_{t_k} is an exact, independent noising of x0 at t_k). float64."""
+    x0 = x0.to(torch.float64)
+    n, K = times.shape
+    tp = _prev_times(times)
+    zeta = torch.randn(n, K, x0.shape[1], generator=generator, dtype=torch.float64)
+    xi = torch.randn(n, K, x0.shape[1], generator=generator, dtype=torch.float64)
+    prev = ou_step(x0[:, None, :], tp[..., None], zeta)  # tp = 0 gives prev = x0 exactly
+    xt = ou_step(prev, (times - tp)[..., None], xi)
+    return NoisedData(x0, times, xt, prev, tp)
+
+
+DATA_MODES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Generator], NoisedData]] = {
+    "independent": sample_independent,
+    "trajectory": sample_trajectory,
+}
+
+
+# ------------------------------------------------------------------------------------------
+# Hypothesis classes
+# ------------------------------------------------------------------------------------------
+
+
+class StructuredScore(nn.Module):
+    """s(t, x) = -x + g(t, x_1) e_1 with g a small network of (x_1, t) only: its size does not
+    grow with d (science.md §4a). Exact for x_0 = +-a e_1 + N(0, I_d), whose score is
+    -x + a e^{-t} tanh(a e^{-t} x_1) e_1 at every t.
+
+    As an eps-predictor: eps_hat = -sigma_t s = sigma_t x + f(t, x_1) e_1, f = -sigma_t g; f has
+    the log-SNR Fourier embedding of ``ScoreMLP`` and starts at zero. Shapes: ``x (m, d)``,
+    ``t`` float or ``(m,)``.
+    """
+
+    def __init__(self, d: int, *, width: int = 32, depth: int = 2, n_freq: int = 8,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.d, self.n_freq = d, n_freq
+        self.register_buffer("freqs", torch.arange(1, n_freq + 1, dtype=torch.float32) * (math.pi / 8.0))
+        dims = [1 + 2 * n_freq] + [width] * depth
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.out = nn.Linear(width, 1)
+        for layer in self.hidden:
+            _init_linear(layer, g, gain=math.sqrt(3.0))
+        _init_linear(self.out, g, gain=0.0)
+
+    def _times(self, t, x):
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = self._times(t, x)
+        ang = noise.logsnr(t).to(x.dtype)[:, None] * self.freqs[None, :]
+        h = torch.cat([x[:, :1], torch.sin(ang), torch.cos(ang)], dim=1)
+        for layer in self.hidden:
+            h = torch.nn.functional.silu(layer(h))
+        f = self.out(h)  # (m, 1)
+        eps = noise.sigma(t).to(x.dtype)[:, None] * x
+        return torch.cat([eps[:, :1] + f, eps[:, 1:]], dim=1)
+
+    def score(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = self._times(t, x)
+        return noise.score_from_eps(self(x, t), t.to(x.dtype))
+
+
+def make_mlp(d: int, *, width: int, depth: int, generator: torch.Generator) -> nn.Module:
+    """The generic class: ``dsclab.nets.ScoreMLP`` (its input and output layers grow with d)."""
+    return ScoreMLP(d, width=width, depth=depth, generator=generator)
+
+
+def make_structured(d: int, *, width: int, depth: int, generator: torch.Generator) -> nn.Module:
+    return StructuredScore(d, width=width, depth=depth, generator=generator)
+
+
+HYPOTHESES: dict[str, Callable[..., nn.Module]] = {"mlp": make_mlp, "structured": make_structured}
+
+
+def n_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------
+# Targets and losses
+# ------------------------------------------------------------------------------------------
+
+
+def bsm_target(score_prev: Callable, prev: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor) -> torch.Tensor:
+    """BSM regression target in score units: e^{t - t'} h_hat(t', X_{t'}) (science.md §4).
+
+    Exact when h_hat is the true score, by the bootstrapping identity
+    s_t(x) = e^{t - t'} E[s_{t'}(X_{t'}) | X_t = x] (t > t'): writing X_t = e^{-Delta} X_{t'} + W,
+    q_t(x) = E_W[e^{d Delta} q_{t'}(e^{Delta}(x - W))], and differentiating in x gives the identity.
+    ``t, t_prev`` are ``(m,)`` float64 with t > t_prev > 0.
+    """
+    s = score_prev(prev, t_prev)
+    return torch.exp(t - t_prev).to(s.dtype)[:, None] * s
+
+
+def dsm_pair_loss(model, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """DSM on stored pairs (x0, X_t): ``dsclab.losses.dsm_loss`` with Z = (X_t - e^{-t} x0)/sigma_t,
+    i.e. sigma_t^2 ||s_hat(t, X_t) + Z/sigma_t||^2 = ||eps_hat - Z||^2. Per sample ``(m,)``."""
+    z = (xt - noise.mean_coef(t).to(xt.dtype)[:, None] * x0) / noise.sigma(t).to(xt.dtype)[:, None]
+    return dsm_loss(model, x0, t, z)
+
+
+def bsm_loss(model, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, prev: torch.Tensor, t_prev: torch.Tensor,
+             *, target, t_c: float, mix: float = 0.0) -> torch.Tensor:
+    """Bootstrapped score matching, the form science.md §4 adopts. Per sample ``(m,)``, eps units:
+
+    * t <= t_c:  DSM, ||eps_hat(X_t, t) - Z||^2;
+    * t >  t_c:  (1 - mix) sigma_t^2 ||s_hat(t, X_t) - e^{t - t'} h_hat(t', X_{t'})||^2 + mix * DSM,
+      with (X_{t'}, X_t) consecutive points of the same forward path and h_hat = ``target.score``
+      under stop-gradient (``target`` is the network itself, a lagged copy, or :class:`ExactScore`).
+
+    The mixed per-sample loss is, up to a constant, sigma_t^2 ||s_hat - T_mix||^2 with the
+    effective target T_mix = mix T_dsm + (1 - mix) T_bsm (whose variance
+    :func:`target_draws` / :func:`gaussian_target_variance` measure).
+    """
+    per = dsm_pair_loss(model, x0, xt, t)
+    hi = t > t_c
+    if mix >= 1.0 or not bool(hi.any()):
+        return per
+    with torch.no_grad():
+        tgt = bsm_target(target.score, prev[hi], t[hi], t_prev[hi])
+    sig = noise.sigma(t[hi]).to(xt.dtype)[:, None]
+    s_hat = noise.score_from_eps(model(xt[hi], t[hi]), t[hi].to(xt.dtype))
+    b = ((sig * (s_hat - tgt)) ** 2).sum(dim=1)
+    out = per.clone()
+    out[hi] = mix * per[hi] + (1.0 - mix) * b
+    return out
+
+
+class ExactScore:
+    """The exact score of a known law as a BSM target (``h_hat = s``): ``bsm_oracle`` uses it to
+    isolate the variance of bootstrapped targets from the feedback of a learned h_hat."""
+
+    def __init__(self, law):
+        self.law = law
+
+    def score(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self.law.score(x.to(torch.float64), t).to(x.dtype)
+
+
+ESTIMATORS = ("dsm", "bsm", "bsm_oracle")
+"""``dsm``; ``bsm`` (h_hat = the network under stop-gradient, or a lagged copy); ``bsm_oracle``
+(h_hat = the exact score of the data law: a diagnostic, possible only for a known law)."""
+
+
+# ------------------------------------------------------------------------------------------
+# Training: one network for all t, trained jointly
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    steps: int = 1000
+    batch_size: int = 32   # rows (x0's) per step; every row brings its K times: batch_size K pairs
+    lr: float = 2e-3
+    t_c: float = 0.3       # BSM: DSM at t <= t_c, bootstrapped targets above
+    lag: int = 0           # BSM: 0 = stop-gradient of the current network; L > 0 = a copy refreshed every L steps
+    mix: float = 0.0       # BSM: weight of DSM above t_c
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    loss: float     # mean per-pair loss over the last 10% of steps
+    seconds: float
+
+
+def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, generator: torch.Generator,
+        law=None) -> FitResult:
+    """Adam with cosine decay on the fixed training set ``data`` (empirical risk over its n K pairs).
+
+    Each step draws ``batch_size`` rows with replacement and uses all K pairs of each row (in
+    ``trajectory`` mode the pairs of a row are Markov-dependent). Deterministic for a generator.
+    ``law`` (with an exact ``score``) is needed by ``bsm_oracle`` only.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r} (known: {', '.join(ESTIMATORS)})")
+    if estimator == "bsm_oracle" and law is None:
+        raise ValueError("estimator 'bsm_oracle' needs the data law (its exact score)")
+    t0 = time.perf_counter()
+    d, K, n = data.x0.shape[1], data.K, data.n
+    x0, xt, prev = (v.to(torch.float32) for v in (data.x0, data.xt, data.prev))
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / config.steps)))
+    lagged = copy.deepcopy(model).eval() if (estimator == "bsm" and config.lag > 0) else None
+    tail, tail_sum = max(1, config.steps // 10), 0.0
+    for step in range(config.steps):
+        if lagged is not None and step % config.lag == 0:
+            lagged.load_state_dict(model.state_dict())
+        idx = torch.randint(0, n, (config.batch_size,), generator=generator)
+        b0 = x0[idx][:, None, :].expand(-1, K, -1).reshape(-1, d)
+        bt, tt = xt[idx].reshape(-1, d), data.times[idx].reshape(-1)
+        if estimator == "dsm":
+            per = dsm_pair_loss(model, b0, bt, tt)
+        else:
+            target = ExactScore(law) if estimator == "bsm_oracle" else lagged if lagged is not None else model
+            per = bsm_loss(model, b0, bt, tt, prev[idx].reshape(-1, d), data.t_prev[idx].reshape(-1),
+                           target=target, t_c=config.t_c, mix=config.mix)
+        loss = per.mean()
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step >= config.steps - tail:
+            tail_sum += loss.item()
+    return FitResult(model.eval(), tail_sum / tail, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------
+# Diagnostic: conditional variance of the regression target at fixed x_t
+# ------------------------------------------------------------------------------------------
+
+
+def posterior_x0(dist: GaussianMixture, x: torch.Tensor, t: float, R: int, generator: torch.Generator) -> torch.Tensor:
+    """R exact draws of X_0 | X_t = x for a Gaussian mixture: ``(R, m, d)`` float64.
+
+    Component j is picked with its responsibility r_j(x); within it (Sigma_j = U diag(lam) U^T,
+    a = e^{-t}), X_0 | X_t = x ~ N(mu_j + U diag(a lam / v) U^T (x - a mu_j), U diag(lam sigma_t^2 / v) U^T),
+    v = a^2 lam + sigma_t^2.
+    """
+    x = x.to(torch.float64)
+    m, d = x.shape
+    a, s2 = noise.mean_coef(float(t)), noise.sigma2(float(t))
+    r = dist.responsibilities(x, float(t))  # (m, K)
+    comp = torch.multinomial(r, R, replacement=True, generator=generator).T  # (R, m)
+    resid = torch.einsum("kji,mkj->mki", dist.U, x[:, None, :] - a * dist.means[None])  # U_k^T (x - a mu_k): (m, K, d)
+    lam = dist.lam[comp]  # (R, m, d)
+    res = torch.gather(resid[None].expand(R, -1, -1, -1), 2, comp[:, :, None, None].expand(-1, -1, 1, d))[:, :, 0]
+    v = a * a * lam + s2
+    z = torch.randn(R, m, d, generator=generator, dtype=torch.float64)
+    e = (a * lam / v) * res + torch.sqrt(lam * s2 / v) * z  # eigen-coordinates of X_0 - mu_j
+    out = dist.means[comp].clone()
+    for k in range(dist.n_components):  # back to the standard basis, one component at a time
+        sel = comp == k
+        if bool(sel.any()):
+            out[sel] += e[sel] @ dist.U[k].T
+    return out
+
+
+def bridge(x0: torch.Tensor, x: torch.Tensor, t_prev: float, t: float, generator: torch.Generator) -> torch.Tensor:
+    """X_{t'} | X_0 = x0, X_t = x (0 < t' < t), exactly: with a' = e^{-t'}, Delta = t - t',
+    precision P = 1/sigma_{t'}^2 + e^{-2 Delta}/sigma_Delta^2 and mean
+    (a' x0 / sigma_{t'}^2 + e^{-Delta} x / sigma_Delta^2) / P. ``x0 (R, m, d)``, ``x (m, d)``."""
+    dl = t - t_prev
+    ap, sp2 = noise.mean_coef(t_prev), noise.sigma2(t_prev)
+    ad, sd2 = noise.mean_coef(dl), noise.sigma2(dl)
+    prec = 1.0 / sp2 + ad * ad / sd2
+    mean = (ap * x0 / sp2 + ad * x.to(torch.float64)[None] / sd2) / prec
+    return mean + torch.randn(x0.shape, generator=generator, dtype=torch.float64) / math.sqrt(prec)
+
+
+def target_draws(dist: GaussianMixture, x: torch.Tensor, t: float, t_prev: float, R: int, generator: torch.Generator,
+                 *, estimator: str, score_prev: Callable | None = None, t_c: float = 0.0, mix: float = 0.0,
+                 dtype=torch.float32) -> torch.Tensor:
+    """R draws of an estimator's regression target at fixed X_t = x, score units, ``(R, m, d)``.
+
+    Draws (X_0, X_{t'}) jointly from their law given X_t = x (:func:`posterior_x0`, then
+    :func:`bridge`). ``dsm``: T_dsm = -(x - e^{-t} X_0)/sigma_t^2. ``bsm`` at t > t_c:
+    mix T_dsm + (1 - mix) e^{t - t'} h_hat(t', X_{t'}) with h_hat = ``score_prev`` (the trained
+    network, or the exact score for the oracle), evaluated in ``dtype``; at t <= t_c: T_dsm.
+    """
+    x = x.to(torch.float64)
+    x0 = posterior_x0(dist, x, t, R, generator)
+    t_dsm = -(x[None] - noise.mean_coef(t) * x0) / noise.sigma2(t)
+    if estimator == "dsm" or t <= t_c or mix >= 1.0:  # bsm and bsm_oracle differ only in score_prev
+        return t_dsm
+    xp = bridge(x0, x, t_prev, t, generator)
+    R_, m, d = xp.shape
+    with torch.no_grad():
+        s = score_prev(xp.reshape(-1, d).to(dtype), float(t_prev)).to(torch.float64).reshape(R_, m, d)
+    t_bsm = math.exp(t - t_prev) * s
+    return mix * t_dsm + (1.0 - mix) * t_bsm
+
+
+def conditional_variance(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per point, the unbiased trace variance tr Cov[T | X_t = x] (sum over coordinates) and the
+    variance of coordinate 1 (the one the structured class learns), from ``draws (R, m, d)``."""
+    var = draws.var(dim=0, unbiased=True)  # (m, d)
+    return var.sum(dim=1), var[:, 0]
+
+
+def gaussian_target_variance(lam, t: float, t_prev: float, mix: float = 0.0) -> dict[str, float]:
+    """Closed forms for Gaussian data X_0 ~ N(mu, U diag(lam) U^T): the conditional variances
+    (trace over coordinates) of the regression targets at fixed X_t = x. They do not depend on x.
+
+    With a = e^{-t}, a' = e^{-t'}, Delta = t - t', v_i = a^2 lam_i + sigma_t^2 (variance of X_t),
+    v'_i = a'^2 lam_i + sigma_{t'}^2 (of X_{t'}):
+
+    * DSM, T = -(x - a X_0)/sigma_t^2 and Cov[X_0 | X_t] = diag(lam sigma_t^2 / v):
+          V_dsm = sum_i a^2 lam_i / (sigma_t^2 v_i)
+    * BSM with the exact score h = s_{t'} (linear, -diag(1/v') (y - a' mu)) and
+      Var[X_{t'} | X_t] = v' sigma_Delta^2 / v (since sigma_Delta^2 + e^{-2 Delta} v' = v):
+          V_bsm = (e^{2 Delta} - 1) sum_i 1 / (v'_i v_i)
+    * their covariance, from Cov[X_0, X_{t'} | X_t] = a' lam sigma_Delta^2 / v:
+          C = -sum_i a'^2 lam_i sigma_Delta^2 / (sigma_t^2 v'_i v_i)
+    * the mixed target mix T_dsm + (1 - mix) T_bsm:  mix^2 V_dsm + (1-mix)^2 V_bsm + 2 mix (1-mix) C.
+
+    Per coordinate, BSM has the lower variance iff (e^{2 Delta} - 1) sigma_t^2 < a^2 lam_i v'_i:
+    for unit-scale data (lam = 1, v = v' = 1) iff (e^{2 Delta} - 1)(e^{2t} - 1) < 1, i.e. at high
+    noise only for steps Delta < ~ e^{-2t}/2; a larger data scale lam widens the window.
+    """
+    lam = np.asarray(lam, dtype=np.float64)
+    a2, s2 = math.exp(-2 * t), noise.sigma2(float(t))
+    ap2, sp2 = math.exp(-2 * t_prev), noise.sigma2(float(t_prev))
+    dl = t - t_prev
+    sd2 = noise.sigma2(float(dl))
+    v, vp = a2 * lam + s2, ap2 * lam + sp2
+    v_dsm = float(np.sum(a2 * lam / (s2 * v)))
+    v_bsm = float(np.sum(math.expm1(2 * dl) / (vp * v)))
+    cov = float(-np.sum(ap2 * lam * sd2 / (s2 * vp * v)))
+    w = float(mix)
+    return {"dsm": v_dsm, "bsm": v_bsm, "cov": cov,
+            "mixed": w * w * v_dsm + (1 - w) ** 2 * v_bsm + 2 * w * (1 - w) * cov}
+
+
+def bsm_wins_max_step(lam: float, t: float) -> float:
+    """The largest step Delta below which the exact BSM target has lower conditional variance than
+    DSM's in a coordinate of data scale lam at time t: the root of
+    (e^{2 Delta} - 1) sigma_t^2 = e^{-2t} lam v_{t - Delta} (bisection; v' increases as Delta grows)."""
+    def gap(dl):
+        tp = t - dl
+        vp = math.exp(-2 * tp) * lam + noise.sigma2(tp)
+        return math.expm1(2 * dl) * noise.sigma2(t) - math.exp(-2 * t) * lam * vp
+    lo, hi = 0.0, t
+    if gap(hi) <= 0:
+        return t
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if gap(mid) <= 0 else (lo, mid)
+    return 0.5 * (lo + hi)
