@@ -37,6 +37,11 @@ def sample_complexity_report(ds: xr.Dataset) -> str:
         df.index.name, df.columns.name = "n", "d"
         lines += ["", f"sliced_w2 (mean over seeds; sampler {s}, nfe {int(ds.nfe[-1])}): rows n, columns d",
                   df.to_string(float_format=lambda v: f"{v:.4g}")]
+    if "nll_immse" in ds and "nll_exact" in ds:
+        gap = (_done(ds, "nll_immse") - ds["nll_exact"]).isel(estimator=0).mean("seed").load()
+        df = gap.transpose("n", "d").to_pandas()
+        lines += ["", "likelihood gap nll_immse - nll_exact (nats/dim, I-MMSE estimate; mean over seeds): rows n, columns d",
+                  df.to_string(float_format=lambda v: f"{v:.4g}")]
     return "\n".join(lines)
 
 
@@ -79,8 +84,26 @@ def plot_sample_complexity(ds: xr.Dataset, out: str) -> str:
     return out
 
 
-REPORTS: dict[str, Callable[[xr.Dataset], str]] = {"sample_complexity": sample_complexity_report}
-PLOTS: dict[str, Callable[[xr.Dataset, str], str]] = {"sample_complexity": plot_sample_complexity}
+def _lazy(module: str, name: str) -> Callable:
+    """A study module's report or plot function, imported on first use (keeps this module light)."""
+    def call(*args):
+        import importlib
+        return getattr(importlib.import_module(module), name)(*args)
+    return call
+
+
+REPORTS: dict[str, Callable[[xr.Dataset], str]] = {
+    "sample_complexity": sample_complexity_report,
+    "immse": _lazy("dsclab.immse_study", "report"),
+    "score_learning": _lazy("dsclab.score_learning", "report"),
+    "sparse_pca": _lazy("dsclab.sparse_pca_study", "report"),
+}
+PLOTS: dict[str, Callable[[xr.Dataset, str], str]] = {
+    "sample_complexity": plot_sample_complexity,
+    "immse": _lazy("dsclab.immse_study", "plot"),
+    "score_learning": _lazy("dsclab.score_learning", "plot"),
+    "sparse_pca": _lazy("dsclab.sparse_pca_study", "plot"),
+}
 
 
 def status_table(ds: xr.Dataset) -> str:

@@ -40,10 +40,11 @@ Score kinds (``score`` axis):
   like d. Every SDE sampler then levels off at the KL of the exact perturbed reverse SDE
   (measured, gaussian cond 10: about 0.13 eta^2 d; 1.3e-4 d at eta = 0.01, reached by srk at
   NFE ~128 and by the exponential integrator at ~512);
-* ``trained``: ``dsclab.train.train_score`` on ``n_train`` draws of the target (one network
-  per seed). A trained network is neither affine nor coordinatewise, so no exact route holds:
-  ``kl`` is NaN and the error is measured from samples (``sliced_w2``, ``mmd``), for every
-  target.
+* ``trained``: a ``ScoreMLP`` trained by DSM on ``n_train`` draws of the target, one network
+  per seed (``dsclab.train.train_ensemble``: all seeds as one batched ensemble, member r equal
+  to ``train_score`` with that seed). A trained network is neither affine nor coordinatewise, so
+  no exact route holds: ``kl`` is NaN and the error is measured from samples (``sliced_w2``,
+  ``mmd``), for every target.
 
 Cells and storage. Cell dims (target, d, score); one task per cell computes every sampler x NFE
 (and every seed where sampled). The product target's 1-D curves do not depend on d: one task
@@ -52,8 +53,8 @@ per score computes them and the d cells multiply. Variables:
 * ``kl (target, d, sampler, nfe, score)`` nats, exact (NaN where not exact);
 * ``kl_mass_defect (target, d, sampler, nfe, score)``: product_mixture only;
 * ``sliced_w2``, ``mmd (target, d, sampler, nfe, score, seed)``: sampled cells (mixture
-  target, trained score; every cell with ``sample_all``), +inf where the sampler's output
-  was not finite;
+  target, trained score; every cell with ``sample_all``) up to ``sampling.max_nfe``, +inf
+  where the sampler's output was not finite, NaN elsewhere;
 * ``sliced_w2_floor``, ``mmd_floor (target, d, score, seed)``;
 * ``score_l2 (target, d, score, seed, t)``: E||s_hat - s||^2 on fresh x ~ q_t (0 for exact,
   eta^2 d for perturbed, measured for trained);
@@ -62,7 +63,15 @@ per score computes them and the d cells multiply. Variables:
 
 Seeds for Monte Carlo: start points, reference draws and projection directions depend on
 (target, d, seed) only and the sampler noise on (target, d, seed, sampler, NFE) only, so every
-score kind sees the same random numbers (their differences are free of that noise).
+score kind sees the same random numbers (their differences are free of that noise). All seeds
+of a cell run as one batch (seed r = rows [r m, (r + 1) m)), paying the per-step cost once.
+
+Analysis (report): KL slopes are least squares on log-log over ``analysis.fit_nfe`` (default
+NFE 32..512: every scheme is stable and in its asymptotic regime there, the 2-stage schemes are
+not below ~16 on the 'exp' grid from T = 5); sampled slopes use the same range, only where the
+seed mean is above ``floor_factor`` x the Monte Carlo floor, with a bootstrap band over seeds;
+NFE to reach a KL level is log-log interpolated, and extrapolated along the fit (marked) when
+the grid ends first (``dsclab.analysis``).
 """
 from __future__ import annotations
 
@@ -140,6 +149,9 @@ class SamplingSpec(_Frozen):
 
     n_samples: int = Field(500, ge=10, le=5000, description="samples per (sampler, NFE) and reference draws")
     n_proj: int = Field(128, gt=0, description="projections of the sliced W2")
+    max_nfe: int | None = Field(None, gt=0, description="sampled metrics only up to this NFE (None: all); "
+                                "beyond the NFE where every sampler sits at its Monte Carlo or score floor "
+                                "more NFE re-measure the floor, and cost most of the sampled work")
     score_t: list[float] = Field([0.01, 0.1, 1.0], description="times of the stored score error")
 
     @field_validator("score_t")
@@ -156,7 +168,9 @@ class QuadratureSpec(_Frozen):
 
     pts_per_width: float = Field(12.0, gt=0, description="grid points per sd of the narrowest component (SDE samplers)")
     pts_per_width_ode: float = Field(30.0, gt=0, description="the same for noise-free samplers (heun)")
-    n_sd: float = Field(8.0, gt=0, description="grid half-width in standard deviations")
+    n_sd: float = Field(8.0, gt=0, description="grid half-width in standard deviations (SDE samplers)")
+    n_sd_ode: float = Field(15.0, gt=0, description="the same for noise-free samplers (at 8 heun's KL is off "
+                            "by up to 400x at NFE >= 32; at 12 and 15 it agrees to 1e-4)")
     n_area: int = Field(3, ge=1, description="Gauss-Hermite nodes in the Levy area H")
     n_max: int = Field(150, ge=8, description="most Gauss-Hermite nodes in dW")
 
@@ -361,17 +375,20 @@ def isotropic_mixture_score(dist: GaussianMixture) -> Score:
     eye = torch.eye(dist.d, dtype=torch.float64)
     if not torch.allclose(dist.covs, c[:, None, None] * eye, rtol=1e-12, atol=1e-14):
         raise ValueError("isotropic_mixture_score needs components with covariance c_k I")
-    mu, lw, d = dist.means, torch.log(dist.weights), dist.d
-    mu2 = (mu * mu).sum(1)
+    lw, d = torch.log(dist.weights), dist.d
+    mus = {dt: dist.means.to(dt) for dt in (torch.float32, torch.float64)}
+    mu2 = (dist.means * dist.means).sum(1)
 
     def score(x: torch.Tensor, t: float) -> torch.Tensor:
+        # Computed in x's dtype (float32 on the sampled route, where Monte Carlo error dominates);
+        # the (m, K) responsibilities in float64.
         a, sig2 = math.exp(-float(t)), -math.expm1(-2.0 * float(t))
         v = a * a * c + sig2  # (K,)
-        xx = x.to(torch.float64)
-        r2 = (xx * xx).sum(1, keepdim=True) - 2 * a * (xx @ mu.T) + a * a * mu2  # (m, K)
+        mu = mus.get(x.dtype, dist.means)
+        r2 = (x * x).sum(1, keepdim=True).to(torch.float64) - 2 * a * (x @ mu.T).to(torch.float64) + a * a * mu2
         lg = lw - 0.5 * r2 / v - 0.5 * d * torch.log(v)
-        p = torch.softmax(lg, dim=1) / v  # r_k / v_k
-        return (-xx * p.sum(1, keepdim=True) + a * (p @ mu)).to(x.dtype)
+        p = (torch.softmax(lg, dim=1) / v).to(x.dtype)  # r_k / v_k
+        return -x * p.sum(1, keepdim=True) + a * (p @ mu)
 
     return score
 
@@ -546,8 +563,9 @@ def product_kl_1d(spec: SamplerConvergenceSpec, score_kind: str) -> dict[str, li
     defect = np.full_like(kl, np.nan)
     for i, name in enumerate(spec.sampler):
         fn = SAMPLERS[name]
-        pts = q.pts_per_width_ode if _is_noise_free(fn) else q.pts_per_width
-        x = default_grid(mix, spec.t_min, pts_per_width=pts, n_sd=q.n_sd)
+        ode = _is_noise_free(fn)
+        x = default_grid(mix, spec.t_min, pts_per_width=q.pts_per_width_ode if ode else q.pts_per_width,
+                         n_sd=q.n_sd_ode if ode else q.n_sd)
         xt = torch.as_tensor(x)[:, None]
         logq = mix.log_prob(xt, spec.t_min).numpy()
         for j, nfe in enumerate(spec.nfe):
@@ -605,6 +623,8 @@ def sampled_curves(spec: SamplerConvergenceSpec, cell: SrkCell, dist, score: Sco
     for i, name in enumerate(spec.sampler):
         need_area = uses_levy_area(SAMPLERS[name])
         for j, nfe in enumerate(spec.nfe):
+            if sp.max_nfe is not None and nfe > sp.max_nfe:
+                continue
             gens = [torch.Generator().manual_seed(derive_seed("srk-noise", tp, cell.d, seed, name, nfe))
                     for seed in spec.seed]
             src = IncrementNoise((m, cell.d), gens, dtype=dtype, need_area=need_area)
@@ -787,14 +807,16 @@ def kl_crossings(ds: xr.Dataset, level: float, spec: SamplerConvergenceSpec | No
 
 def sampled_fits(ds: xr.Dataset, metric: str = "sliced_w2", spec: SamplerConvergenceSpec | None = None) -> xr.Dataset:
     """Slopes of a sampled metric against NFE with a bootstrap band over seeds, fitted over the
-    NFE whose seed mean exceeds ``floor_factor`` x the mean floor (above the Monte Carlo floor the
-    discretisation error dominates; below it only noise is fitted)."""
+    NFE in ``analysis.fit_nfe`` (the asymptotic range, as for the KL: below it the 2-stage schemes
+    are still unstable and a fit would measure the decay of that instability) whose seed mean
+    exceeds ``floor_factor`` x the mean Monte Carlo floor (near the floor only noise would be
+    fitted). Fewer than 3 such NFE: nan (the curve sits at a floor there)."""
     spec = spec or _spec_of(ds)
     da = _done(ds, metric).load()
     floor = _done(ds, f"{metric}_floor").mean("seed")
     keep = da.mean("seed") > spec.analysis.floor_factor * floor
-    return analysis.slope_table(da.where(keep), "nfe", seed_dim="seed", n_boot=spec.analysis.n_boot,
-                                level=spec.analysis.band, min_points=3)
+    return analysis.slope_table(da.where(keep), "nfe", seed_dim="seed", x_range=spec.analysis.fit_nfe,
+                                n_boot=spec.analysis.n_boot, level=spec.analysis.band, min_points=3)
 
 
 def _fmt(v: float, f: str = "+.2f") -> str:
@@ -837,7 +859,7 @@ def report(ds: xr.Dataset) -> str:
     a = spec.analysis
     st = ds["status"]
     ds_d = [int(d) for d in ds.d.values]
-    hdr = lambda first: f"  {first:<24}" + "".join(f"{'d=' + str(d):>12}" for d in ds_d)
+    hdr = lambda first, w=12: f"  {first:<24}" + "".join(f"{'d=' + str(d):>{w}}" for d in ds_d)
     lines = [f"Sampler convergence study '{ds.attrs.get('name', '')}': reverse SDE from "
              f"{'q_T' if spec.start == 'exact' else 'N(0, I)'} at T={spec.T:g} to t_min={spec.t_min:g}, "
              f"'{spec.schedule}' grid, NFE {spec.nfe[0]}..{spec.nfe[-1]}; cells done {int((st == 1).sum())}/{st.size}"
@@ -866,38 +888,39 @@ def report(ds: xr.Dataset) -> str:
             kp = kl.sel(target=target, score="perturbed")
             if not _has(kp):
                 continue
-            lines += ["", f"[{target}, perturbed score s + {spec.eta:g} (1,...,1)] KL at NFE {spec.nfe[-1]} "
-                          f"(the floor) and KL(NFE {spec.nfe[-1]}) / KL(NFE {spec.nfe[len(spec.nfe) // 2]}) "
-                          "(near 1: levelled off)", hdr("sampler")]
-            mid = spec.nfe[len(spec.nfe) // 2]
+            n1, n0 = spec.nfe[-1], spec.nfe[-2]
+            lines += ["", f"[{target}, perturbed score s + {spec.eta:g} (1,...,1)] KL at NFE {n1} (the floor) "
+                          f"[KL(NFE {n0}) / KL(NFE {n1}): 1.00 = levelled off]", hdr("sampler", 17)]
             for s in ds.sampler.values:
                 row = []
                 for d in ds_d:
-                    v, w = float(kp.sel(sampler=s, d=d, nfe=spec.nfe[-1])), float(kp.sel(sampler=s, d=d, nfe=mid))
-                    row.append(f"{v:.2e}/{v / w:.2f}" if np.isfinite(v) and w > 0 else "nan")
-                lines.append(f"  {s:<24}" + "".join(f"{c:>12}" for c in row))
+                    v, w = float(kp.sel(sampler=s, d=d, nfe=n1)), float(kp.sel(sampler=s, d=d, nfe=n0))
+                    row.append(f"{v:.2e} [{w / v:.2f}]" if np.isfinite(v) and v > 0 else "nan")
+                lines.append(f"  {s:<24}" + "".join(f"{c:>17}" for c in row))
     sw = _done(ds, "sliced_w2")
     if _has(sw):
         sfits = sampled_fits(ds, "sliced_w2", spec)
         floor = _done(ds, "sliced_w2_floor").mean("seed")
+        last = max(n for n in spec.nfe if spec.sampling.max_nfe is None or n <= spec.sampling.max_nfe)
         lines += ["", f"Sampled error: sliced W2 slope vs NFE [{a.band:.0%} bootstrap band over {len(spec.seed)} seeds]"
-                      f", fitted where the seed mean exceeds {a.floor_factor:g} x the floor; then value at NFE "
-                      f"{spec.nfe[-1]} / floor"]
+                      f", fitted over NFE {a.fit_nfe[0]}..{min(a.fit_nfe[1], last)} where the seed mean exceeds"
+                      f" {a.floor_factor:g} x the floor ('floor': fewer than 3 such NFE); then sliced W2 at NFE {last}"
+                      f" / the Monte Carlo floor (two independent {spec.sampling.n_samples}-point target draws)"]
         for target in ds.target.values:
             for score in ds.score.values:
                 cur = sw.sel(target=target, score=score)
                 if not _has(cur):
                     continue
                 f = sfits.sel(target=target, score=score)
-                lines += [f" [{target}, {score} score]", hdr("sampler")]
+                lines += [f" [{target}, {score} score]", hdr("sampler", 22)]
                 for s in ds.sampler.values:
                     row = []
                     for d in ds_d:
                         sl = f.sel(sampler=s, d=d)
-                        end = float(cur.sel(sampler=s, d=d, nfe=spec.nfe[-1]).mean("seed"))
+                        end = float(cur.sel(sampler=s, d=d, nfe=last).mean("seed"))
                         fl = float(floor.sel(target=target, score=score, d=d))
                         band = f"{_fmt(float(sl.slope))}[{_fmt(float(sl.lo), '+.1f')},{_fmt(float(sl.hi), '+.1f')}]"
-                        row.append(f"{band} {end / fl:.1f}x" if np.isfinite(sl.slope) else f"flat {end / fl:.1f}x")
+                        row.append(f"{band} {end / fl:.1f}x" if np.isfinite(sl.slope) else f"floor {end / fl:.1f}x")
                     lines.append(f"  {s:<24}" + "".join(f"{c:>22}" for c in row))
     if "trained" in ds.score.values and _has(_done(ds, "score_l2").sel(score="trained")):
         l2 = _done(ds, "score_l2").sel(score="trained").mean("seed")

@@ -11,7 +11,7 @@ Model: ``x_1..x_n ~ N(0, I_d + beta u u^T)``, u k-sparse with entries +-1/sqrt(k
 * Each estimate becomes a law and a score through the Gaussian formula: the spike strength is
   the Rayleigh quotient's excess ``beta_hat = max(u_hat^T S u_hat - 1, 0)`` (:func:`spike_strength`)
   and the estimated law is ``N(0, I + beta_hat u_hat u_hat^T)`` (:func:`gaussian_law`), whose q_t
-  and score are exact (``GaussianMixture``). So baselines and trained networks are scored with the
+  and score are exact (``GaussianMixture``; the same score in O(m d) closed form: :func:`spike_score`). So baselines and trained networks are scored with the
   same metrics (score error against the exact score, samples from the same sampler).
 
 Estimators (rank one, k known):
@@ -30,8 +30,9 @@ Estimators (rank one, k known):
   a Gaussian entry's maximum over ~d/k^2 entries, floored at one noise standard deviation.
 * ``exhaustive``: the k-sparse principal component, max over all C(d, k) supports of the top
   eigenvalue of S restricted to the support; u_hat its eigenvector. The information-theoretic
-  reference: it succeeds at n ~ k log(d / k) / beta^2. Cost C(d, k) small eigenproblems; above
-  ``max_supports`` it refuses with :class:`ExhaustiveTooLarge`.
+  reference: it succeeds at n ~ k log(d / k) / beta^2. Cost up to C(d, k) small eigenproblems
+  (exact search with Gershgorin pruning, :func:`exhaustive`); above ``max_supports`` it refuses
+  with :class:`ExhaustiveTooLarge`.
 
 Classical sample sizes (constants dropped, as in the literature; :func:`sample_sizes`):
 information-theoretic ``k log(d/k) / beta^2``, polynomial-time ``k^2 log(d/k^2) / beta^2`` (defined

@@ -39,7 +39,8 @@ in the proportional limit, d (1/beta + 4/beta^2) / 3); per (d, k): ``exhaustive_
 
 Analysis. ``n_half``: the smallest n from which the overlap stays above 1/2, interpolated
 linearly in log n between the last grid point below and the first above (:func:`crossing`);
-computed on the seed-mean curve, with a band = min..max of the per-seed values. Beside it the
+computed on the seed-mean curve, with a band = the n_half of the pointwise maximum and minimum
+over seeds (the band of the figure; it always contains the mean curve's n_half). Beside it the
 classical sizes (``n_it``, ``n_poly``, ``n_spectral``; :func:`dsclab.sparse_pca_estimators.sample_sizes`).
 """
 from __future__ import annotations
@@ -538,8 +539,9 @@ def _done(ds: xr.Dataset, var: str) -> xr.DataArray:
 
 
 def n_half_table(ds: xr.Dataset, level: float = 0.5) -> list[dict]:
-    """One row per (d, k, beta, estimator): n_half of the seed-mean overlap curve, the per-seed
-    band, the classical sizes and the overlap at the largest n. Oracle rows are left out."""
+    """One row per (d, k, beta, estimator): n_half of the seed-mean overlap curve, its band (n_half
+    of the pointwise max and min over seeds), the classical sizes and the mean overlap at the
+    smallest and largest n. Oracle rows are left out."""
     ds = ds.load()
     ov = _done(ds, "overlap")
     ns = ds.n.values
@@ -554,9 +556,8 @@ def n_half_table(ds: xr.Dataset, level: float = 0.5) -> list[dict]:
                     cur = ov.sel(d=d, k=k, beta=beta, estimator=est)  # (n, seed)
                     mean = cur.mean("seed").values
                     n_mean, flag = crossing(ns, mean, level)
-                    per = sorted(p for p in (crossing(ns, cur.sel(seed=s).values, level) for s in ds.seed.values)
-                                 if math.isfinite(p[0]))
-                    lo, hi = (per[0], per[-1]) if per else ((math.nan, ""), (math.nan, ""))
+                    lo = crossing(ns, cur.max("seed").values, level)   # the plot's band: pointwise max
+                    hi = crossing(ns, cur.min("seed").values, level)   # and min over seeds
                     rows.append({"d": int(d), "k": int(k), "beta": float(beta), "estimator": str(est),
                                  "n_half": n_mean, "flag": flag, "lo": lo[0], "lo_flag": lo[1],
                                  "hi": hi[0], "hi_flag": hi[1],
@@ -587,8 +588,8 @@ def report(ds: xr.Dataset) -> str:
     lines = [f"sparse-PCA study {ds.attrs.get('name', '')}: cells done {int((st == 1).sum())}/{st.size}, "
              f"failed {int((st == 2).sum())}",
              f"n_half = smallest n from which the mean overlap over {S} seeds stays above 1/2 (log-interpolated "
-             "between grid points; '<=' already at the smallest n, '>' not reached); band = min..max of the "
-             "per-seed n_half. Classical sizes (constants dropped): IT k log(d/k)/b^2, poly k^2 log(d/k^2)/b^2 "
+             "between grid points; '<=' already at the smallest n, '>' not reached); band = n_half of the "
+             "pointwise max..min over seeds. Classical sizes (constants dropped): IT k log(d/k)/b^2, poly k^2 log(d/k^2)/b^2 "
              "(— where k^2 >= d), spectral d/b^2. n grid: " + ", ".join(str(int(n)) for n in ds.n.values)]
     header = f"{'estimator':<24} {'n_half':>8} {'band':>15} {'n/n_IT':>7} {'n/n_poly':>8} {'n/n_spec':>8} {'ov(n_max)':>9}"
     key = lambda r: (r["d"], r["k"], r["beta"])
@@ -621,6 +622,12 @@ def report(ds: xr.Dataset) -> str:
                     v = sl.sel(d=d, k=k, beta=beta, n=n)
                     lines.append(f"{int(d):>4} {int(k):>2} {float(beta):>4g} {int(n):>6} "
                                  + " ".join(f"{float(v.sel(estimator=e)):12.4g}" for e in ests))
+    if "overlap_samples_floor" in ds and (ds.beta > 0).any():
+        fl = _done(ds, "overlap_samples_floor").mean(["k", "n", "seed"])
+        lines += ["", "sampling ceiling of a sample-based overlap (overlap_samples_floor: top eigenvector of "
+                      f"{json.loads(ds.attrs['spec'])['evaluation']['n_samples']} exact draws; mean over k, n, seeds):"]
+        lines.append("  " + "  ".join(f"d={int(d)} beta={float(b):g}: {float(fl.sel(d=d, beta=b)):.3f}"
+                                      for d in ds.d.values for b in ds.beta.values if b > 0))
     if (ds.beta == 0).any():
         null = _done(ds, "overlap").sel(beta=0.0)
         lines += ["", "null (beta = 0): root-mean-square overlap over n and seeds, against 1/sqrt(d) (exact for any "

@@ -10,6 +10,7 @@ spec's numerics and the code version.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 from collections.abc import Sequence
@@ -78,10 +79,19 @@ class DistributionSpec(_Frozen):
     @model_validator(mode="after")
     def _params(self) -> "DistributionSpec":
         try:
-            distributions.make(self.name, 2, **self.params)
+            inspect.signature(distributions.DISTRIBUTIONS[self.name]).bind(2, **self.params)
         except TypeError as e:
             raise ValueError(f"bad parameters {self.params} for {self.name}: {e}") from None
         return self
+
+    def check_dims(self, dims) -> None:
+        """Build the family at each d, so that values invalid for a dimension (k > d, say) are
+        refused before any work."""
+        for d in dims:
+            try:
+                distributions.make(self.name, d, **self.params)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"distribution {self.name} at d={d}: {e}") from None
 
 
 class TrainSpec(_Frozen):
@@ -244,6 +254,7 @@ class StudySpec(StudyBase):
 
     @model_validator(mode="after")
     def _budget(self) -> "StudySpec":
+        self.distribution.check_dims(self.d)
         cells = len(self.d) * len(self.n) * len(self.seed) * len(self.estimator)
         if cells > self.max_cells:
             raise ValueError(f"the grid has {cells} cells, over max_cells={self.max_cells}")

@@ -9,10 +9,33 @@ def _sample_complexity_flow():
     return sample_complexity
 
 
+def _immse_flow():
+    from flows.immse import immse
+    return immse
+
+
+def _score_learning_flow():
+    from flows.score_learning import score_learning
+    return score_learning
+
+
+def _sparse_pca_flow():
+    from flows.sparse_pca import sparse_pca
+    return sparse_pca
+
+
 def _studies():
+    from dsclab import immse_study as ist
     from dsclab import sample_complexity as sc
+    from dsclab import score_learning as sl
+    from dsclab import sparse_pca_study as sps
     from dsclab.spec import StudySpec
-    return {"sample_complexity": (StudySpec, _sample_complexity_flow, sc.template, sc.CELL_DIMS)}
+    return {
+        "sample_complexity": (StudySpec, _sample_complexity_flow, sc.template, sc.CELL_DIMS),
+        "immse": (ist.ImmseSpec, _immse_flow, ist.template, ist.CELL_DIMS),
+        "score_learning": (sl.ScoreLearningSpec, _score_learning_flow, sl.template, sl.CELL_DIMS),
+        "sparse_pca": (sps.SparsePCASpec, _sparse_pca_flow, sps.template, sps.CELL_DIMS),
+    }
 
 
 STUDIES = _studies()

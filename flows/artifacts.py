@@ -28,7 +28,10 @@ TABLES: dict[str, Callable[[xr.Dataset], pd.DataFrame]] = {}
 def _sample_complexity_table(ds: xr.Dataset) -> pd.DataFrame:
     from dsclab.report import score_error_table
 
-    return score_error_table(ds)
+    df = score_error_table(ds)
+    df.attrs["caption"] = (f"score_l2 (mean over seeds and t, estimator {ds.estimator.values[0]}): "
+                           "rows n, columns d")
+    return df
 
 
 TABLES["sample_complexity"] = _sample_complexity_table
@@ -128,9 +131,10 @@ def publish(path: str, log=None) -> dict:
         st = ds["status"].load()
         counts = f"{int((st == 1).sum())} done, {int((st == 0).sum())} pending, {int((st == 2).sum())} failed"
         table = TABLES.get(study, generic_summary)(ds)
+        caption = table.attrs.get("caption", "summary over done cells")
         ids["table"] = create_table_artifact(
             table_records(table), key=artifact_key(name, "summary"),
-            description=f"{name} ({study}): summary; {counts}; store {path}")
+            description=f"{name} ({study}): {caption}; cells {counts}; store {path}")
         report = REPORTS[study](ds) if study in REPORTS else ""
         ids["report"] = create_markdown_artifact(
             f"### {name} ({study})\n\nstore: `{path}` ({counts})\n\n```\n{report}\n```\n\n"

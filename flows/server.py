@@ -128,7 +128,13 @@ def setup(api_url: str, gpus: int, deploy: bool = True, prefect_file: Path = PRE
         p = subprocess.run(prefect("deploy", "--all", "--prefect-file", rel, "--no-prompt"), env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
         if p.returncode != 0:
-            raise RuntimeError(f"prefect deploy failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+            hint = ""
+            if "422" in p.stderr and "workers/filter" in p.stderr:
+                import fastapi
+
+                hint = (f"\n(fastapi {fastapi.__version__} rejects the explicit nulls prefect 3.8.8's client "
+                        "sends in request bodies; fastapi 0.150.0 accepts them: see pyproject.toml)")
+            raise RuntimeError(f"prefect deploy failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}{hint}")
         names = [ln.split("'")[1] for ln in p.stdout.splitlines() if "Deployment '" in ln and "successfully" in ln]
         print("deployed:", ", ".join(names) or "(see prefect deployment ls)", flush=True)
 

@@ -60,9 +60,11 @@ def test_ui_shows_the_deployment_run_form(browser_bin, team, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
             page.goto(f"{base}/deployments")
-            # the deployment list: the flow's name and the deployment 'gpu'
+            # the deployment list: the flow's name and its deployment 'gpu' (each study has one)
             page.get_by_text("sample-complexity").first.wait_for()
-            page.get_by_role("link", name="gpu", exact=True).first.click()
+            link = page.locator(f"a[href*='/deployments/deployment/{dep['id']}']").first
+            assert link.inner_text().strip() == "gpu"
+            link.click()
             page.wait_for_url(f"**/deployments/deployment/{dep['id']}**")
             page.get_by_role("button", name="Run", exact=True).click()
             page.get_by_text("Custom run").first.click()
@@ -93,8 +95,9 @@ def test_ui_shows_the_run_artifacts(browser_bin, team, tiny_run, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
-            page.goto(f"{base}/runs/flow-run/{tiny_run['id']}")
-            page.get_by_role("tab", name="Artifacts").click()
+            run_page = f"{base}/runs/flow-run/{tiny_run['id']}"
+            page.goto(run_page)
+            page.get_by_text("Artifacts", exact=True).first.click()
             for suffix in ["summary", "report", "plot"]:
                 page.get_by_text(f"{name}-{suffix}", exact=True).first.wait_for()
             page.screenshot(path=str(tmp_path / "artifacts.png"))
@@ -103,8 +106,8 @@ def test_ui_shows_the_run_artifacts(browser_bin, team, tiny_run, tmp_path):
             page.get_by_text("d=2", exact=True).first.wait_for()
             page.screenshot(path=str(tmp_path / "table.png"))
             # the image artifact's page shows the plot (a decoded PNG, not a broken image)
-            page.go_back()
-            page.get_by_role("tab", name="Artifacts").click()
+            page.goto(run_page)
+            page.get_by_text("Artifacts", exact=True).first.click()
             page.get_by_text(f"{name}-plot", exact=True).first.click()
             img = page.locator("img[src^='data:image/png']").first
             img.wait_for()

@@ -114,7 +114,7 @@ def test_gpu_tasks_never_overlap_on_a_worker(api, tmp_path):
                 ts = self.worker.state.tasks[key]
                 self.records[str(key)] = {"start": time.time(), "resources": dict(ts.resource_restrictions or {})}
             elif start == "executing":
-                self.records[str(key)]["stop"] = time.time()
+                self.records.setdefault(str(key), {"resources": {}})["stop"] = time.time()
 
     spec = parse_spec(TINY)
     path = str(tmp_path / "tiny.zarr")

@@ -11,11 +11,13 @@ from collections.abc import Callable
 
 from dsclab.distributions.gaussian import GaussianMixture, gaussian, gaussian_mixture
 from dsclab.distributions.rademacher import Rademacher, rademacher
+from dsclab.distributions.sparse_pca import SparsePCA, sparse_pca
 
 DISTRIBUTIONS: dict[str, Callable] = {
     "gaussian": gaussian,
     "gaussian_mixture": gaussian_mixture,
     "rademacher": rademacher,
+    "sparse_pca": sparse_pca,
 }
 
 
@@ -28,4 +30,4 @@ def make(name: str, d: int, **params):
     return family(d, **params)
 
 
-__all__ = ["DISTRIBUTIONS", "GaussianMixture", "Rademacher", "gaussian", "gaussian_mixture", "make", "rademacher"]
+__all__ = ["DISTRIBUTIONS", "GaussianMixture", "Rademacher", "SparsePCA", "gaussian", "gaussian_mixture", "make", "rademacher", "sparse_pca"]

@@ -83,8 +83,11 @@ class GaussianMixture:
         comp = torch.multinomial(self.weights, m, replacement=True, generator=generator)
         z = torch.randn(m, self.d, dtype=torch.float64, generator=generator)
         a, s2 = noise.mean_coef(float(t)), noise.sigma2(float(t))
-        std = torch.sqrt(a * a * self.lam[comp] + s2)  # (m, d)
-        x = a * self.means[comp] + torch.einsum("mij,mj->mi", self.U[comp], std * z)
+        x = torch.empty(m, self.d, dtype=torch.float64)
+        for k in range(self.n_components):  # one component at a time: no (m, d, d) temporaries
+            rows = comp == k
+            std = torch.sqrt(a * a * self.lam[k] + s2)  # (d,)
+            x[rows] = a * self.means[k] + (std * z[rows]) @ self.U[k].T
         return x
 
     # -- exact q_t ----------------------------------------------------------------------------
