@@ -6,6 +6,7 @@
     dsclab plot STORE [--out FILE]                 the study's figure
     dsclab report STORE                            the study's text report (tables, fits)
     dsclab check STORE                             status/value disagreements, missing or corrupt chunks
+    dsclab server | deploy | worker                team Prefect server, work pools, GPU workers (flows/server.py)
 
 Exit codes: 0 success; 2 bad input (nothing created or changed); 3 finished with failed cells;
 1 anything else. Prefect is imported only by ``run``, so the rest works without a server.
@@ -63,8 +64,15 @@ def cmd_run(args) -> int:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     flow = flow_ref()
+    from flows.runners import flow_kwargs
+
+    try:
+        runner_kw = flow_kwargs(flow, args)  # --runner / --dask-address / --dask-workers
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     t0 = time.perf_counter()
-    out = flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.workers))(spec=spec, store=path)
+    out = flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.workers))(
+        spec=spec, store=path, **runner_kw)
     ds = storage.open_results(path)
     from dsclab.report import PLOTS, REPORTS
 
@@ -147,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("spec")
     r.add_argument("--store", help="store path or fsspec URL (default: results/<name>.zarr)")
     r.add_argument("--workers", type=int, help="tasks run at once (overrides the spec)")
+    r.add_argument("--runner", choices=["threads", "dask"],
+                   help="where tasks run: threads in this process (default) or a Dask cluster")
+    r.add_argument("--dask-address", help="Dask scheduler address tcp://HOST:8786 (implies --runner dask)")
+    r.add_argument("--dask-workers", type=int, help="worker processes of a local Dask cluster (implies --runner dask)")
     r.set_defaults(fn=cmd_run)
     s = sub.add_parser("status", help="done / pending / failed cells per axis")
     s.add_argument("store")
@@ -167,10 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     ck = sub.add_parser("check", help="cells whose status and values disagree; missing or corrupt chunks")
     ck.add_argument("store")
     ck.set_defaults(fn=cmd_check)
+    for name, text in [("server", "start a Prefect server, create the work pools and deploy the study flows"),
+                       ("deploy", "create the work pools and gpu limit and deploy the study flows on a running server"),
+                       ("worker", "start one gpu-pool worker per GPU (and cpu-pool workers)")]:
+        sub.add_parser(name, help=text, add_help=False)  # options parsed by flows.server (see main)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("server", "deploy", "worker"):  # team server commands: flows/server.py
+        from flows.server import main as server_main
+
+        return server_main(argv, prog="dsclab")
     args = build_parser().parse_args(argv)
     from dsclab.spec import SpecError
     from storage import StoreError

@@ -188,7 +188,7 @@ class StudyBase(_Frozen):
     covers everything but ``store``, ``workers`` and ``max_cells`` (which do not change numbers).
     """
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="study name; store results/<name>.zarr")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="study name; the store defaults to results/NAME.zarr")
     store: str | None = Field(None, description="store path or fsspec URL (default results/<name>.zarr)")
     workers: int = Field(2, gt=0, description="tasks run at once")
     max_cells: int = Field(10_000, gt=0, description="refuse grids with more cells than this")

@@ -151,6 +151,7 @@ def test_fast_scores_equal_library_scores():
     assert [scv.uses_levy_area(SAMPLERS[s]) for s in SAMPLERS] == [s in ("sra1", "shark") for s in SAMPLERS]
 
 
+@pytest.mark.filterwarnings("ignore:srk. output mass:RuntimeWarning")  # NFE 8: unstable steps, expected
 def test_product_kl_is_d_times_library_1d_kl():
     """The study's 1-D curve (fast score) equals ``exact_kl.sampler_kl_1d`` (library score) on the
     same grid, and a cell stores d times it."""
@@ -204,7 +205,7 @@ def test_tiny_study_through_flow(harness, tmp_path):
     assert (ds.score_l2.sel(score="perturbed") == spec.eta ** 2 * ds.d).all()
     assert (ds.score_l2.sel(score="trained") > 0).all() and np.isfinite(ds.train_loss.sel(score="trained")).all()
     # product target: KL = d x the 1-D KL, so it scales exactly with d
-    prod = ds.kl.sel(target="product_mixture")
+    prod = ds.kl.sel(target="product_mixture", score=["exact", "perturbed"])
     assert np.allclose(prod.sel(d=3) / prod.sel(d=2), 1.5, rtol=1e-12)
     # gaussian: an independent exact propagation of one entry
     dist = scv.make_target(spec, "gaussian", 3)
