@@ -27,7 +27,7 @@ from dsclab import distributions, immse, noise
 from dsclab.metrics import SAMPLE_METRICS, mmd, score_errors
 from dsclab.samplers import SAMPLERS, GaussianNoise, steps_for_nfe
 from dsclab.spec import Cell, StudySpec
-from dsclab.train import TrainConfig, TrainResult, train_group
+from dsclab.train import TrainConfig, TrainResult, group_memory_bytes, train_group
 
 CELL_DIMS = ("d", "n", "seed", "estimator")
 
@@ -132,6 +132,17 @@ def immse_eval(spec: StudySpec, cell: Cell, score_hat, dist) -> immse.DataSetNLL
     x = dist.sample(ev.n_nll, g)
     den = immse.denoiser_from_score_fn(score_hat, dtype=torch.float32)
     return immse.data_set_nll(x, [den], dist, g, logsnr=ev.logsnr, n_alpha=ev.n_alpha)
+
+
+def split_groups(spec: StudySpec, cells: list[Cell]) -> list[list[Cell]]:
+    """Cells sharing d in groups whose estimated training memory (``group_memory_bytes``) stays
+    under ``spec.group_memory_mb``; each group trains as one batched ensemble."""
+    if not cells:
+        return []
+    cfg = train_config(spec)
+    per = group_memory_bytes(1, cells[0].d, cfg)
+    size = max(1, int(spec.group_memory_mb * 2**20 // per))
+    return [cells[i:i + size] for i in range(0, len(cells), size)]
 
 
 def evaluate(spec: StudySpec, cell: Cell, score_hat, result: TrainResult | None = None) -> xr.Dataset:

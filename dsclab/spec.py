@@ -185,7 +185,8 @@ class StudyBase(_Frozen):
     """What every study spec has: a name, where its store goes and how many tasks run at once.
 
     A study kind subclasses this with a ``kind: Literal[...]`` field and its own axes; ``hash``
-    covers everything but ``store``, ``workers`` and ``max_cells`` (which do not change numbers).
+    covers everything but ``store``, ``workers``, ``max_cells`` and ``group_memory_mb`` (which do
+    not change numbers).
     """
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="study name; the store defaults to results/NAME.zarr")
@@ -195,7 +196,7 @@ class StudyBase(_Frozen):
 
     def numerics(self) -> dict:
         """What determines the numbers (not where they are stored or how many tasks run)."""
-        return self.model_dump(mode="json", exclude={"store", "workers", "max_cells"})
+        return self.model_dump(mode="json", exclude={"store", "workers", "max_cells", "group_memory_mb"})
 
     @property
     def hash(self) -> str:
@@ -225,6 +226,7 @@ class StudySpec(StudyBase):
     nfe: list[int] = Field([10, 30, 100], description="score evaluations per sample")
     train: TrainSpec = TrainSpec()
     evaluation: EvalSpec = EvalSpec()
+    group_memory_mb: int = Field(2048, gt=0, description="memory bound of one batched training group (MiB)")
 
     @field_validator("d", "n", "nfe")
     @classmethod

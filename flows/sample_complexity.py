@@ -2,7 +2,8 @@
 
 The flow's parameter is the ``StudySpec`` (the Prefect UI renders it as a form). It creates or
 reopens the store, skips cells whose ``status`` is done, generates each (d, seed) dataset once,
-trains each (d, seed) group of cells in one task and evaluates each cell in one task, logging
+trains the cells sharing d as batched ensembles (one task per group, groups sized to the memory
+bound ``spec.group_memory_mb``) and evaluates each cell in one task, logging
 progress (cells done / total, elapsed, ETA; a progress artifact) as cells finish, and ends by
 publishing the summary table, report and plot as artifacts of the flow run.
 
@@ -41,15 +42,16 @@ def sample_complexity(spec: StudySpec, store: str | None = None, runner: RunnerS
     if runner.kind == "threads":  # threads share the process: split the cores between them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
 
-    groups: dict[tuple[int, int], list] = defaultdict(list)
+    by_d: dict[int, list] = defaultdict(list)
     for c in todo:
-        groups[(c.d, c.seed)].append(c)
+        by_d[c.d].append(c)
     with runners.start(runner, spec.workers, log) as run:
         evals = []
-        for d, seed in sorted(groups, key=lambda k: (-k[0], k[1])):  # largest d first balances workers
-            data = run.submit(generate_data, path, spec, d, seed)
-            trained = run.submit(train_group, path, spec, groups[(d, seed)], wait_for=[data])
-            evals += [run.submit(evaluate_cell, path, spec, c, trained) for c in groups[(d, seed)]]
+        for d in sorted(by_d, reverse=True):  # largest d first balances the workers
+            data = [run.submit(generate_data, path, spec, d, s) for s in sorted({c.seed for c in by_d[d]})]
+            for group in sc.split_groups(spec, by_d[d]):  # batched ensembles within the memory bound
+                trained = run.submit(train_group, path, spec, group, wait_for=data)
+                evals += [run.submit(evaluate_cell, path, spec, c, trained) for c in group]
         done, failed = follow(log, evals, len(cells), len(cells) - len(todo))
     finish(log, path)
     return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo)}

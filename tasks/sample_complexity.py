@@ -38,19 +38,19 @@ def generate_data(store: str, spec: StudySpec, d: int, seed: int) -> str:
 
 @task(name="train-group", cache_policy=NO_CACHE, tags=["gpu"])
 def train_group(store: str, spec: StudySpec, cells: list[Cell]) -> dict[str, str | None]:
-    """Train cells sharing d; returns {cell key: checkpoint URL, or None if it failed}.
+    """Train cells sharing d as one batched ensemble; returns {cell key: checkpoint URL, or None
+    if it failed}.
 
     Tagged ``gpu``: the Prefect concurrency limit ``gpu`` and, under Dask, the resource GPU=1 keep
     one training task per GPU; the device comes from the worker (``flows.runners.task_device``)."""
     log = get_run_logger()
     device = task_device(spec.train.device)  # the worker's GPU when it has one (flows.runners)
     data = {c.seed: files.load_array(data_url(store, spec, c.d, c.seed)) for c in cells}
+    results = sc.train_cells(spec, cells, data, device)  # one batched ensemble per estimator
     out: dict[str, str | None] = {}
-    for cell in cells:  # one at a time so that one diverging cell does not sink its group
-        try:
-            (res,) = sc.train_cells(spec, [cell], data, device)
-        except Exception as e:  # noqa: BLE001 - recorded as the cell's failure
-            log.warning("cell %s failed in training: %s", cell_index(cell), e)
+    for cell, res in zip(cells, results):
+        if res is None:  # its loss became non-finite; the other members are unaffected
+            log.warning("cell %s failed in training: the loss became NaN or infinite", cell_index(cell))
             storage.mark_cells(store, [cell_index(cell)], storage.FAILED)
             out[cell.key] = None
             continue
