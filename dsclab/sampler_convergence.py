@@ -16,14 +16,17 @@ Targets (``target`` axis):
   coordinatewise, so KL(output || q_tmin) = d x the 1-D KL, computed once per (score, sampler,
   NFE) by density propagation on a grid and quadrature (``dsclab.exact_kl``), then multiplied by
   d. The grid: ``quadrature.pts_per_width`` points per standard deviation of the narrowest
-  component of q_tmin for the SDE samplers (``pts_per_width_ode`` for noise-free samplers,
-  whose densities stay sharp and which cost one quadrature node per step), ``n_sd`` standard
-  deviations out; ``n_area`` Gauss–Hermite nodes in the Levy area, at most ``n_max`` in dW.
-  Measured against the library defaults (30 pts/sd, 15 sd, 6 area nodes, 600 max): relative
-  change of the KL < 1 % for NFE 32..256 and < 30 % at NFE 512 for sra1/shark (KL ~ 1e-8, where
-  the interpolation error accumulated over 256 steps shows), which moves a fitted slope by
-  < 0.1. ``kl_mass_defect`` stores 1 - the output mass on the grid: above ~1e-4 the law left
-  the grid (an unstable step at small NFE) and that KL is rough.
+  component of q_tmin, ``n_sd`` standard deviations out, for the SDE samplers
+  (``pts_per_width_ode``, ``n_sd_ode`` for noise-free samplers, whose densities stay sharp and
+  which cost one quadrature node per step); ``n_area`` Gauss–Hermite nodes in the Levy area, at
+  most ``n_max`` in dW. Measured against the library defaults (30 pts/sd, 15 sd, 6 area nodes,
+  600 max) on the default target: relative change of the KL < 1 % for NFE 32..256; at NFE 512
+  (KL ~ 1e-8, where the interpolation error accumulated over 256 steps shows) 7 % for srk, 21 %
+  for shark, 30 % for sra1, which moves the fitted slopes (NFE 32..512) by 0.02, 0.06 and
+  0.08 (sra1 -3.95 instead of -4.02). Fewer area nodes (2) or a narrower grid for heun (8 sd)
+  break individual points by orders of magnitude; these settings do not. ``kl_mass_defect``
+  stores 1 - the output mass on the grid: above ~1e-4 the law left the grid (an unstable step at
+  small NFE) and that KL is rough.
 * ``mixture``: a non-product isotropic mixture (``distributions.gaussian_mixture``, k = 4:
   modes at +-(separation/2) e_1 and +-(separation/2) e_2). No exact KL: ``sliced_w2`` and
   ``mmd`` of ``sampling.n_samples`` samples against fresh draws of q_tmin, with their floors
@@ -38,8 +41,10 @@ Score kinds (``score`` axis):
   law stays exactly Gaussian) and coordinatewise (the product KL stays d x a 1-D KL), and it
   keeps the relative score error the same in every d, as the KL of the product targets grows
   like d. Every SDE sampler then levels off at the KL of the exact perturbed reverse SDE
-  (measured, gaussian cond 10: about 0.13 eta^2 d; 1.3e-4 d at eta = 0.01, reached by srk at
-  NFE ~128 and by the exponential integrator at ~512);
+  (measured, gaussian cond 10: 0.13 eta^2 d, i.e. 1.3e-4 d at eta = 0.01; srk, sra1 and shark
+  sit within 1 % of it from NFE 256, Euler–Maruyama and the exponential integrator are still
+  13-20 % above it at NFE 512); heun levels off at the (10x higher) floor of the perturbed
+  probability-flow ODE;
 * ``trained``: a ``ScoreMLP`` trained by DSM on ``n_train`` draws of the target, one network
   per seed (``dsclab.train.train_ensemble``: all seeds as one batched ensemble, member r equal
   to ``train_score`` with that seed). A trained network is neither affine nor coordinatewise, so
@@ -55,10 +60,11 @@ per score computes them and the d cells multiply. Variables:
 * ``sliced_w2``, ``mmd (target, d, sampler, nfe, score, seed)``: sampled cells (mixture
   target, trained score; every cell with ``sample_all``) up to ``sampling.max_nfe``, +inf
   where the sampler's output was not finite, NaN elsewhere;
-* ``sliced_w2_floor``, ``mmd_floor (target, d, score, seed)``;
+* ``sliced_w2_floor``, ``mmd_floor (target, d, score, seed)``: every cell (they depend on
+  (target, d, seed) only and repeat along score);
 * ``score_l2 (target, d, score, seed, t)``: E||s_hat - s||^2 on fresh x ~ q_t (0 for exact,
   eta^2 d for perturbed, measured for trained);
-* ``train_loss``, ``train_seconds (target, d, score, seed)`` (trained only);
+* ``train_seconds (target, d, score, seed)`` (0 for the closed-form scores);
 * ``seconds (target, d, score)``: wall time of the cell.
 
 Seeds for Monte Carlo: start points, reference draws and projection directions depend on
@@ -84,6 +90,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 from pydantic import Field, field_validator, model_validator
@@ -594,32 +601,43 @@ def _bandwidth(ref: torch.Tensor) -> float:
     return float(dist[dist > 0].median())
 
 
-def sampled_curves(spec: SamplerConvergenceSpec, cell: SrkCell, dist, score: Score,
+class Reference:
+    """Seed r's Monte Carlo reference: start points ``x0 (m, d)`` at T, a draw ``ref`` of q_tmin,
+    the metrics against it (``sliced_w2`` with fixed projection directions, ``mmd`` with the
+    bandwidth ``metrics.mmd`` picks for ``ref``), and the floors: the same metrics between
+    ``ref`` and a second independent draw of q_tmin. Everything comes from (target, d, seed)."""
+
+    def __init__(self, spec: SamplerConvergenceSpec, cell: SrkCell, dist, seed: int):
+        tp, m = spec.target_params(cell.target), spec.sampling.n_samples
+        g = torch.Generator().manual_seed(derive_seed("srk-points", tp, cell.d, seed))
+        self.x0 = (dist.sample(m, g, t=spec.T) if spec.start == "exact"
+                   else torch.randn(m, cell.d, generator=g, dtype=torch.float64))
+        self.ref, ref2 = dist.sample(m, g, t=spec.t_min), dist.sample(m, g, t=spec.t_min)
+        self.proj, self.n_proj = derive_seed("srk-proj", tp, cell.d, seed), spec.sampling.n_proj
+        self.bandwidth = _bandwidth(self.ref)
+        self.sliced_w2_floor, self.mmd_floor = self.sliced_w2(ref2), self.mmd(ref2)
+
+    def sliced_w2(self, y: torch.Tensor) -> float:
+        return sliced_w2(y, self.ref, torch.Generator().manual_seed(self.proj), n_proj=self.n_proj)
+
+    def mmd(self, y: torch.Tensor) -> float:
+        return mmd(y, self.ref, bandwidth=self.bandwidth)
+
+
+def sampled_curves(spec: SamplerConvergenceSpec, cell: SrkCell, score: Score, refs: list[Reference],
                    dtype=torch.float32) -> dict[str, np.ndarray]:
-    """sliced W2 and MMD (sampler, nfe, seed) of ``n_samples`` samples per seed against fresh
-    q_tmin draws, and the floors (seed,): the same metrics between two independent q_tmin draws.
+    """sliced W2 and MMD (sampler, nfe, seed) of ``n_samples`` samples per seed against the
+    seed's q_tmin draw (:class:`Reference`), for NFE up to ``sampling.max_nfe`` (NaN beyond).
 
     All seeds run as one batch of R m rows (seed r: rows [r m, (r + 1) m)), so the per-step cost
-    is paid once. Seed r's start points, reference draws and projection directions come from
-    (target, d, seed), its noise from (target, d, seed, sampler, NFE): the same for every score
-    kind and independent of the other seeds. A sampler whose output is not finite gets +inf.
+    is paid once. Seed r's noise comes from (target, d, seed, sampler, NFE): the same for every
+    score kind and independent of the other seeds. A sampler whose output is not finite gets +inf.
     """
     tp = spec.target_params(cell.target)
     m, sp, R = spec.sampling.n_samples, spec.sampling, len(spec.seed)
-    x0, refs, floors_sw, floors_mmd, sws = [], [], np.full(R, np.nan), np.full(R, np.nan), []
-    for r, seed in enumerate(spec.seed):
-        g = torch.Generator().manual_seed(derive_seed("srk-points", tp, cell.d, seed))
-        x0.append(dist.sample(m, g, t=spec.T) if spec.start == "exact"
-                  else torch.randn(m, cell.d, generator=g, dtype=torch.float64))
-        ref, ref2 = dist.sample(m, g, t=spec.t_min), dist.sample(m, g, t=spec.t_min)
-        proj = derive_seed("srk-proj", tp, cell.d, seed)
-        sws.append(lambda a, ref=ref, proj=proj: sliced_w2(a, ref, torch.Generator().manual_seed(proj), n_proj=sp.n_proj))
-        refs.append((ref, _bandwidth(ref)))
-        floors_sw[r], floors_mmd[r] = sws[r](ref2), mmd(ref2, ref, bandwidth=refs[r][1])
-    x0 = torch.cat(x0).to(dtype)
+    x0 = torch.cat([ref.x0 for ref in refs]).to(dtype)
     S, N = len(spec.sampler), len(spec.nfe)
-    out = {"sliced_w2": np.full((S, N, R), np.nan), "mmd": np.full((S, N, R), np.nan),
-           "sliced_w2_floor": floors_sw, "mmd_floor": floors_mmd}
+    out = {"sliced_w2": np.full((S, N, R), np.nan), "mmd": np.full((S, N, R), np.nan)}
     for i, name in enumerate(spec.sampler):
         need_area = uses_levy_area(SAMPLERS[name])
         for j, nfe in enumerate(spec.nfe):
@@ -635,8 +653,8 @@ def sampled_curves(spec: SamplerConvergenceSpec, cell: SrkCell, dist, score: Sco
                 if not torch.isfinite(yr).all():
                     out["sliced_w2"][i, j, r] = out["mmd"][i, j, r] = np.inf
                     continue
-                out["sliced_w2"][i, j, r] = sws[r](yr)
-                out["mmd"][i, j, r] = mmd(yr, refs[r][0], bandwidth=refs[r][1])
+                out["sliced_w2"][i, j, r] = refs[r].sliced_w2(yr)
+                out["mmd"][i, j, r] = refs[r].mmd(yr)
     return out
 
 
@@ -666,9 +684,8 @@ def run_cell(spec: SamplerConvergenceSpec, cell: SrkCell, kl1d: dict | None = No
     kl = np.full((S, N), np.nan)
     defect = np.full((S, N), np.nan)
     sw, mm = np.full((S, N, R), np.nan), np.full((S, N, R), np.nan)
-    sw_floor, mm_floor = np.full(R, np.nan), np.full(R, np.nan)
     l2 = np.full((R, Tn), np.nan)
-    tr_loss, tr_sec = np.full(R, np.nan), np.full(R, np.nan)
+    tr_sec = np.zeros(R)  # closed-form scores: no training
     dist = make_target(spec, cell.target, cell.d)
     if exact_route(cell):
         if cell.target == "gaussian":
@@ -682,19 +699,23 @@ def run_cell(spec: SamplerConvergenceSpec, cell: SrkCell, kl1d: dict | None = No
         l2[:] = 0.0
     elif cell.score == "perturbed":
         l2[:] = spec.eta ** 2 * cell.d
+    # The floors depend on (target, d, seed) only; every cell stores them (cheap), so that every
+    # cell's values are complete and the floor sits beside each curve.
+    refs = [Reference(spec, cell, dist, seed) for seed in spec.seed]
+    sw_floor = np.array([r.sliced_w2_floor for r in refs])
+    mm_floor = np.array([r.mmd_floor for r in refs])
     if sampled_route(spec, cell):
         if cell.score == "trained":
             score, results = trained_scores(spec, cell, dist)
             for r, (seed, res) in enumerate(zip(spec.seed, results)):
-                tr_loss[r], tr_sec[r] = res.loss, res.seconds
+                tr_sec[r] = res.seconds
                 l2[r] = score_l2(spec, cell, dist, member_score(res.model), seed)
         else:
             score = exact_score(cell.target, dist)
             if cell.score == "perturbed":
                 score = perturb(score, spec.eta)
-        vals = sampled_curves(spec, cell, dist, score)
+        vals = sampled_curves(spec, cell, score, refs)
         sw, mm = vals["sliced_w2"], vals["mmd"]
-        sw_floor, mm_floor = vals["sliced_w2_floor"], vals["mmd_floor"]
     sn = ("sampler", "nfe")
     ds = xr.Dataset(
         {
@@ -702,7 +723,7 @@ def run_cell(spec: SamplerConvergenceSpec, cell: SrkCell, kl1d: dict | None = No
             "sliced_w2": (sn + ("seed",), sw), "mmd": (sn + ("seed",), mm),
             "sliced_w2_floor": (("seed",), sw_floor), "mmd_floor": (("seed",), mm_floor),
             "score_l2": (("seed", "t"), l2),
-            "train_loss": (("seed",), tr_loss), "train_seconds": (("seed",), tr_sec),
+            "train_seconds": (("seed",), tr_sec),
         },
         coords={"sampler": list(spec.sampler), "nfe": list(spec.nfe), "seed": list(spec.seed),
                 "t": list(spec.sampling.score_t)},
@@ -728,8 +749,8 @@ VARIABLES = {
     "sliced_w2_floor": (("target", "d", "score", "seed"), "sliced W2 between two independent q_t_min draws", "1"),
     "mmd_floor": (("target", "d", "score", "seed"), "RBF MMD between two independent q_t_min draws", "1"),
     "score_l2": (("target", "d", "score", "seed", "t"), "score error E||s_hat - s||^2 on x ~ q_t", "1"),
-    "train_loss": (("target", "d", "score", "seed"), "final training loss of the trained score", "1"),
-    "train_seconds": (("target", "d", "score", "seed"), "training wall time of the trained score", "s"),
+    "train_seconds": (("target", "d", "score", "seed"),
+                      "training wall time of the score (share of the seeds' ensemble; 0: closed form)", "s"),
     "seconds": (("target", "d", "score"), "wall time of the cell", "s"),
 }
 
@@ -970,19 +991,25 @@ def plot(ds: xr.Dataset, out: str) -> str:
     fig, axes = plt.subplots(max(nrow, 1), ncol, figsize=(3.8 * ncol, 3.0 * max(nrow, 1)), squeeze=False)
     nfe = ds.nfe.values
     colors = {s: f"C{i}" for i, s in enumerate(ds.sampler.values)}
+    clip = nfe >= spec.analysis.fit_nfe[0] / 2  # the y range shows these NFE (small-NFE blow-ups go off the top)
     for r, (target, score, var) in enumerate(rows):
         for j, d in enumerate(ds.d.values):
             ax = axes[r, j]
+            shown = []
             for s in ds.sampler.values:
                 if var == "kl":
                     y = kl.sel(target=target, score=score, d=d, sampler=s).values
                     y = np.where(np.isfinite(y) & (y > 0), y, np.nan)
                     ax.plot(nfe, y, marker="o", ms=3, color=colors[s], label=s)
+                    shown.append(y[clip])
                 else:
                     cur = sw.sel(target=target, score=score, d=d, sampler=s)
                     cur = cur.where(np.isfinite(cur))
                     ax.plot(nfe, cur.mean("seed"), marker="o", ms=3, color=colors[s], label=s)
                     ax.fill_between(nfe, cur.min("seed"), cur.max("seed"), color=colors[s], alpha=0.2)
+                    shown.append(cur.max("seed").values[clip])
+            vals = np.concatenate(shown) if shown else np.array([np.nan])
+            vals = vals[np.isfinite(vals) & (vals > 0)]
             if var == "sliced_w2":
                 fl = float(_done(ds, "sliced_w2_floor").sel(target=target, score=score, d=d).mean())
                 ax.axhline(fl, color="k", ls="--", lw=0.8, label="MC floor")
@@ -990,6 +1017,8 @@ def plot(ds: xr.Dataset, out: str) -> str:
             if var == "kl":
                 ax.axvspan(lo, hi, color="0.94", zorder=0)
             ax.set_xscale("log", base=2), ax.set_yscale("log")
+            if vals.size:
+                ax.set_ylim(0.3 * vals.min(), 10 * vals.max())
             ax.set_title(f"{target}, {score}, d={int(d)}", fontsize=9)
             ax.set_xlabel("NFE"), ax.set_ylabel("KL (exact)" if var == "kl" else "sliced W2")
             ax.grid(alpha=0.3, which="both")
@@ -1015,17 +1044,23 @@ def plot(ds: xr.Dataset, out: str) -> str:
             axes[nrow - 1, j].axis("off")
     if rows:
         axes[0, 0].legend(fontsize=6)
-    fig.suptitle(f"{ds.attrs.get('name', '')}: error vs NFE (shaded: fit range; bands: min-max over seeds)", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"{ds.attrs.get('name', '')}: error vs NFE (shaded: fit range; bands: min-max over seeds; "
+                 "dashed: Monte Carlo floor)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
 
 
-def nfe_table(ds: xr.Dataset, level: float, target: str = "gaussian", score: str = "exact") -> "pd.DataFrame":  # noqa: F821
-    """NFE to reach KL ``level`` (estimate: interpolated, else extrapolated) as a table sampler x d."""
-    import pandas as pd
-
-    cr = kl_crossings(ds.load(), level).sel(target=target, score=score)
-    return pd.DataFrame({f"d={int(d)}": [cr.sel(sampler=s, d=d).item().estimate() for s in ds.sampler.values]
-                         for d in ds.d.values}, index=list(ds.sampler.values))
+def nfe_table(ds: xr.Dataset, level: float | None = None, target: str = "gaussian",
+              score: str = "exact") -> pd.DataFrame:
+    """NFE to reach KL ``level`` (default ``analysis.acceptance_level``) as a table, rows sampler,
+    columns d: the interpolated crossing, else the power-law extrapolation (a summary table for
+    the UI; the report prints the marked version)."""
+    ds = ds.load()
+    spec = _spec_of(ds)
+    level = spec.analysis.acceptance_level if level is None else level
+    cr = kl_crossings(ds, level, spec).sel(target=target, score=score)
+    df = pd.DataFrame({f"d={int(d)}": [cr.sel(sampler=s, d=d).item().estimate() for s in ds.sampler.values]
+                       for d in ds.d.values}, index=pd.Index(list(ds.sampler.values), name="sampler"))
+    return df

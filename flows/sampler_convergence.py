@@ -13,12 +13,11 @@ import torch
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
+import storage
 from dsclab import sampler_convergence as scv
 from dsclab.sampler_convergence import SamplerConvergenceSpec
 from flows.common import finish, follow, pending_cells
 from tasks.sampler_convergence import product_kl_1d, run_cell
-
-import storage
 
 
 def _cost(spec: SamplerConvergenceSpec, cell: scv.SrkCell) -> float:

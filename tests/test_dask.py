@@ -13,6 +13,7 @@ import pytest
 import xarray as xr
 
 import storage
+from dsclab import sample_complexity as sc
 from dsclab.spec import parse_spec
 from flows import runners
 from flows.runners import RunnerSpec
@@ -20,11 +21,12 @@ from flows.runners import RunnerSpec
 pytest_plugins = ["prefect_team"]
 
 TINY = {
-    "name": "tiny-dask", "d": [2, 3], "n": [60], "seed": [0, 1], "nfe": [4],
+    "name": "tiny-dask", "d": [2, 3], "n": [60, 120], "seed": [0, 1], "nfe": [4],
     "sampler": ["euler_maruyama"],
     "train": {"steps": 100, "width": 32, "depth": 2},
     "evaluation": {"t": [0.05, 0.5], "n_score": 200, "n_samples": 100},
     "workers": 2,
+    "group_memory_mb": 1,  # small batched-training groups: several GPU tasks per worker
 }
 
 
@@ -125,18 +127,22 @@ def test_gpu_tasks_never_overlap_on_a_worker(api, tmp_path):
         out = sample_complexity(spec=spec, store=path, runner=RunnerSpec(kind="dask", address=cluster.scheduler_address))
         timelines = client.run(lambda dask_worker: dask_worker.plugins["test-timeline"].records)
 
-    assert out == {"store": path, "cells": 4, "done": 4, "failed": 0, "computed": 4}
+    cells = spec.cells()
+    assert out == {"store": path, "cells": len(cells), "done": len(cells), "failed": 0, "computed": len(cells)}
     ds = xr.open_zarr(path)
     assert (ds.status == storage.DONE).all()
     assert np.isfinite(ds.score_l2.values).all() and np.isfinite(ds.sliced_w2.values).all()
 
     recs = {k: r for tl in timelines.values() for k, r in tl.items()}
     gpu = {k: r for k, r in recs.items() if r["resources"] == {"GPU": 1}}
-    # exactly the training tasks, one per (d, seed) group, carry the annotation
-    assert len(gpu) == len(spec.d) * len(spec.seed), recs
+    # exactly the training tasks, one per batched group, carry the annotation
+    groups = sum(len(sc.split_groups(spec, [c for c in cells if c.d == d])) for d in spec.d)
+    assert groups >= 2 * len(spec.d)  # the memory bound split each d
+    assert len(gpu) == groups, recs
     assert all(k.startswith("train_group") for k in gpu), list(gpu)
     assert not any(k.startswith("train_group") for k in recs.keys() - gpu.keys())
-    assert len(recs) == 2 * len(gpu) + len(spec.cells()), list(recs)  # + generate-data, evaluate-cell
+    # + generate-data per (d, seed), evaluate-cell per cell
+    assert len(recs) == len(gpu) + len(spec.d) * len(spec.seed) + len(cells), list(recs)
     for w, tl in timelines.items():
         spans = sorted((r["start"], r["stop"]) for k, r in tl.items() if k in gpu)
         for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
