@@ -19,7 +19,9 @@ then evaluates every drift of the ``drift`` axis on common random numbers:
   the SL Euler sampler (delta, T = T_mult n; the paper's runs: delta = 0.5, T = 4n), and from
   them ``frac_norm_above_half`` (target 1/2), ``w1_norm`` (W1 of the norm law to the target's
   Bernoulli(1/2) on {0, 1}) and ``frac_rank_one`` (fraction within Frobenius distance
-  min(0.25, 0.45/sqrt k) of some u u^T; target 1/2).
+  min(0.25, 0.45/sqrt k) of some u u^T; target 1/2). A sample that overflows (a badly trained
+  network can drive the sampler to infinity) gets norm +inf, counts in ``frac_diverged`` and
+  makes ``w1_norm`` +inf; the cell still completes.
 
 Drifts (``STUDY_DRIFTS``): bayes (exact enumeration; only where C(n,k) 2^{k-1} <= ``bayes_max_terms``,
 else its values stay NaN and ``bayes_terms`` tells why), spectral, gated_spectral (the spectral
@@ -177,6 +179,7 @@ PER_DRIFT = {
     "frac_norm_above_half": ("fraction of generated samples with ||x_hat||_F > 1/2 (target 1/2)", "1"),
     "w1_norm": ("W1 between the law of ||x_hat||_F and the target's (0 or 1 w.p. 1/2)", "1"),
     "frac_rank_one": ("fraction of samples within min(0.25, 0.45/sqrt k) of some u u^T (target 1/2)", "1"),
+    "frac_diverged": ("fraction of generated samples that overflowed (non-finite; their norm is stored as inf)", "1"),
     "sample_seconds": ("wall time of the SL sampler with this drift", "s"),
 }
 PER_CELL = {
@@ -298,13 +301,18 @@ def evaluate(spec: ComputationalGapSpec, cell: GapCell, net=None, train_loss: fl
         t0 = time.perf_counter()
         x = spike.sl_generate(drift, ev.n_samples, n, delta=ev.delta, T=T, generator=gs)
         per["sample_seconds"][idx[d]] = time.perf_counter() - t0
-        if not torch.isfinite(x).all():
-            raise ArithmeticError(f"drift {d}: non-finite samples")
-        nr = spike.sample_norm(x)
+        # A drift can drive the sampler to overflow (an undertrained network): such a sample has
+        # norm +inf (it counts as norm > 1/2 and not rank-one), and the W1 distance is then +inf.
+        finite = torch.isfinite(x).flatten(1).all(dim=1)
+        nr = np.full(ev.n_samples, np.inf)
+        nr[finite.numpy()] = spike.sample_norm(x[finite])
         norms[idx[d]] = nr
+        per["frac_diverged"][idx[d]] = 1.0 - float(finite.double().mean())
         per["frac_norm_above_half"][idx[d]] = float(np.mean(nr > 0.5))
-        per["w1_norm"][idx[d]] = spike.w1_norm_law(nr, dist.p_spike)
-        per["frac_rank_one"][idx[d]] = spike.frac_close_rank_one(x, k)
+        per["w1_norm"][idx[d]] = spike.w1_norm_law(nr, dist.p_spike) if bool(finite.all()) else math.inf
+        n_fin = int(finite.sum())
+        per["frac_rank_one"][idx[d]] = (spike.frac_close_rank_one(x[finite], k) * n_fin / ev.n_samples
+                                        if n_fin else 0.0)
     out = {
         "mse": (("drift", "t"), mse), "mse_se": (("drift", "t"), mse_se),
         "sample_norm": (("drift", "sample"), norms),
@@ -340,11 +348,12 @@ def report(ds: xr.Dataset) -> str:
     done = _done(ds)
     mean = lambda v: ds[v].where(done).mean("seed")
     frac, w1, r1, il = mean("frac_norm_above_half"), mean("w1_norm"), mean("frac_rank_one"), mean("integrated_loss")
+    dv = mean("frac_diverged")
     drifts = [str(d) for d in ds.drift.values]
     lines = [f"computational gap '{ds.attrs.get('name', '')}': {int(done.sum())}/{done.size} cells done; "
              "seed means; targets: frac(norm>1/2) = 0.5, W1 = 0, frac rank-one = 0.5"]
     lines.append(f"{'n':>4} {'k':>3} {'drift':>16} {'frac(norm>1/2)':>15} {'W1(norm law)':>13} "
-                 f"{'frac rank-one':>14} {'integrated loss':>16}")
+                 f"{'frac rank-one':>14} {'integrated loss':>16} {'diverged':>9}")
     skipped = []
     for n in ds.n.values:
         for k in ds.k.values:
@@ -352,7 +361,8 @@ def report(ds: xr.Dataset) -> str:
             for d in drifts:
                 f = float(frac.sel(sel, drift=d))
                 lines.append(f"{int(n):>4} {int(k):>3} {d:>16} {f:>15.3f} {float(w1.sel(sel, drift=d)):>13.3f} "
-                             f"{float(r1.sel(sel, drift=d)):>14.3f} {float(il.sel(sel, drift=d)):>16.3f}")
+                             f"{float(r1.sel(sel, drift=d)):>14.3f} {float(il.sel(sel, drift=d)):>16.3f} "
+                             f"{float(dv.sel(sel, drift=d)):>9.2f}")
             if "bayes" in drifts and float(ds.bayes_terms.sel(sel)) > ds.bayes_terms.attrs.get("max_terms", math.inf):
                 skipped.append(f"(n={int(n)}, k={int(k)}: {float(ds.bayes_terms.sel(sel)):.3g} terms)")
     if skipped:

@@ -97,12 +97,14 @@ REPORTS: dict[str, Callable[[xr.Dataset], str]] = {
     "immse": _lazy("dsclab.immse_study", "report"),
     "score_learning": _lazy("dsclab.score_learning", "report"),
     "sparse_pca": _lazy("dsclab.sparse_pca_study", "report"),
+    "sampler_convergence": _lazy("dsclab.sampler_convergence", "report"),
 }
 PLOTS: dict[str, Callable[[xr.Dataset, str], str]] = {
     "sample_complexity": plot_sample_complexity,
     "immse": _lazy("dsclab.immse_study", "plot"),
     "score_learning": _lazy("dsclab.score_learning", "plot"),
     "sparse_pca": _lazy("dsclab.sparse_pca_study", "plot"),
+    "sampler_convergence": _lazy("dsclab.sampler_convergence", "plot"),
 }
 
 

@@ -24,9 +24,15 @@ def _sparse_pca_flow():
     return sparse_pca
 
 
+def _sampler_convergence_flow():
+    from flows.sampler_convergence import sampler_convergence
+    return sampler_convergence
+
+
 def _studies():
     from dsclab import immse_study as ist
     from dsclab import sample_complexity as sc
+    from dsclab import sampler_convergence as scv
     from dsclab import score_learning as sl
     from dsclab import sparse_pca_study as sps
     from dsclab.spec import StudySpec
@@ -34,6 +40,7 @@ def _studies():
         "sample_complexity": (StudySpec, _sample_complexity_flow, sc.template, sc.CELL_DIMS),
         "immse": (ist.ImmseSpec, _immse_flow, ist.template, ist.CELL_DIMS),
         "score_learning": (sl.ScoreLearningSpec, _score_learning_flow, sl.template, sl.CELL_DIMS),
+        "sampler_convergence": (scv.SamplerConvergenceSpec, _sampler_convergence_flow, scv.template, scv.CELL_DIMS),
         "sparse_pca": (sps.SparsePCASpec, _sparse_pca_flow, sps.template, sps.CELL_DIMS),
     }
 
