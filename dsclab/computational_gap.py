@@ -359,10 +359,10 @@ def report(ds: xr.Dataset) -> str:
         for k in ds.k.values:
             sel = {"n": n, "k": k}
             for d in drifts:
-                f = float(frac.sel(sel, drift=d))
-                lines.append(f"{int(n):>4} {int(k):>3} {d:>16} {f:>15.3f} {float(w1.sel(sel, drift=d)):>13.3f} "
-                             f"{float(r1.sel(sel, drift=d)):>14.3f} {float(il.sel(sel, drift=d)):>16.3f} "
-                             f"{float(dv.sel(sel, drift=d)):>9.2f}")
+                f = float(frac.sel(sel).sel(drift=d))
+                lines.append(f"{int(n):>4} {int(k):>3} {d:>16} {f:>15.3f} {float(w1.sel(sel).sel(drift=d)):>13.3f} "
+                             f"{float(r1.sel(sel).sel(drift=d)):>14.3f} {float(il.sel(sel).sel(drift=d)):>16.3f} "
+                             f"{float(dv.sel(sel).sel(drift=d)):>9.2f}")
             if "bayes" in drifts and float(ds.bayes_terms.sel(sel)) > ds.bayes_terms.attrs.get("max_terms", math.inf):
                 skipped.append(f"(n={int(n)}, k={int(k)}: {float(ds.bayes_terms.sel(sel)):.3g} terms)")
     if skipped:
@@ -373,10 +373,10 @@ def report(ds: xr.Dataset) -> str:
         for n in ds.n.values:
             for k in ds.k.values:
                 sel = {"n": n, "k": k}
-                lines.append(f"  n={int(n)} k={int(k)}: integrated loss spectral {float(il.sel(sel, drift='spectral')):.3f}"
-                             f" | gated {float(il.sel(sel, drift='gated_spectral')):.3f}"
-                             f" ; frac(norm>1/2) {float(frac.sel(sel, drift='spectral')):.2f}"
-                             f" | {float(frac.sel(sel, drift='gated_spectral')):.2f}")
+                lines.append(f"  n={int(n)} k={int(k)}: integrated loss spectral {float(il.sel(sel).sel(drift='spectral')):.3f}"
+                             f" | gated {float(il.sel(sel).sel(drift='gated_spectral')):.3f}"
+                             f" ; frac(norm>1/2) {float(frac.sel(sel).sel(drift='spectral')):.2f}"
+                             f" | {float(frac.sel(sel).sel(drift='gated_spectral')):.2f}")
     return "\n".join(lines)
 
 
@@ -402,6 +402,7 @@ def plot(ds: xr.Dataset, out: str) -> str:
                 ax.axvline(v, color="k", ls=style, lw=0.8, label=var)
         ax.axhline(float(ds.mse_constant.sel(n=n)), color="grey", lw=0.8, label="1/2 - 1/(4n)")
         ax.set_xscale("log")
+        ax.set_ylim(0, 1.5)  # an undertrained network (or t beyond its training range T) can go far above
         ax.set_title(f"n={int(n)} k={int(k)}", fontsize=9)
         ax.set_xlabel("SL time t")
         if j == 0:

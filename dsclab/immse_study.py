@@ -64,7 +64,7 @@ from dsclab import distributions, immse, noise
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.distributions.rademacher import Rademacher
 from dsclab.sample_complexity import derive_seed
-from dsclab.spec import DistributionSpec, StudyBase, TrainSpec, _Frozen, _positive_ints, _unique
+from dsclab.spec import DistributionSpec, StudyBase, TrainSpec, _Frozen, _positive_ints, _unique, seed_list
 from dsclab.train import TrainConfig, resolve_device, train_score
 
 CELL_DIMS = ("data", "d", "n", "seed")
@@ -122,13 +122,7 @@ class ImmseSpec(StudyBase):
     @field_validator("seed")
     @classmethod
     def _seeds(cls, v):
-        if not v:
-            raise ValueError("needs at least one value")
-        for s in v:
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise ValueError(f"{s!r} is not a non-negative integer")
-        _unique(v)
-        return v
+        return seed_list(v)
 
     @field_validator("data")
     @classmethod

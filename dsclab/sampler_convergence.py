@@ -103,7 +103,7 @@ from dsclab.gaussian_exact import gaussian_score, sampler_kl
 from dsclab.metrics import mmd, sliced_w2
 from dsclab.sample_complexity import derive_seed
 from dsclab.samplers import NFE_PER_STEP, SAMPLERS, steps_for_nfe
-from dsclab.spec import StudyBase, TrainSpec, _Frozen, _known, _positive_ints, _unique
+from dsclab.spec import StudyBase, TrainSpec, _Frozen, _known, _positive_ints, _unique, seed_list
 from dsclab.nets import EnsembleMLP
 from dsclab.train import TrainConfig, TrainingDiverged, resolve_device, train_ensemble
 
@@ -264,13 +264,7 @@ class SamplerConvergenceSpec(StudyBase):
     @field_validator("seed")
     @classmethod
     def _seeds(cls, v):
-        if not v:
-            raise ValueError("needs at least one value")
-        for s in v:
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise ValueError(f"{s!r} is not a non-negative integer")
-        _unique(v)
-        return v
+        return seed_list(v)
 
     @field_validator("schedule")
     @classmethod

@@ -55,7 +55,7 @@ from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.metrics import score_errors, sliced_w2
 from dsclab.sample_complexity import derive_seed
 from dsclab.samplers import SAMPLERS, GaussianNoise, steps_for_nfe
-from dsclab.spec import DistributionSpec, StudyBase, _Frozen, _known, _positive_ints, _unique
+from dsclab.spec import DistributionSpec, StudyBase, _Frozen, _known, _positive_ints, _unique, seed_list
 
 CELL_DIMS = ("d", "n", "seed", "estimator", "data_mode", "model")
 
@@ -179,13 +179,7 @@ class ScoreLearningSpec(StudyBase):
     @field_validator("seed")
     @classmethod
     def _seeds(cls, v):
-        if not v:
-            raise ValueError("needs at least one value")
-        for s in v:
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise ValueError(f"{s!r} is not a non-negative integer")
-        _unique(v)
-        return v
+        return seed_list(v)
 
     @field_validator("estimator")
     @classmethod

@@ -63,7 +63,7 @@ from dsclab.metrics import gaussian_fit_kl
 from dsclab.noise import SCHEDULES
 from dsclab.sample_complexity import derive_seed
 from dsclab.samplers import SAMPLERS, steps_for_nfe
-from dsclab.spec import StudyBase, TrainSpec, _Frozen, _positive_ints, _unique
+from dsclab.spec import StudyBase, TrainSpec, _Frozen, _positive_ints, _unique, seed_list
 from dsclab.train import TrainConfig, TrainResult, train_group
 
 CELL_DIMS = ("d", "k", "beta", "n", "seed")
@@ -156,13 +156,7 @@ class SparsePCASpec(StudyBase):
     @field_validator("seed")
     @classmethod
     def _seeds(cls, v):
-        if not v:
-            raise ValueError("needs at least one value")
-        for s in v:
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise ValueError(f"{s!r} is not a non-negative integer")
-        _unique(v)
-        return v
+        return seed_list(v)
 
     @field_validator("estimator")
     @classmethod

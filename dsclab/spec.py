@@ -53,6 +53,17 @@ def _unique(values: Sequence[Any]) -> None:
         seen.add(v)
 
 
+def seed_list(values: Sequence[int]) -> list[int]:
+    """Validate a seed axis: at least one value, non-negative integers, no duplicates."""
+    if not values:
+        raise ValueError("needs at least one value")
+    for s in values:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ValueError(f"{s!r} is not a non-negative integer")
+    _unique(values)
+    return list(values)
+
+
 def _known(kind: str, values: Sequence[str], registry) -> list[str]:
     if len(values) == 0:
         raise ValueError("needs at least one value")
@@ -236,13 +247,7 @@ class StudySpec(StudyBase):
     @field_validator("seed")
     @classmethod
     def _seeds(cls, v):
-        if not v:
-            raise ValueError("needs at least one value")
-        for s in v:
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise ValueError(f"{s!r} is not a non-negative integer")
-        _unique(v)
-        return v
+        return seed_list(v)
 
     @field_validator("estimator")
     @classmethod

@@ -7,14 +7,12 @@ completes; infrastructure errors raise.
 """
 from __future__ import annotations
 
-import traceback
-
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-import storage
 from dsclab import sampler_convergence as scv
 from dsclab.sampler_convergence import SamplerConvergenceSpec, SrkCell, cell_index
+from tasks.common import record_cell
 
 
 @task(name="srk-product-1d", cache_policy=NO_CACHE, tags=["cpu"])
@@ -27,12 +25,4 @@ def product_kl_1d(spec: SamplerConvergenceSpec, score: str) -> dict:
 @task(name="srk-cell", cache_policy=NO_CACHE, tags=["cpu"])
 def run_cell(store: str, spec: SamplerConvergenceSpec, cell: SrkCell, kl1d: dict | None = None) -> int:
     """Compute one (target, d, score) cell, write its region, then mark it done. Returns its status."""
-    try:
-        values = scv.run_cell(spec, cell, kl1d)
-    except (ArithmeticError, RuntimeError, ValueError) as e:  # numerical failure: recorded as the cell's
-        get_run_logger().warning("cell %s failed: %s\n%s", cell_index(cell), e, traceback.format_exc())
-        storage.mark_cells(store, [cell_index(cell)], storage.FAILED)
-        return storage.FAILED
-    storage.write_cell(store, values, cell_index(cell))
-    storage.mark_cells(store, [cell_index(cell)], storage.DONE)
-    return storage.DONE
+    return record_cell(store, cell_index(cell), lambda: scv.run_cell(spec, cell, kl1d))

@@ -7,12 +7,12 @@ the store and does not raise, so every other cell completes; infrastructure erro
 """
 from __future__ import annotations
 
-import traceback
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import storage
+from tasks.common import record_cell
 from dsclab import sparse_pca_study as sps
 from dsclab.nets import ScoreMLP
 from dsclab.sample_complexity import derive_seed
@@ -83,18 +83,15 @@ def evaluate_one(store: str, spec: SparsePCASpec, cell: SparsePCACell, x, checkp
         u = (checkpoints or {}).get(cell.key)
         if u is None:
             return storage.FAILED  # marked failed by the training task
-    try:
+
+    def compute():
+        m, r = model, res
         if spec.trains:
-            model, ck = load_model(u)
-            res = TrainResult(model, ck["loss"], ck["seconds"])
-        values = sps.evaluate(spec, cell, x, model, res)
-    except (ArithmeticError, RuntimeError, ValueError) as e:  # numerical failure: recorded as the cell's
-        get_run_logger().warning("cell %s failed: %s\n%s", cell_index(cell), e, traceback.format_exc())
-        storage.mark_cells(store, [cell_index(cell)], storage.FAILED)
-        return storage.FAILED
-    storage.write_cell(store, values, cell_index(cell))
-    storage.mark_cells(store, [cell_index(cell)], storage.DONE)
-    return storage.DONE
+            m, ck = load_model(u)
+            r = TrainResult(m, ck["loss"], ck["seconds"])
+        return sps.evaluate(spec, cell, x, m, r)
+
+    return record_cell(store, cell_index(cell), compute)
 
 
 @task(name="sparse-pca-cells", cache_policy=NO_CACHE, tags=["cpu"])
