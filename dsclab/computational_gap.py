@@ -44,7 +44,7 @@ from pydantic import Field, field_validator, model_validator
 import dsclab
 from dsclab import spike
 from dsclab.sample_complexity import derive_seed
-from dsclab.spec import StudyBase, _Frozen, _positive_ints, _unique
+from dsclab.spec import StudyBase, _Frozen, _positive_ints, _unique, seed_list
 
 CELL_DIMS = ("n", "k", "seed")
 # study drift name -> (dsclab.spike.DRIFTS factory, its parameters)
@@ -116,10 +116,7 @@ class ComputationalGapSpec(StudyBase):
     @field_validator("seed")
     @classmethod
     def _seeds(cls, v):
-        if not v or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in v):
-            raise ValueError(f"{v} must be non-negative integers")
-        _unique(v)
-        return v
+        return seed_list(v)
 
     @field_validator("drift")
     @classmethod

@@ -98,6 +98,7 @@ REPORTS: dict[str, Callable[[xr.Dataset], str]] = {
     "score_learning": _lazy("dsclab.score_learning", "report"),
     "sparse_pca": _lazy("dsclab.sparse_pca_study", "report"),
     "sampler_convergence": _lazy("dsclab.sampler_convergence", "report"),
+    "computational_gap": _lazy("dsclab.computational_gap", "report"),
 }
 PLOTS: dict[str, Callable[[xr.Dataset, str], str]] = {
     "sample_complexity": plot_sample_complexity,
@@ -105,6 +106,7 @@ PLOTS: dict[str, Callable[[xr.Dataset, str], str]] = {
     "score_learning": _lazy("dsclab.score_learning", "plot"),
     "sparse_pca": _lazy("dsclab.sparse_pca_study", "plot"),
     "sampler_convergence": _lazy("dsclab.sampler_convergence", "plot"),
+    "computational_gap": _lazy("dsclab.computational_gap", "plot"),
 }
 
 

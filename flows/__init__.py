@@ -29,7 +29,13 @@ def _sampler_convergence_flow():
     return sampler_convergence
 
 
+def _computational_gap_flow():
+    from flows.computational_gap import computational_gap
+    return computational_gap
+
+
 def _studies():
+    from dsclab import computational_gap as cgap
     from dsclab import immse_study as ist
     from dsclab import sample_complexity as sc
     from dsclab import sampler_convergence as scv
@@ -41,6 +47,7 @@ def _studies():
         "immse": (ist.ImmseSpec, _immse_flow, ist.template, ist.CELL_DIMS),
         "score_learning": (sl.ScoreLearningSpec, _score_learning_flow, sl.template, sl.CELL_DIMS),
         "sampler_convergence": (scv.SamplerConvergenceSpec, _sampler_convergence_flow, scv.template, scv.CELL_DIMS),
+        "computational_gap": (cgap.ComputationalGapSpec, _computational_gap_flow, cgap.template, cgap.CELL_DIMS),
         "sparse_pca": (sps.SparsePCASpec, _sparse_pca_flow, sps.template, sps.CELL_DIMS),
     }
 
