@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from dsclab import samplers as _samplers
+from dsclab.metrics import gaussian_kl  # noqa: F401  (re-exported: the exact KL of propagated laws)
 
 __all__ = ["step_map", "propagate", "gaussian_kl", "sampler_kl", "sampler_law", "target_law",
            "gaussian_score"]
@@ -88,21 +89,6 @@ def propagate(sampler_fn: Callable, score, ts, mean0, cov0, *, check: bool = Tru
         C = F @ C @ F.T + h * (G @ G.T) + (h / 12.0) * (K @ K.T)
         C = 0.5 * (C + C.T)
     return m, C
-
-
-def gaussian_kl(m1, C1, m2, C2) -> float:
-    """KL(N(m1, C1) || N(m2, C2)) in float64."""
-    m1, m2 = (torch.as_tensor(v, dtype=torch.float64) for v in (m1, m2))
-    C1, C2 = (torch.as_tensor(v, dtype=torch.float64) for v in (C1, C2))
-    L2 = torch.linalg.cholesky(0.5 * (C2 + C2.T))
-    A = torch.linalg.solve_triangular(L2, C1, upper=False)
-    A = torch.linalg.solve_triangular(L2, A.T, upper=False)  # L2^{-1} C1 L2^{-T}
-    lam = torch.linalg.eigvalsh(0.5 * (A + A.T))
-    if (lam <= 0).any():
-        return float("inf")
-    x = lam - 1.0
-    u = torch.linalg.solve_triangular(L2, (m1 - m2)[:, None], upper=False)[:, 0]
-    return float(0.5 * (x - torch.log1p(x)).sum() + 0.5 * (u * u).sum())
 
 
 def target_law(dist, t: float):
