@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 import dsclab
 from dsclab import distributions
@@ -229,12 +229,12 @@ class StudySpec(StudyBase):
 
     kind: Literal["sample_complexity"] = Field("sample_complexity", description="study kind (selects the flow)")
     distribution: DistributionSpec = DistributionSpec()
-    d: list[int] = Field(..., description="dimensions")
-    n: list[int] = Field(..., description="training sample sizes")
-    seed: list[int] = Field([0], description="seeds (data, initialisation and sampling)")
+    d: list[StrictInt] = Field(..., description="dimensions")
+    n: list[StrictInt] = Field(..., description="training sample sizes")
+    seed: list[StrictInt] = Field([0], description="seeds (data, initialisation and sampling)")
     estimator: list[str] = Field(["dsm"], description="score estimators")
     sampler: list[str] = Field(["euler_maruyama", "exponential_integrator"], description="samplers")
-    nfe: list[int] = Field([10, 30, 100], description="score evaluations per sample")
+    nfe: list[StrictInt] = Field([10, 30, 100], description="score evaluations per sample")
     train: TrainSpec = TrainSpec()
     evaluation: EvalSpec = EvalSpec()
     group_memory_mb: int = Field(2048, gt=0, description="memory bound of one batched training group (MiB)")
