@@ -1,0 +1,111 @@
+"""Reliability (issue 8): concurrent writers, and cells that fail while the rest complete."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+import storage
+from dsclab import cli
+from dsclab import sample_complexity as sc
+from dsclab.spec import parse_spec
+
+GRID = {"name": "conc", "d": [2, 3], "n": [10, 20, 30, 40], "seed": [0, 1], "nfe": [5],
+        "evaluation": {"t": [0.1, 1.0], "delta": [0.1]}}
+
+WRITER = textwrap.dedent("""
+    import sys, numpy as np, xarray as xr
+    import storage
+    from dsclab.spec import parse_spec
+    import yaml
+    spec = parse_spec(yaml.safe_load(open(sys.argv[1])))
+    path, part, parts = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    for i, c in enumerate(spec.cells()):
+        if i % parts != part:
+            continue
+        v = float(c.d * 1000 + c.n * 10 + c.seed)
+        vals = xr.Dataset({"score_l2": (("t",), [v, v + 0.5]), "train_seconds": ((), v)}, coords={"t": [0.1, 1.0]})
+        idx = {"d": c.d, "n": c.n, "seed": c.seed, "estimator": c.estimator}
+        storage.write_cell(path, vals, idx)
+        storage.mark_cells(path, [idx], storage.DONE)
+""")
+
+
+def test_four_concurrent_writers_lose_nothing(tmp_path):
+    """4 processes write disjoint cells of one store at once; the result equals a serial run."""
+    spec = parse_spec(GRID)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(GRID))
+    (tmp_path / "writer.py").write_text(WRITER)
+    stores = {}
+    for mode in ("serial", "concurrent"):
+        path = str(tmp_path / f"{mode}.zarr")
+        storage.create_or_open(path, sc.template(spec), sc.CELL_DIMS)
+        args = lambda part, parts: [sys.executable, str(tmp_path / "writer.py"), str(tmp_path / "spec.yaml"),
+                                    path, str(part), str(parts)]
+        if mode == "serial":
+            subprocess.run(args(0, 1), check=True)
+        else:
+            procs = [subprocess.Popen(args(k, 4)) for k in range(4)]
+            assert [p.wait(timeout=300) for p in procs] == [0, 0, 0, 0]
+        stores[mode] = xr.open_zarr(path, consolidated=False).load()
+    xr.testing.assert_identical(stores["serial"], stores["concurrent"])
+    ds = stores["concurrent"]
+    assert int((ds.status == storage.DONE).sum()) == len(spec.cells()) == 16
+    want = ds.d * 1000 + ds.n * 10 + ds.seed
+    np.testing.assert_array_equal(ds.train_seconds.isel(estimator=0).values, want.transpose("d", "n", "seed").values)
+
+
+TINY = {"name": "fail", "d": [2], "n": [40, 80, 160], "seed": [0], "nfe": [4],
+        "sampler": ["euler_maruyama"], "train": {"steps": 60, "width": 16, "depth": 2},
+        "evaluation": {"t": [0.1, 1.0], "n_score": 100, "n_samples": 100}}
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_failed_cells_marked_others_complete_rerun_retries_only_them(harness, tmp_path, monkeypatch, capsys):
+    """Training of n=80 diverges and sampling of n=160 blows up: both are marked failed, n=40
+    completes, `dsclab run` exits 3 and `dsclab status` shows them; a rerun computes exactly the
+    two failed cells."""
+    import dsclab.train as train_mod
+
+    real_ensemble, real_evaluate = train_mod.train_ensemble, sc.evaluate
+
+    def diverging(datasets, seeds, **kw):
+        out = real_ensemble(datasets, seeds, **kw)
+        return [None if x.shape[0] == 80 else r for x, r in zip(datasets, out)]  # as a NaN loss would
+
+    def exploding(spec, cell, score_hat, result=None):
+        if cell.n == 160:
+            raise FloatingPointError("sampler euler_maruyama at nfe=4 produced non-finite samples")
+        return real_evaluate(spec, cell, score_hat, result)
+
+    monkeypatch.setattr(train_mod, "train_ensemble", diverging)
+    monkeypatch.setattr(sc, "evaluate", exploding)
+    f = tmp_path / "spec.yaml"
+    f.write_text(yaml.safe_dump(TINY))
+    store = str(tmp_path / "fail.zarr")
+    assert cli.main(["run", str(f), "--store", store]) == 3
+    st = storage.read_status(store).sel(d=2, seed=0, estimator="dsm")
+    assert [int(v) for v in st.values] == [storage.DONE, storage.FAILED, storage.FAILED]
+    capsys.readouterr()
+    assert cli.main(["status", store]) == 0
+    assert "failed 2" in capsys.readouterr().out
+
+    monkeypatch.setattr(train_mod, "train_ensemble", real_ensemble)
+    monkeypatch.setattr(sc, "evaluate", real_evaluate)
+    from flows.sample_complexity import sample_complexity
+
+    out = sample_complexity(spec=parse_spec(TINY), store=store)
+    assert out["computed"] == 2 and out["done"] == 3 and out["failed"] == 0
+    assert (storage.read_status(store) == storage.DONE).all()
