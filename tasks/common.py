@@ -1,5 +1,6 @@
-"""What every cell task does once its values are computed: write the region, then mark done;
-or, on a numerical failure, mark the cell failed (with the reason logged) and carry on."""
+"""What the cell tasks share: saving the networks a training task produced (marking diverged
+cells failed) and loading them back; and, once a cell's values are computed, writing its region
+then marking it done, or, on a numerical failure, marking it failed (reason logged)."""
 from __future__ import annotations
 
 import traceback
@@ -9,6 +10,8 @@ import xarray as xr
 from prefect import get_run_logger
 
 import storage
+from dsclab.nets import ScoreMLP
+from storage import files
 
 NUMERICAL_ERRORS = (ArithmeticError, RuntimeError, ValueError)
 
@@ -25,3 +28,29 @@ def record_cell(store: str, index: Mapping[str, object], compute: Callable[[], x
     storage.write_cell(store, values, index)
     storage.mark_cells(store, [index], storage.DONE)
     return storage.DONE
+
+
+def save_trained(store: str, cells, results, index: Callable[[object], dict], *, width: int,
+                 depth: int) -> dict[str, str | None]:
+    """Checkpoint each trained cell; a ``None`` result (its loss became non-finite) marks the
+    cell failed. Returns {cell key: checkpoint URL, or None}."""
+    out: dict[str, str | None] = {}
+    for cell, res in zip(cells, results):
+        if res is None:
+            get_run_logger().warning("cell %s failed in training: the loss became NaN or infinite", index(cell))
+            storage.mark_cells(store, [index(cell)], storage.FAILED)
+            out[cell.key] = None
+            continue
+        u = files.url(store, "checkpoints", f"{cell.key}.pt")
+        files.save_checkpoint(u, {"state_dict": res.model.state_dict(), "d": cell.d, "width": width,
+                                  "depth": depth, "loss": res.loss, "seconds": res.seconds})
+        out[cell.key] = u
+    return out
+
+
+def load_model(u: str) -> tuple[ScoreMLP, dict]:
+    """A checkpoint written by :func:`save_trained` as an eval-mode ``ScoreMLP`` and its record."""
+    ck = files.load_checkpoint(u)
+    model = ScoreMLP(ck["d"], width=ck["width"], depth=ck["depth"])
+    model.load_state_dict(ck["state_dict"])
+    return model.eval(), ck

@@ -12,10 +12,10 @@ from prefect.cache_policies import NO_CACHE
 
 import storage
 from dsclab import sample_complexity as sc
-from dsclab.nets import ScoreMLP
 from dsclab.spec import Cell, StudySpec
 from flows.runners import task_device
 from storage import files
+from tasks.common import load_model, save_trained
 
 
 def cell_index(cell: Cell) -> dict:
@@ -43,29 +43,10 @@ def train_group(store: str, spec: StudySpec, cells: list[Cell]) -> dict[str, str
 
     Tagged ``gpu``: the Prefect concurrency limit ``gpu`` and, under Dask, the resource GPU=1 keep
     one training task per GPU; the device comes from the worker (``flows.runners.task_device``)."""
-    log = get_run_logger()
     device = task_device(spec.train.device)  # the worker's GPU when it has one (flows.runners)
     data = {c.seed: files.load_array(data_url(store, spec, c.d, c.seed)) for c in cells}
     results = sc.train_cells(spec, cells, data, device)  # one batched ensemble per estimator
-    out: dict[str, str | None] = {}
-    for cell, res in zip(cells, results):
-        if res is None:  # its loss became non-finite; the other members are unaffected
-            log.warning("cell %s failed in training: the loss became NaN or infinite", cell_index(cell))
-            storage.mark_cells(store, [cell_index(cell)], storage.FAILED)
-            out[cell.key] = None
-            continue
-        u = files.url(store, "checkpoints", f"{cell.key}.pt")
-        files.save_checkpoint(u, {"state_dict": res.model.state_dict(), "d": cell.d, "width": spec.train.width,
-                                  "depth": spec.train.depth, "loss": res.loss, "seconds": res.seconds})
-        out[cell.key] = u
-    return out
-
-
-def load_model(u: str) -> tuple[ScoreMLP, dict]:
-    ck = files.load_checkpoint(u)
-    model = ScoreMLP(ck["d"], width=ck["width"], depth=ck["depth"])
-    model.load_state_dict(ck["state_dict"])
-    return model.eval(), ck
+    return save_trained(store, cells, results, cell_index, width=spec.train.width, depth=spec.train.depth)
 
 
 @task(name="evaluate-cell", cache_policy=NO_CACHE, tags=["cpu"])

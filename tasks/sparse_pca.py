@@ -12,14 +12,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import storage
-from tasks.common import record_cell
 from dsclab import sparse_pca_study as sps
-from dsclab.nets import ScoreMLP
 from dsclab.sample_complexity import derive_seed
 from dsclab.sparse_pca_study import SparsePCACell, SparsePCASpec, cell_index
 from dsclab.train import TrainResult
 from flows.runners import task_device
 from storage import files
+from tasks.common import load_model, record_cell, save_trained
 
 
 def data_url(store: str, spec: SparsePCASpec, d: int, k: int, beta: float, seed: int) -> str:
@@ -54,25 +53,7 @@ def train_networks(store: str, spec: SparsePCASpec, cells: list[SparsePCACell]) 
         log.warning("training of %d cells (d=%d) failed: %s", len(cells), cells[0].d, e)
         storage.mark_cells(store, [cell_index(c) for c in cells], storage.FAILED)
         return {c.key: None for c in cells}
-    out: dict[str, str | None] = {}
-    for cell, res in zip(cells, results):
-        if res is None:
-            log.warning("cell %s: training diverged", cell_index(cell))
-            storage.mark_cells(store, [cell_index(cell)], storage.FAILED)
-            out[cell.key] = None
-            continue
-        u = files.url(store, "checkpoints", f"{cell.key}.pt")
-        files.save_checkpoint(u, {"state_dict": res.model.state_dict(), "d": cell.d, "width": spec.train.width,
-                                  "depth": spec.train.depth, "loss": res.loss, "seconds": res.seconds})
-        out[cell.key] = u
-    return out
-
-
-def load_model(u: str) -> tuple[ScoreMLP, dict]:
-    ck = files.load_checkpoint(u)
-    model = ScoreMLP(ck["d"], width=ck["width"], depth=ck["depth"])
-    model.load_state_dict(ck["state_dict"])
-    return model.eval(), ck
+    return save_trained(store, cells, results, cell_index, width=spec.train.width, depth=spec.train.depth)
 
 
 def evaluate_one(store: str, spec: SparsePCASpec, cell: SparsePCACell, x, checkpoints: dict | None) -> int:
