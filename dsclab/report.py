@@ -122,7 +122,22 @@ def status_table(ds: xr.Dataset) -> str:
             rows.append({dim: v, "done": int((s == 1).sum()), "pending": int((s == 0).sum()),
                          "failed": int((s == 2).sum())})
         lines += ["", pd.DataFrame(rows).to_string(index=False)]
+    failed = failure_lines(ds)
+    if failed:
+        lines += ["", "failed cells (reason stored in the 'failure' variable):", *failed]
     return "\n".join(lines)
+
+
+def failure_lines(ds: xr.Dataset, limit: int = 20) -> list[str]:
+    """One line per failed cell, 'dim=value ...: reason', at most ``limit`` (then a count)."""
+    from storage import failures
+
+    fails = failures(ds)
+    out = [" ".join(f"{k}={v}" for k, v in idx.items()) + f": {reason or '(no reason recorded)'}"
+           for idx, reason in fails[:limit]]
+    if len(fails) > limit:
+        out.append(f"... and {len(fails) - limit} more")
+    return [f"  {line}" for line in out]
 
 
 def query_table(ds: xr.Dataset, var: str, sel: dict, mean: list[str]) -> str:

@@ -122,7 +122,7 @@ def publish(path: str, log=None) -> dict:
     from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
     import storage
-    from dsclab.report import REPORTS
+    from dsclab.report import REPORTS, failure_lines
 
     ids: dict = {}
     try:
@@ -136,6 +136,9 @@ def publish(path: str, log=None) -> dict:
             table_records(table), key=artifact_key(name, "summary"),
             description=f"{name} ({study}): {caption}; cells {counts}; store {path}")
         report = REPORTS[study](ds) if study in REPORTS else ""
+        failed = failure_lines(ds)
+        if failed:
+            report = "\n".join(["failed cells:", *failed, "", report])
         ids["report"] = create_markdown_artifact(
             f"### {name} ({study})\n\nstore: `{path}` ({counts})\n\n```\n{report}\n```\n\n"
             f"Open with `xarray.open_zarr({path!r})`.", key=artifact_key(name, "report"),

@@ -4,9 +4,9 @@ One study = one zarr group, written once as a template with every dimension, coo
 attribute; tasks then write their cell's region. Local paths and fsspec URLs both work.
 """
 from storage.store import (
-    DONE, FAILED, PENDING, StoreError, check_store, consolidate, create_or_open, files_url, mark_cells,
-    open_results, read_status, write_cell,
+    DONE, FAILED, PENDING, StoreError, check_store, consolidate, create_or_open, failures, files_url,
+    mark_cells, open_results, read_status, write_cell,
 )
 
-__all__ = ["DONE", "FAILED", "PENDING", "StoreError", "check_store", "consolidate", "create_or_open", "files_url",
-           "mark_cells", "open_results", "read_status", "write_cell"]
+__all__ = ["DONE", "FAILED", "PENDING", "StoreError", "check_store", "consolidate", "create_or_open",
+           "failures", "files_url", "mark_cells", "open_results", "read_status", "write_cell"]

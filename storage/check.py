@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import zarr
 
-from storage.store import DONE, FAILED, PENDING, open_results
+from storage.store import DONE, FAILED, PENDING, open_results, zarr_target
 
 _NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 
@@ -22,7 +22,7 @@ def check_store(path: str) -> list[str]:
     coords = {d: ds[d].values for d in cell_dims}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        group = zarr.open_group(path, mode="r")
+        group = zarr.open_group(zarr_target(path), mode="r")
     status = np.asarray(group["status"][...])
     problems: list[str] = []
     float_vars = [v for v in ds.data_vars if v != "status" and ds[v].dtype.kind == "f"

@@ -3,7 +3,8 @@
 Layout: ``<path>`` is a zarr group (xarray dataset) whose variables are chunked 1 along every cell
 axis and whole along the others, so each cell's values live in their own chunks and concurrent
 writers never share one. ``status`` (int8, cell axes only) is 0 pending, 1 done, 2 failed; a
-cell is marked done only after all its values are written. Beside the store, ``files_url(path)``
+cell is marked done only after all its values are written. ``failure`` (fixed-width text, cell
+axes only; added to every study's template here) holds a failed cell's reason, empty otherwise. Beside the store, ``files_url(path)``
 (``<name>.files``) holds the data cache, checkpoints and plots.
 
 Metadata is written unconsolidated; :func:`consolidate` runs once when a study finishes.
@@ -22,6 +23,7 @@ import xarray as xr
 import zarr
 
 PENDING, DONE, FAILED = 0, 1, 2
+REASON_CHARS = 200  # a failure reason is cut to this many characters (one fixed-width chunk per cell)
 
 
 class StoreError(ValueError):
@@ -42,6 +44,13 @@ def _fs(path: str):
     return fs, root
 
 
+def zarr_target(path: str) -> str:
+    """What to hand zarr for ``path``: a ``file://`` URL becomes its local path (zarr's fsspec store
+    would not create the folders it writes into); other URLs and paths are unchanged."""
+    fs, root = _fs(path)
+    return root if isinstance(fs, LocalFileSystem) and "://" in str(path) else str(path)
+
+
 def _exists(path: str) -> tuple[bool, bool]:
     """(exists, is a directory) for a local path or fsspec URL."""
     fs, root = _fs(path)
@@ -54,9 +63,9 @@ def _open(path: str) -> xr.Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # 'no consolidated metadata' is expected
         try:
-            return xr.open_zarr(path, consolidated=True)
+            return xr.open_zarr(zarr_target(path), consolidated=True)
         except (KeyError, FileNotFoundError, ValueError, zarr.errors.BaseZarrError if hasattr(zarr.errors, "BaseZarrError") else ValueError):
-            return xr.open_zarr(path, consolidated=False)
+            return xr.open_zarr(zarr_target(path), consolidated=False)
 
 
 def open_results(path: str) -> xr.Dataset:
@@ -106,6 +115,15 @@ def check_store(path: str, template: xr.Dataset) -> bool:
     return True
 
 
+def with_failure(template: xr.Dataset) -> xr.Dataset:
+    """``template`` plus the ``failure`` variable (cell axes, empty text): what a new store holds."""
+    if "status" not in template or "failure" in template:
+        return template
+    st = template["status"]
+    return template.assign(failure=(st.dims, np.full(st.shape, "", dtype=f"<U{REASON_CHARS}"),
+                                    {"long_name": "why the cell failed (empty unless status is failed)"}))
+
+
 def create_or_open(path: str, template: xr.Dataset, cell_dims: Sequence[str]) -> bool:
     """Write ``template`` as a new store at ``path``, or check that the store there matches it.
 
@@ -115,6 +133,7 @@ def create_or_open(path: str, template: xr.Dataset, cell_dims: Sequence[str]) ->
     """
     if check_store(path, template):
         return False
+    template = with_failure(template)
     encoding = {}
     for name, var in template.variables.items():
         if name in template.dims:
@@ -123,7 +142,7 @@ def create_or_open(path: str, template: xr.Dataset, cell_dims: Sequence[str]) ->
     try:
         # Zarr format 2: fixed-width string coordinates (estimator, sampler) have a specification
         # there, and every zarr reader opens it.
-        template.to_zarr(path, mode="w-", encoding=encoding, consolidated=False, compute=True, zarr_format=2)
+        template.to_zarr(zarr_target(path), mode="w-", encoding=encoding, consolidated=False, compute=True, zarr_format=2)
     except (PermissionError, OSError) as e:
         raise StoreError(f"cannot create store {path}: {e.strerror or e}") from None
     return True
@@ -149,14 +168,33 @@ def write_cell(path: str, values: xr.Dataset, index: Mapping[str, object]) -> No
     vals = vals.drop_vars([c for c in vals.coords], errors="ignore")
     for name in vals.data_vars:
         vals[name] = vals[name].transpose(*ds[name].dims).astype(ds[name].dtype)
-    vals.to_zarr(path, region={k: region[k] for k in index}, mode="r+", consolidated=False)
+    vals.to_zarr(zarr_target(path), region={k: region[k] for k in index}, mode="r+", consolidated=False)
 
 
-def mark_cells(path: str, indices: Sequence[Mapping[str, object]], status: int) -> None:
-    """Set the ``status`` of cells (after their values are written)."""
+def mark_cells(path: str, indices: Sequence[Mapping[str, object]], status: int, reason: str = "") -> None:
+    """Set the ``status`` of cells (after their values are written) and their ``failure`` reason
+    (its first line, cut to ``REASON_CHARS``; a done cell's is cleared). Stores made before
+    ``failure`` existed get the status only."""
+    has_reason = "failure" in _open(path).variables
+    line = (reason.strip().splitlines() or [""])[0][:REASON_CHARS] if status == FAILED else ""
     for index in indices:
         st = xr.Dataset({"status": ((), np.int8(status))})
+        if has_reason:
+            st["failure"] = ((), np.array(line, dtype=f"<U{REASON_CHARS}"))
         write_cell(path, st, index)
+
+
+def failures(path_or_ds) -> list[tuple[dict, str]]:
+    """The failed cells as (cell index, reason), in store order."""
+    ds = _open(path_or_ds) if isinstance(path_or_ds, str) else path_or_ds
+    st = ds["status"].load()
+    reasons = ds["failure"].load() if "failure" in ds.variables else None
+    out = []
+    for pos in zip(*np.nonzero(st.values == FAILED)):
+        sel = dict(zip(st.dims, pos))
+        index = {dim: st[dim].values[i].item() for dim, i in sel.items()}
+        out.append((index, str(reasons.isel(sel).item()) if reasons is not None else ""))
+    return out
 
 
 def read_status(path: str) -> xr.DataArray:
@@ -167,4 +205,4 @@ def consolidate(path: str) -> None:
     """Consolidate the store's metadata (once, when a study finishes)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(path)
+        zarr.consolidate_metadata(zarr_target(path))

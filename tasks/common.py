@@ -1,6 +1,7 @@
 """What the cell tasks share: saving the networks a training task produced (marking diverged
 cells failed) and loading them back; and, once a cell's values are computed, writing its region
-then marking it done, or, on a numerical failure, marking it failed (reason logged)."""
+then marking it done, or, on a numerical failure, marking it failed with its reason (stored in
+the store's ``failure`` variable and logged)."""
 from __future__ import annotations
 
 import traceback
@@ -14,6 +15,13 @@ from dsclab.nets import ScoreMLP
 from storage import files
 
 NUMERICAL_ERRORS = (ArithmeticError, RuntimeError, ValueError)
+DIVERGED = "training diverged: the loss became NaN or infinite"
+
+
+def failure_reason(stage: str, e: BaseException) -> str:
+    """The one line stored for a failed cell: where it failed, the exception type and message."""
+    msg = (str(e).strip().splitlines() or [""])[0]
+    return f"{stage}: {type(e).__name__}: {msg}" if msg else f"{stage}: {type(e).__name__}"
 
 
 def record_cell(store: str, index: Mapping[str, object], compute: Callable[[], xr.Dataset]) -> int:
@@ -23,7 +31,7 @@ def record_cell(store: str, index: Mapping[str, object], compute: Callable[[], x
         values = compute()
     except NUMERICAL_ERRORS as e:  # recorded as the cell's failure; other cells go on
         get_run_logger().warning("cell %s failed: %s\n%s", dict(index), e, traceback.format_exc())
-        storage.mark_cells(store, [index], storage.FAILED)
+        storage.mark_cells(store, [index], storage.FAILED, reason=failure_reason("evaluation", e))
         return storage.FAILED
     storage.write_cell(store, values, index)
     storage.mark_cells(store, [index], storage.DONE)
@@ -37,8 +45,8 @@ def save_trained(store: str, cells, results, index: Callable[[object], dict], *,
     out: dict[str, str | None] = {}
     for cell, res in zip(cells, results):
         if res is None:
-            get_run_logger().warning("cell %s failed in training: the loss became NaN or infinite", index(cell))
-            storage.mark_cells(store, [index(cell)], storage.FAILED)
+            get_run_logger().warning("cell %s failed: %s", index(cell), DIVERGED)
+            storage.mark_cells(store, [index(cell)], storage.FAILED, reason=DIVERGED)
             out[cell.key] = None
             continue
         u = files.url(store, "checkpoints", f"{cell.key}.pt")

@@ -15,7 +15,7 @@ from dsclab import sample_complexity as sc
 from dsclab.spec import Cell, StudySpec
 from flows.runners import task_device
 from storage import files
-from tasks.common import load_model, save_trained
+from tasks.common import failure_reason, load_model, save_trained
 
 
 def cell_index(cell: Cell) -> dict:
@@ -61,7 +61,7 @@ def evaluate_cell(store: str, spec: StudySpec, cell: Cell, checkpoints: dict[str
         values = sc.evaluate(spec, cell, model.score, res)
     except Exception as e:  # noqa: BLE001
         get_run_logger().warning("cell %s failed in evaluation: %s\n%s", cell_index(cell), e, traceback.format_exc())
-        storage.mark_cells(store, [cell_index(cell)], storage.FAILED)
+        storage.mark_cells(store, [cell_index(cell)], storage.FAILED, reason=failure_reason("evaluation", e))
         return storage.FAILED
     storage.write_cell(store, values, cell_index(cell))
     storage.mark_cells(store, [cell_index(cell)], storage.DONE)

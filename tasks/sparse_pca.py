@@ -18,7 +18,7 @@ from dsclab.sparse_pca_study import SparsePCACell, SparsePCASpec, cell_index
 from dsclab.train import TrainResult
 from flows.runners import task_device
 from storage import files
-from tasks.common import load_model, record_cell, save_trained
+from tasks.common import failure_reason, load_model, record_cell, save_trained
 
 
 def data_url(store: str, spec: SparsePCASpec, d: int, k: int, beta: float, seed: int) -> str:
@@ -51,7 +51,8 @@ def train_networks(store: str, spec: SparsePCASpec, cells: list[SparsePCACell]) 
         results = sps.train_cells(spec, cells, _load(store, spec, cells), device)
     except (ArithmeticError, RuntimeError) as e:  # the whole ensemble failed numerically
         log.warning("training of %d cells (d=%d) failed: %s", len(cells), cells[0].d, e)
-        storage.mark_cells(store, [cell_index(c) for c in cells], storage.FAILED)
+        storage.mark_cells(store, [cell_index(c) for c in cells], storage.FAILED,
+                           reason=failure_reason("training", e))
         return {c.key: None for c in cells}
     return save_trained(store, cells, results, cell_index, width=spec.train.width, depth=spec.train.depth)
 

@@ -100,7 +100,15 @@ def test_failed_cells_marked_others_complete_rerun_retries_only_them(harness, tm
     assert [int(v) for v in st.values] == [storage.DONE, storage.FAILED, storage.FAILED]
     capsys.readouterr()
     assert cli.main(["status", store]) == 0
-    assert "failed 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "failed 2" in out
+    reasons = dict((idx["n"], r) for idx, r in storage.failures(store))
+    assert reasons == {80: "training diverged: the loss became NaN or infinite",
+                       160: "evaluation: FloatingPointError: sampler euler_maruyama at nfe=4 produced non-finite samples"}
+    ds = xr.open_zarr(store)
+    assert ds.failure.sel(d=2, seed=0, estimator="dsm", n=40).values.item() == ""
+    for n, r in reasons.items():
+        assert f"d=2 n={n} seed=0 estimator=dsm: {r}" in out
 
     monkeypatch.setattr(train_mod, "train_ensemble", real_ensemble)
     monkeypatch.setattr(sc, "evaluate", real_evaluate)
@@ -109,3 +117,30 @@ def test_failed_cells_marked_others_complete_rerun_retries_only_them(harness, tm
     out = sample_complexity(spec=parse_spec(TINY), store=store)
     assert out["computed"] == 2 and out["done"] == 3 and out["failed"] == 0
     assert (storage.read_status(store) == storage.DONE).all()
+    assert storage.failures(store) == [] and (xr.open_zarr(store).failure == "").all()  # reasons cleared
+
+
+@pytest.mark.parametrize("scheme", ["file", "memory"])
+def test_study_on_a_url_store(harness, tmp_path, scheme):
+    """The whole flow on an fsspec URL store: ``file://`` (an absolute local path as a URL) and
+    ``memory://`` (fsspec's in-process filesystem; the flow's tasks run in threads of this process).
+    Every cell is done, checkpoints lie in ``<name>.files`` under the same URL scheme, and a rerun
+    computes nothing."""
+    import fsspec
+
+    from flows.sample_complexity import sample_complexity
+
+    spec = parse_spec({**TINY, "name": f"url-{scheme}", "n": [40, 80]})
+    url = f"file://{tmp_path}/s.zarr" if scheme == "file" else f"memory://dsclab-{tmp_path.name}/s.zarr"
+    out = sample_complexity(spec=spec, store=url)
+    assert out == {"store": url, "cells": 2, "done": 2, "failed": 0, "computed": 2}
+    ds = xr.open_zarr(url)
+    assert (ds.status == storage.DONE).all() and np.isfinite(ds.score_l2.values).all()
+    fs, root = fsspec.core.url_to_fs(storage.files_url(url))
+    assert len(fs.glob(f"{root}/checkpoints/*.pt")) == 2
+    if scheme == "file":
+        assert (tmp_path / "s.zarr" / "status").is_dir()  # really on the local disk
+    assert sample_complexity(spec=spec, store=url)["computed"] == 0
+    from storage.check import check_store
+
+    assert check_store(url) == []  # `dsclab check` reads URL stores too

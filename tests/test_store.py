@@ -22,7 +22,8 @@ def test_template_round_trip(tmp_path):
     tpl = sc.template(sp)
     assert storage.create_or_open(path, tpl, sc.CELL_DIMS) is True
     back = storage.open_results(path).load()
-    assert_identical(back, tpl)
+    assert_identical(back, storage.store.with_failure(tpl))  # the template plus an empty `failure`
+    assert (back.failure == "").all() and back.failure.dims == back.status.dims
     assert {"d", "n", "seed", "estimator", "sampler", "nfe", "t", "delta"} <= set(back.dims)
     assert np.isnan(back.score_l2).all() and (back.status == storage.PENDING).all()
     assert back.score_quantile.dims == ("d", "n", "seed", "estimator", "t", "delta")
