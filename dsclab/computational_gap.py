@@ -44,7 +44,7 @@ from pydantic import Field, field_validator, model_validator
 import dsclab
 from dsclab import spike
 from dsclab.sample_complexity import derive_seed
-from dsclab.spec import StudyBase, _Frozen, _positive_ints, _unique, seed_list
+from dsclab.spec import StudyBase, _Frozen, _known, _positive_ints, _unique, seed_list
 
 CELL_DIMS = ("n", "k", "seed")
 # study drift name -> (dsclab.spike.DRIFTS factory, its parameters)
@@ -121,13 +121,7 @@ class ComputationalGapSpec(StudyBase):
     @field_validator("drift")
     @classmethod
     def _drift(cls, v):
-        if not v:
-            raise ValueError("needs at least one value")
-        for d in v:
-            if d not in STUDY_DRIFTS:
-                raise ValueError(f"unknown drift {d!r} (known: {', '.join(STUDY_DRIFTS)})")
-        _unique(v)
-        return v
+        return _known("drift", v, STUDY_DRIFTS)
 
     @model_validator(mode="after")
     def _grid(self):

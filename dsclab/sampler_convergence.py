@@ -103,7 +103,7 @@ from dsclab.gaussian_exact import gaussian_score, sampler_kl
 from dsclab.metrics import mmd, sliced_w2
 from dsclab.sample_complexity import derive_seed
 from dsclab.samplers import NFE_PER_STEP, SAMPLERS, steps_for_nfe
-from dsclab.spec import StudyBase, TrainSpec, _Frozen, _known, _positive_ints, _unique, seed_list
+from dsclab.spec import StudyBase, TrainSpec, _Frozen, _known, _known_one, _positive_ints, _unique, seed_list
 from dsclab.nets import EnsembleMLP
 from dsclab.train import TrainConfig, TrainingDiverged, resolve_device, train_ensemble
 
@@ -269,9 +269,7 @@ class SamplerConvergenceSpec(StudyBase):
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, v):
-        if v not in noise.SCHEDULES:
-            raise ValueError(f"unknown schedule {v!r} (known: {', '.join(noise.SCHEDULES)})")
-        return v
+        return _known_one("schedule", v, noise.SCHEDULES)
 
     @model_validator(mode="after")
     def _check(self) -> "SamplerConvergenceSpec":

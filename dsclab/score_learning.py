@@ -55,7 +55,7 @@ from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.metrics import score_errors, sliced_w2
 from dsclab.sample_complexity import derive_seed
 from dsclab.samplers import SAMPLERS, GaussianNoise, steps_for_nfe
-from dsclab.spec import DistributionSpec, StudyBase, _Frozen, _known, _positive_ints, _unique, seed_list
+from dsclab.spec import DistributionSpec, StudyBase, _Frozen, _known, _known_one, _positive_ints, _unique, seed_list
 
 CELL_DIMS = ("d", "n", "seed", "estimator", "data_mode", "model")
 
@@ -125,16 +125,12 @@ class SLEvalSpec(_Frozen):
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, v):
-        if v not in SAMPLERS:
-            raise ValueError(f"unknown sampler {v!r} (known: {', '.join(SAMPLERS)})")
-        return v
+        return _known_one("sampler", v, SAMPLERS)
 
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, v):
-        if v not in noise.SCHEDULES:
-            raise ValueError(f"unknown schedule {v!r} (known: {', '.join(noise.SCHEDULES)})")
-        return v
+        return _known_one("schedule", v, noise.SCHEDULES)
 
 
 class SLCell(_Frozen):

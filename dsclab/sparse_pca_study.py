@@ -63,7 +63,7 @@ from dsclab.metrics import gaussian_fit_kl
 from dsclab.noise import SCHEDULES
 from dsclab.sample_complexity import derive_seed
 from dsclab.samplers import SAMPLERS, steps_for_nfe
-from dsclab.spec import StudyBase, TrainSpec, _Frozen, _positive_ints, _unique, seed_list
+from dsclab.spec import StudyBase, TrainSpec, _Frozen, _known, _known_one, _positive_ints, _unique, seed_list
 from dsclab.train import TrainConfig, TrainResult, train_group
 
 CELL_DIMS = ("d", "k", "beta", "n", "seed")
@@ -105,16 +105,12 @@ class SparsePCAEvalSpec(_Frozen):
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, v):
-        if v not in SAMPLERS:
-            raise ValueError(f"unknown sampler {v!r} (known: {', '.join(SAMPLERS)})")
-        return v
+        return _known_one("sampler", v, SAMPLERS)
 
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, v):
-        if v not in SCHEDULES:
-            raise ValueError(f"unknown schedule {v!r} (known: {', '.join(SCHEDULES)})")
-        return v
+        return _known_one("schedule", v, SCHEDULES)
 
     @model_validator(mode="after")
     def _range(self):
@@ -161,13 +157,7 @@ class SparsePCASpec(StudyBase):
     @field_validator("estimator")
     @classmethod
     def _est(cls, v):
-        if not v:
-            raise ValueError("needs at least one value")
-        for e in v:
-            if e not in ESTIMATOR_NAMES:
-                raise ValueError(f"unknown estimator {e!r} (known: {', '.join(ESTIMATOR_NAMES)})")
-        _unique(v)
-        return v
+        return _known("estimator", v, ESTIMATOR_NAMES)
 
     @model_validator(mode="after")
     def _grid(self) -> "SparsePCASpec":

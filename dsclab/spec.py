@@ -64,7 +64,15 @@ def seed_list(values: Sequence[int]) -> list[int]:
     return list(values)
 
 
+def _known_one(kind: str, value: str, registry) -> str:
+    """One name that must be a key of ``registry``."""
+    if value not in registry:
+        raise ValueError(f"unknown {kind} {value!r} (known: {', '.join(registry)})")
+    return value
+
+
 def _known(kind: str, values: Sequence[str], registry) -> list[str]:
+    """A non-empty axis of distinct names, each a key of ``registry``."""
     if len(values) == 0:
         raise ValueError("needs at least one value")
     for v in values:

@@ -4,6 +4,12 @@
 Everything random (initialisation, minibatches, times, noise) comes from generators seeded by
 the ``seed`` argument, so a run is reproducible on a given device. ``train_group`` is the entry
 point the pipeline calls with a group of cells that share d.
+
+Minibatches, times and noise are drawn ``DRAW_STEPS`` optimiser steps at a time
+(:func:`_draw_chunk`: a few large RNG calls instead of four small ones per step), in the same
+order by ``train_score`` and by every member of ``train_ensemble``, which is what makes a
+member's draws equal to those of training it alone. Adam is PyTorch's fused implementation
+(one kernel for all parameters; ``benchmarks/train_throughput.py`` measured it).
 """
 from __future__ import annotations
 
@@ -15,6 +21,27 @@ import torch
 
 from dsclab.losses import ESTIMATORS, sample_times
 from dsclab.nets import EnsembleMLP, ScoreMLP
+
+
+DRAW_STEPS = 32  # optimiser steps whose random draws are made at once
+
+
+def _draw_chunk(x: torch.Tensor, k: int, bs: int, t_min: float, T: float, g: torch.Generator):
+    """Draws for ``k`` steps from one generator, in a fixed order: minibatch indices (with
+    replacement), times (``sample_times``), noise. Returns x0 ``(k, bs, d)``, t ``(k, bs)``
+    (float64), z ``(k, bs, d)``."""
+    n, d = x.shape
+    idx = torch.randint(0, n, (k * bs,), generator=g, device=x.device)
+    t = sample_times(k * bs, t_min, T, g, device=x.device).reshape(k, bs)
+    z = torch.randn(k, bs, d, generator=g, device=x.device)
+    return x[idx].reshape(k, bs, d), t, z
+
+
+def _adam(params, lr: float, steps: int, device: torch.device):
+    """Adam (fused kernel) with cosine decay of the learning rate to 0 over ``steps``."""
+    opt = torch.optim.Adam(params, lr=lr, fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
+    return opt, sched
 
 
 class TrainingDiverged(RuntimeError):
@@ -56,17 +83,14 @@ def train_score(x: torch.Tensor, *, estimator: str = "dsm", config: TrainConfig 
     model = ScoreMLP(x.shape[1], width=config.width, depth=config.depth, generator=g_init).to(dev)
     g = torch.Generator(device=dev).manual_seed(seed + 1)
     x = x.to(dev, torch.float32)
-    n = x.shape[0]
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / config.steps)))  # cosine decay to 0
+    opt, sched = _adam(model.parameters(), config.lr, config.steps, dev)
     bs = config.batch_size  # minibatches are drawn with replacement, whatever n is
     tail, tail_sum = max(1, config.steps // 10), 0.0
     for step in range(config.steps):
-        idx = torch.randint(0, n, (bs,), generator=g, device=dev)
-        t = sample_times(bs, config.t_min, config.T, g, device=dev)
-        z = torch.randn(bs, x.shape[1], generator=g, device=dev)
-        loss = loss_fn(model, x[idx], t, z).mean()
+        if step % DRAW_STEPS == 0:
+            X0, Ts, Zs = _draw_chunk(x, min(DRAW_STEPS, config.steps - step), bs, config.t_min, config.T, g)
+        k = step % DRAW_STEPS
+        loss = loss_fn(model, X0[k], Ts[k], Zs[k]).mean()
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -102,19 +126,20 @@ def train_ensemble(datasets: list[torch.Tensor], seeds: list[int], *, estimator:
     net = EnsembleMLP(members).to(dev)
     gens = [torch.Generator(device=dev).manual_seed(s + 1) for s in seeds]
     xs = [x.to(dev, torch.float32) for x in datasets]
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / config.steps)))
+    opt, sched = _adam(net.parameters(), config.lr, config.steps, dev)
     tail = max(1, config.steps // 10)
     tail_sum = torch.zeros(M, dtype=torch.float64, device=dev)
     bad = torch.zeros(M, dtype=torch.bool, device=dev)
     for step in range(config.steps):
-        x0, ts, zs = [], [], []
-        for x, g in zip(xs, gens):
-            idx = torch.randint(0, x.shape[0], (bs,), generator=g, device=dev)
-            ts.append(sample_times(bs, config.t_min, config.T, g, device=dev))
-            zs.append(torch.randn(bs, d, generator=g, device=dev))
-            x0.append(x[idx])
-        per = loss_fn(net, torch.cat(x0), torch.cat(ts), torch.cat(zs)).reshape(M, bs).mean(1)
+        if step % DRAW_STEPS == 0:  # each member's draws, laid out (step, member, row)
+            k_steps = min(DRAW_STEPS, config.steps - step)
+            X0 = torch.empty(k_steps, M, bs, d, device=dev)
+            Ts = torch.empty(k_steps, M, bs, dtype=torch.float64, device=dev)
+            Zs = torch.empty(k_steps, M, bs, d, device=dev)
+            for m, (x, g) in enumerate(zip(xs, gens)):
+                X0[:, m], Ts[:, m], Zs[:, m] = _draw_chunk(x, k_steps, bs, config.t_min, config.T, g)
+        k = step % DRAW_STEPS
+        per = loss_fn(net, X0[k].reshape(M * bs, d), Ts[k].reshape(M * bs), Zs[k].reshape(M * bs, d)).reshape(M, bs).mean(1)
         bad |= ~torch.isfinite(per)
         opt.zero_grad(set_to_none=True)
         torch.where(bad, torch.zeros_like(per), per).sum().backward()
@@ -135,12 +160,14 @@ def train_ensemble(datasets: list[torch.Tensor], seeds: list[int], *, estimator:
 
 def group_memory_bytes(members: int, d: int, config: TrainConfig) -> int:
     """Estimated peak memory of training ``members`` cells together: parameters with their
-    gradients and two Adam moments (4 copies), plus activations of one minibatch kept for the
-    backward pass (about 4 tensors of width per layer)."""
+    gradients and two Adam moments (4 copies), activations of one minibatch kept for the
+    backward pass (about 4 tensors of width per layer), and ``DRAW_STEPS`` steps of draws
+    (x0 and noise, float32; times, float64)."""
     w, L = config.width, config.depth
     params = (d + 16) * w + (L - 1) * w * w + w * d + L * w + d
     acts = config.batch_size * (4 * w * L + 4 * (d + 16) + 4 * d)
-    return 4 * members * (4 * params + acts)
+    draws = DRAW_STEPS * config.batch_size * (2 * d + 2)
+    return 4 * members * (4 * params + acts + draws)
 
 
 def train_group(datasets: list[torch.Tensor], seeds: list[int], *, estimators: list[str],

@@ -17,6 +17,10 @@ evaluation) run on any worker thread. A GPU task picks its device with :func:`ta
 ``DSCLAB_DEVICE`` variable of the process it runs in (the work pool's job variables set it), else
 CUDA when the process sees a GPU (``CUDA_VISIBLE_DEVICES`` of its worker), else the CPU.
 
+Threads: the workers of a local Dask cluster set PyTorch's intra-op threads to the cores divided
+by their total thread count (:func:`local_torch_threads`); on an existing cluster, start each
+``dask worker`` with ``OMP_NUM_THREADS`` set to its share of the machine's cores.
+
 Robustness (for a worker lost mid-task): Dask reschedules the tasks of a worker that dies on the
 remaining workers (up to ``distributed.scheduler.allowed-failures`` times, default 3); tasks only
 write their own cell's chunks and mark a cell done last, so a rerun of a half-finished task is
@@ -128,16 +132,31 @@ def preimport_packages() -> None:
         sys.path[:] = saved
 
 
-def _register_preimport(client) -> None:
+def _register_preimport(client, torch_threads: int | None = None) -> None:
+    """On every worker (present and future): import this project's packages, and with
+    ``torch_threads`` set PyTorch's intra-op threads (a local cluster's workers split the cores)."""
     from distributed.diagnostics.plugin import WorkerPlugin
 
     class PreImport(WorkerPlugin):
         name = "dsclab-preimport"
 
+        def __init__(self, threads):
+            self.threads = threads
+
         def setup(self, worker):
             preimport_packages()
+            if self.threads:
+                import torch
 
-    client.register_plugin(PreImport())
+                torch.set_num_threads(self.threads)
+
+    client.register_plugin(PreImport(torch_threads))
+
+
+def local_torch_threads(spec: RunnerSpec) -> int:
+    """PyTorch threads per worker of a local Dask cluster: the cores split between its workers'
+    threads, so that 1 worker uses every core and n workers do not oversubscribe them."""
+    return max(1, (os.cpu_count() or 1) // (spec.n_workers * spec.threads_per_worker))
 
 
 def _workers_declare_gpu(client) -> tuple[int, int]:
@@ -204,7 +223,7 @@ def start(spec: RunnerSpec | None, workers: int, log=None) -> Iterator[Runner]:
         annotate = False
         if spec.kind == "dask":
             client = tr.client  # connects (or starts the local cluster) now
-            _register_preimport(client)
+            _register_preimport(client, None if spec.address else local_torch_threads(spec))
             n, with_gpu = _workers_declare_gpu(client)
             if spec.gpu_annotation == "always":
                 annotate = True

@@ -1,0 +1,64 @@
+"""Dask scale-out: the same study on a local Dask cluster of 1 worker against 2 workers (issue 9).
+
+Each worker process runs one task at a time (``threads_per_worker=1``) and splits the machine's
+cores with the others (``flows.runners.local_torch_threads``: 1 worker uses every core, 2 use one
+each). Both runs go through the Prefect flow and write a complete store (temporary folder); the
+Prefect server is started once before timing, so both times are the cluster's start plus the
+study. Prints both wall times and their ratio.
+
+    .venv/bin/python benchmarks/dask_scaling.py [--spec studies/quick.yaml] [--steps N] [--workers 1 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import record  # noqa: E402
+
+from dsclab.spec import load_spec  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spec", default="studies/quick.yaml")
+    ap.add_argument("--steps", type=int, default=None, help="shorten every cell's training budget")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args()
+    spec = load_spec(args.spec)
+    if args.steps:
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": args.steps})})
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect import flow
+
+    from flows.runners import RunnerSpec
+    from flows.sample_complexity import sample_complexity
+
+    @flow(name="warm-up")
+    def warm_up() -> None:  # starts the temporary Prefect server outside the timings
+        return None
+
+    warm_up()
+    seconds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.workers:
+            runner = RunnerSpec(kind="dask", n_workers=n, threads_per_worker=1)
+            t0 = time.perf_counter()
+            out = sample_complexity(spec=spec, store=f"{tmp}/w{n}.zarr", runner=runner)
+            seconds[n] = time.perf_counter() - t0
+            assert out["done"] == out["cells"], out
+            print(f"{n} worker(s): {seconds[n]:.1f} s for {out['cells']} cells", flush=True)
+    base = args.workers[0]
+    res = {"cells": len(spec.cells()), "steps": spec.train.steps, "seconds": seconds,
+           "speedup": {n: seconds[base] / s for n, s in seconds.items()}}
+    for n in args.workers[1:]:
+        print(f"speedup {n} workers over {base}: {res['speedup'][n]:.2f}x")
+    print(f"record: {record('dask_scaling', res)}")
+
+
+if __name__ == "__main__":
+    main()
