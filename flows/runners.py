@@ -10,9 +10,11 @@ the spec) and submits its tasks through :func:`start`::
         ...                      # wait for the futures inside the ``with``
 
 Routing: a task tagged ``gpu`` (training) is limited by the Prefect tag concurrency limit ``gpu``
-(one slot per GPU, set by ``dsclab server``) under every runner, and under Dask it also carries the
-resource annotation ``{"GPU": 1}``, so a Dask worker declaring ``--resources GPU=1`` runs at most
-one such task at a time, whatever its thread count. Tasks without the tag (data generation,
+(one slot per GPU, set by ``dsclab server``) under the threads runner. Under Dask it carries the
+resource annotation ``{"GPU": 1}`` instead, so a Dask worker declaring ``--resources GPU=1`` runs
+at most one such task at a time, whatever its thread count; its Prefect tag becomes ``gpu-dask``
+(no limit), because a Prefect slot taken by a worker that is then killed stays taken until its
+lease expires (about 75 s), stalling every other GPU task of the study. Tasks without the tag (data generation,
 evaluation) run on any worker thread. A GPU task picks its device with :func:`task_device`: the
 ``DSCLAB_DEVICE`` variable of the process it runs in (the work pool's job variables set it), else
 CUDA when the process sees a GPU (``CUDA_VISIBLE_DEVICES`` of its worker), else the CPU.
@@ -39,6 +41,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 GPU_TAG = "gpu"
+DASK_GPU_TAG = "gpu-dask"  # a gpu task guarded by the Dask resource instead of the Prefect limit
 GPU_RESOURCE = "GPU"
 
 
@@ -181,6 +184,10 @@ class Runner:
             import dask
 
             ctx = dask.annotate(resources={GPU_RESOURCE: 1})
+            # Dask's resource is the guard here; Prefect's tag slot would outlive a worker killed
+            # mid-task (its lease is renewed by the dead process only) and stall every other GPU
+            # task for ~75 s, so the task carries DASK_GPU_TAG instead of GPU_TAG.
+            task = task.with_options(tags=(set(task.tags) - {GPU_TAG}) | {DASK_GPU_TAG})
         with ctx:
             return self.task_runner.submit(task, parameters, wait_for)
 

@@ -147,3 +147,128 @@ def test_gpu_tasks_never_overlap_on_a_worker(api, tmp_path):
         spans = sorted((r["start"], r["stop"]) for k, r in tl.items() if k in gpu)
         for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
             assert s1 >= e0, f"GPU tasks overlap on {w}: {spans}"
+
+
+def _training_probe(dask_worker):
+    """On a worker: its pid and the key of the train-group task it is executing *and* that is
+    inside the training loop (a thread's stack is in ``train_cells``, so past the Prefect ``gpu``
+    slot), or None."""
+    import os
+    import sys
+    import traceback
+
+    executing = [str(k) for k, ts in dask_worker.state.tasks.items()
+                 if ts.state == "executing" and str(k).startswith("train_group")]
+    in_training = any(f.name == "train_cells" for fr in sys._current_frames().values()
+                      for f in traceback.extract_stack(fr))
+    # GPU=1: at most one train-group task executes on a worker
+    return {"pid": os.getpid(), "key": executing[0] if executing and in_training else None,
+            "executing": executing}
+
+
+def test_worker_killed_mid_task_is_retried_elsewhere(api, tmp_path):
+    """A Dask worker process killed (SIGKILL) while it trains a group: the scheduler reruns that
+    train-group task on another worker, the nanny restarts the killed one, and the study (the
+    sample-complexity flow on a LocalCluster of 2 worker processes, reporting to the team server)
+    completes: every cell done, none failed, finite values, the killed task's key completed on a
+    worker other than the killed one, and the stored numbers equal those of the same study run
+    serially on threads (each task is deterministic from its seeds, so a rerun changes nothing).
+
+    Under Dask the training tasks hold no Prefect ``gpu`` slot (``flows.runners``: Dask's GPU
+    resource guards them), so the dead task leaves no slot behind: its rerun and the other
+    training tasks go on at once instead of waiting ~75 s for a Prefect lease to expire."""
+    import signal
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    from flows.sample_complexity import sample_complexity
+
+    class Done(WorkerPlugin):
+        """On each worker: the keys it finished executing (executing -> memory), with the time."""
+
+        name = "test-done"
+
+        def setup(self, worker):
+            self.done = {}
+
+        def transition(self, key, start, finish, **kwargs):
+            import time
+
+            if start == "executing" and finish == "memory":
+                self.done[str(key)] = time.time()
+
+    spec = parse_spec({**TINY, "name": "tiny-dask-kill"})
+    path = str(tmp_path / "kill.zarr")
+    kill: dict = {}
+    stop = threading.Event()
+
+    def killer(client):
+        """Find a worker inside a training loop, check it still is 0.5 s later, SIGKILL it."""
+        try:
+            while not stop.is_set() and not kill:
+                for addr, p in client.run(_training_probe).items():
+                    if p["key"] is None:
+                        continue
+                    time.sleep(0.5)
+                    again = client.run(_training_probe, workers=[addr])[addr]
+                    if again["key"] == p["key"] and again["pid"] == p["pid"]:  # still mid-training
+                        os.kill(p["pid"], signal.SIGKILL)
+                        kill.update(addr=addr, pid=p["pid"], key=p["key"], t=time.time())
+                    break
+                time.sleep(0.1)
+        except Exception as e:  # noqa: BLE001 - reported by the assertions below
+            kill.setdefault("error", repr(e))
+
+    t0, t_wall = time.perf_counter(), time.time()
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, resources={"GPU": 1},
+                      dashboard_address=None, local_directory=str(tmp_path / "dask")) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        client.register_plugin(Done())
+        before = set(client.scheduler_info()["workers"])
+        watcher = threading.Thread(target=killer, args=(client,), daemon=True)
+        watcher.start()
+        try:
+            out = sample_complexity(spec=spec, store=path,
+                                    runner=RunnerSpec(kind="dask", address=cluster.scheduler_address))
+        finally:
+            stop.set()
+            watcher.join(30)
+        t_flow = time.perf_counter() - t0
+        assert "error" not in kill, kill
+        assert kill, "no worker was ever caught inside a training loop: the kill did not happen"
+        done = client.run(lambda dask_worker: (os.getpid(), dask_worker.plugins["test-done"].done))
+        after = set(client.scheduler_info()["workers"])
+        story = client.run_on_scheduler(lambda dask_scheduler, key=kill["key"]: [
+            tuple(str(x) for x in t[:4]) for t in dask_scheduler.story(key)])
+    finished_on = {w: (pid, d[kill["key"]]) for w, (pid, d) in done.items() if d.get(kill["key"], 0) > kill["t"]}
+    print(f"\nkilled {kill} at {kill['t'] - t_wall:.1f} s; flow took {t_flow:.1f} s; workers before {before} "
+          f"after {after}; the killed key finished on {finished_on} "
+          f"{[round(t - kill['t'], 1) for _, t in finished_on.values()]} s after the kill\nstory {story}")
+
+    cells = spec.cells()
+    assert out == {"store": path, "cells": len(cells), "done": len(cells), "failed": 0, "computed": len(cells)}
+    ds = xr.open_zarr(path)
+    assert (ds.status == storage.DONE).all()
+    for name in ("score_l2", "sliced_w2", "train_seconds", "train_loss"):
+        assert np.isfinite(ds[name].values).all(), name
+
+    # the killed worker was replaced (its nanny restarted it under a new address)
+    assert kill["addr"] in before and kill["addr"] not in after and len(after) == 2
+    # the scheduler saw the task lost with its worker, rescheduled it, and it then finished ...
+    moves = [(start, finish) for key, start, finish, *_ in story if key == kill["key"]]
+    assert ("processing", "released") in moves, moves
+    lost = moves.index(("processing", "released"))
+    assert ("waiting", "processing") in moves[lost:] and ("processing", "memory") in moves[lost:], moves
+    # ... on another worker process than the killed one
+    assert len(finished_on) == 1, (kill, done)
+    assert kill["addr"] not in finished_on and kill["pid"] not in [pid for pid, _ in finished_on.values()]
+
+    # the same study run serially on threads gives the same numbers
+    ref = str(tmp_path / "ref.zarr")
+    sample_complexity(spec=spec, store=ref)
+    r = xr.open_zarr(ref)
+    for name in ("score_l2", "sliced_w2", "train_loss"):
+        np.testing.assert_array_equal(ds[name].values, r[name].values, err_msg=name)
