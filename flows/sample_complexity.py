@@ -46,12 +46,15 @@ def sample_complexity(spec: StudySpec, store: str | None = None, runner: RunnerS
     for c in todo:
         by_d[c.d].append(c)
     with runners.start(runner, spec.workers, log) as run:
-        evals = []
+        # Every data and training task is submitted before any evaluation: a thread-pool worker
+        # that picks a task waits in it for the task's inputs, so an evaluation queued ahead of
+        # another group's training would hold a thread idle while one group trains alone.
+        groups = []
         for d in sorted(by_d, reverse=True):  # largest d first balances the workers
             data = [run.submit(generate_data, path, spec, d, s) for s in sorted({c.seed for c in by_d[d]})]
             for group in sc.split_groups(spec, by_d[d]):  # batched ensembles within the memory bound
-                trained = run.submit(train_group, path, spec, group, wait_for=data)
-                evals += [run.submit(evaluate_cell, path, spec, c, trained) for c in group]
+                groups.append((group, run.submit(train_group, path, spec, group, wait_for=data)))
+        evals = [run.submit(evaluate_cell, path, spec, c, trained) for group, trained in groups for c in group]
         done, failed = follow(log, evals, len(cells), len(cells) - len(todo))
     finish(log, path)
     return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo)}

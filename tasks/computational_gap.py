@@ -13,7 +13,7 @@ from flows.runners import task_device
 from tasks.common import record_cell
 
 
-@task(name="computational-gap-cell", cache_policy=NO_CACHE, tags=["cpu"])
+@task(name="computational-gap-cell", cache_policy=NO_CACHE)
 def compute_cell(store: str, spec: ComputationalGapSpec, cell: GapCell) -> int:
     """Compute one cell; returns its status."""
     torch.set_num_threads(1)  # tiny tensors: one thread per task is faster than sharing cores

@@ -13,7 +13,7 @@ from dsclab.immse_study import ImmseCell, ImmseSpec, cell_index
 from tasks.common import record_cell
 
 
-@task(name="immse-cell", cache_policy=NO_CACHE, tags=["cpu"])
+@task(name="immse-cell", cache_policy=NO_CACHE)
 def run_cell(store: str, spec: ImmseSpec, cell: ImmseCell) -> int:
     """Train and evaluate one (data, d, n, seed) cell, write its region, then mark it done."""
     return record_cell(store, cell_index(cell), lambda: ist.run_cell(spec, cell))

@@ -27,7 +27,7 @@ def data_url(store: str, spec: StudySpec, d: int, seed: int) -> str:
     return files.url(store, "data", f"{spec.distribution.name}-{key:016x}-d{d}-seed{seed}.npy")
 
 
-@task(name="generate-data", cache_policy=NO_CACHE, tags=["cpu"])
+@task(name="generate-data", cache_policy=NO_CACHE)
 def generate_data(store: str, spec: StudySpec, d: int, seed: int) -> str:
     """Draw (once) and cache the largest-n dataset for (distribution, d, seed)."""
     u = data_url(store, spec, d, seed)
@@ -49,7 +49,7 @@ def train_group(store: str, spec: StudySpec, cells: list[Cell]) -> dict[str, str
     return save_trained(store, cells, results, cell_index, width=spec.train.width, depth=spec.train.depth)
 
 
-@task(name="evaluate-cell", cache_policy=NO_CACHE, tags=["cpu"])
+@task(name="evaluate-cell", cache_policy=NO_CACHE)
 def evaluate_cell(store: str, spec: StudySpec, cell: Cell, checkpoints: dict[str, str | None]) -> int:
     """Evaluate a trained cell, write its region, then mark it done. Returns its status."""
     u = checkpoints.get(cell.key)

@@ -15,14 +15,14 @@ from dsclab.sampler_convergence import SamplerConvergenceSpec, SrkCell, cell_ind
 from tasks.common import record_cell
 
 
-@task(name="srk-product-1d", cache_policy=NO_CACHE, tags=["cpu"])
+@task(name="srk-product-1d", cache_policy=NO_CACHE)
 def product_kl_1d(spec: SamplerConvergenceSpec, score: str) -> dict:
     """The 1-D KL curves (sampler x NFE) of one factor of the product target for a score kind;
     every d of the product target multiplies them (``scv.product_kl_1d``)."""
     return scv.product_kl_1d(spec, score)
 
 
-@task(name="srk-cell", cache_policy=NO_CACHE, tags=["cpu"])
+@task(name="srk-cell", cache_policy=NO_CACHE)
 def run_cell(store: str, spec: SamplerConvergenceSpec, cell: SrkCell, kl1d: dict | None = None) -> int:
     """Compute one (target, d, score) cell, write its region, then mark it done. Returns its status."""
     return record_cell(store, cell_index(cell), lambda: scv.run_cell(spec, cell, kl1d))

@@ -13,7 +13,7 @@ from dsclab.score_learning import ScoreLearningSpec, SLCell, cell_index
 from tasks.common import record_cell
 
 
-@task(name="score-learning-cell", cache_policy=NO_CACHE, tags=["cpu"])
+@task(name="score-learning-cell", cache_policy=NO_CACHE)
 def run_cell(store: str, spec: ScoreLearningSpec, cell: SLCell) -> int:
     """Train and evaluate one (d, n, seed, estimator, data_mode, model) cell, write its region,
     then mark it done. Returns its status."""

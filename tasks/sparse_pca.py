@@ -26,7 +26,7 @@ def data_url(store: str, spec: SparsePCASpec, d: int, k: int, beta: float, seed:
     return files.url(store, "data", f"sparse_pca-{tag:016x}-d{d}-k{k}-beta{beta:g}-seed{seed}.npy")
 
 
-@task(name="sparse-pca-data", cache_policy=NO_CACHE, tags=["cpu"])
+@task(name="sparse-pca-data", cache_policy=NO_CACHE)
 def generate_data(store: str, spec: SparsePCASpec, d: int, k: int) -> None:
     """Draw (once) and cache the largest-n dataset of every (beta, seed) of this (d, k)."""
     for beta in spec.beta:
@@ -76,7 +76,7 @@ def evaluate_one(store: str, spec: SparsePCASpec, cell: SparsePCACell, x, checkp
     return record_cell(store, cell_index(cell), compute)
 
 
-@task(name="sparse-pca-cells", cache_policy=NO_CACHE, tags=["cpu"])
+@task(name="sparse-pca-cells", cache_policy=NO_CACHE)
 def evaluate_cells(store: str, spec: SparsePCASpec, cells: list[SparsePCACell],
                    checkpoints: dict[str, str | None] | None = None) -> list[int]:
     """Evaluate the cells of one (d, k, beta, seed) (one data set; one task for the group keeps the
