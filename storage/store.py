@@ -108,6 +108,11 @@ def check_store(path: str, template: xr.Dataset) -> bool:
         return False
     ds = open_results(path)
     have, want = ds.attrs.get("spec_hash"), template.attrs.get("spec_hash")
+    made_by, this = ds.attrs.get("dsclab_version"), template.attrs.get("dsclab_version")
+    if have != want and made_by and this and made_by != this:
+        raise StoreError(
+            f"store {path} was made by dsclab {made_by}, whose numbers differ from this dsclab {this}'s; "
+            "use --store to choose another path")
     if have != want:
         raise StoreError(
             f"store {path} was made from another spec (hash {have}, this spec {want}); "

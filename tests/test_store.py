@@ -62,6 +62,12 @@ def test_reopen_same_spec_keeps_values_and_refuses_other_spec(tmp_path):
     with pytest.raises(storage.StoreError, match="another spec"):
         storage.create_or_open(path, sc.template(spec(n=[10, 30])), sc.CELL_DIMS)
     assert_identical(storage.open_results(path).load(), before)
+    # the same spec under another dsclab version (its hash includes the version): named as such
+    newer = sc.template(spec())
+    newer.attrs.update(spec_hash="0" * 16, dsclab_version="99.0")
+    with pytest.raises(storage.StoreError, match=r"made by dsclab .* differ from this dsclab 99\.0's"):
+        storage.create_or_open(path, newer, sc.CELL_DIMS)
+    assert_identical(storage.open_results(path).load(), before)
 
 
 def test_store_path_that_is_a_file_is_refused(tmp_path):
