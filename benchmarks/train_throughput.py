@@ -3,8 +3,11 @@
 Trains the quick study's cells (studies/quick.yaml: d x n x seed) three ways in one run, on the
 same data and seeds, and prints cells/hour for each and the ratios to the plain loop:
 
-- plain: what a researcher would write: one ScoreMLP per cell (``train_score``), trained alone,
-  one after another, PyTorch using every core;
+- textbook: the loop a researcher would write from a tutorial: one ScoreMLP per cell, a fresh
+  minibatch, times and noise drawn every step, PyTorch's default Adam; same model, loss, budget
+  and learning-rate schedule (:func:`textbook_train`);
+- plain: dsclab's one-cell trainer (``train_score``: draws made 32 steps at a time, fused Adam),
+  one cell after another, PyTorch using every core;
 - batched: the cells sharing d as one ensemble (``train_ensemble``), one group after another,
   PyTorch using every core;
 - batched, as the flow runs it: the same groups, ``workers`` of them at once in threads, the
@@ -31,7 +34,27 @@ from common import record  # noqa: E402
 
 from dsclab import sample_complexity as sc  # noqa: E402
 from dsclab.spec import load_spec  # noqa: E402
+from dsclab.losses import dsm_loss, sample_times  # noqa: E402
+from dsclab.nets import ScoreMLP  # noqa: E402
 from dsclab.train import train_ensemble, train_score  # noqa: E402
+
+
+def textbook_train(x: torch.Tensor, cfg, seed: int) -> ScoreMLP:
+    """The tutorial training loop for one cell (the baseline users compare against)."""
+    g = torch.Generator().manual_seed(seed)
+    model = ScoreMLP(x.shape[1], width=cfg.width, depth=cfg.depth, generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+    for _ in range(cfg.steps):
+        idx = torch.randint(0, x.shape[0], (cfg.batch_size,), generator=g)
+        t = sample_times(cfg.batch_size, cfg.t_min, cfg.T, g)
+        z = torch.randn(cfg.batch_size, x.shape[1], generator=g)
+        loss = dsm_loss(model, x[idx], t, z).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model
 
 
 def main() -> None:
@@ -55,6 +78,13 @@ def main() -> None:
     warm = dataclasses.replace(cfg, steps=5)  # first-call costs (allocator, kernels) outside the timings
     train_score(data[(cells[0].d, cells[0].seed)], config=warm, device=args.device)
     train_ensemble([data[(cells[0].d, cells[0].seed)]] * 2, [0, 1], config=warm, device=args.device)
+    textbook = None
+    if args.device == "cpu":
+        textbook_train(data[(cells[0].d, cells[0].seed)], warm, 0)
+        t0 = time.perf_counter()
+        for c in cells:
+            textbook_train(data[(c.d, c.seed)][: c.n], cfg, seeds[c.key])
+        textbook = time.perf_counter() - t0
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -87,6 +117,12 @@ def main() -> None:
            "flow_like_cells_per_hour": 3600 * n / flow_like,
            "speedup": plain / batched, "speedup_flow_like": plain / flow_like}
     print(f"{n} cells x {cfg.steps} steps on {args.device} ({threads} threads)")
+    if textbook is not None:
+        res.update(textbook_seconds=textbook, textbook_cells_per_hour=3600 * n / textbook,
+                   speedup_over_textbook=textbook / batched, speedup_flow_like_over_textbook=textbook / flow_like)
+        print(f"textbook loop              : {textbook:8.1f} s  {res['textbook_cells_per_hour']:10.0f} cells/hour"
+              f"  (batched: {res['speedup_over_textbook']:.2f}x, {spec.workers} groups at once: "
+              f"{res['speedup_flow_like_over_textbook']:.2f}x)")
     print(f"plain loop                 : {plain:8.1f} s  {res['plain_cells_per_hour']:10.0f} cells/hour")
     print(f"batched, one group at once : {batched:8.1f} s  {res['batched_cells_per_hour']:10.0f} cells/hour"
           f"  {res['speedup']:.2f}x")
