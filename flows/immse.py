@@ -6,15 +6,13 @@ the two workers finish together, and logs progress as cells finish.
 """
 from __future__ import annotations
 
-import os
-
-import torch
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 import storage
 from dsclab import immse_study as ist
 from dsclab.immse_study import ImmseSpec
+from flows import runners
 from flows.common import follow, pending_cells
 from tasks.immse import run_cell
 
@@ -29,7 +27,7 @@ def immse(spec: ImmseSpec, store: str | None = None) -> dict:
     todo = pending_cells(path, cells, ist.cell_index)
     log.info("store %s: %d cells, %d to compute", path, len(cells), len(todo))
     # Threads share the process: split the cores between them instead of oversubscribing.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
+    runners.share_cores(spec.workers)
     order = sorted(todo, key=lambda c: (-c.d, -c.n, c.data, c.seed))
     futures = [run_cell.submit(path, spec, c) for c in order]
     done, failed = follow(log, futures, len(cells), len(cells) - len(todo))

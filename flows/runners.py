@@ -156,10 +156,23 @@ def _register_preimport(client, torch_threads: int | None = None) -> None:
     client.register_plugin(PreImport(torch_threads))
 
 
+def cores_per_thread(threads: int) -> int:
+    """This machine's cores split between ``threads`` threads that compute at once (at least 1)."""
+    return max(1, (os.cpu_count() or 1) // threads)
+
+
+def share_cores(threads: int) -> None:
+    """Set PyTorch's intra-op threads (process-wide) to this process's share of the cores when
+    ``threads`` task threads compute at once in it, instead of each using every core."""
+    import torch
+
+    torch.set_num_threads(cores_per_thread(threads))
+
+
 def local_torch_threads(spec: RunnerSpec) -> int:
     """PyTorch threads per worker of a local Dask cluster: the cores split between its workers'
     threads, so that 1 worker uses every core and n workers do not oversubscribe them."""
-    return max(1, (os.cpu_count() or 1) // (spec.n_workers * spec.threads_per_worker))
+    return cores_per_thread(spec.n_workers * spec.threads_per_worker)
 
 
 def _workers_declare_gpu(client) -> tuple[int, int]:

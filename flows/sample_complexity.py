@@ -12,10 +12,8 @@ Dask cluster or an existing Dask scheduler. Training tasks are tagged ``gpu``.
 """
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 
-import torch
 from prefect import flow, get_run_logger
 
 import storage
@@ -40,7 +38,7 @@ def sample_complexity(spec: StudySpec, store: str | None = None, runner: RunnerS
     todo = pending_cells(path, cells, cell_index)
     log.info("store %s: %d cells, %d to compute", path, len(cells), len(todo))
     if runner.kind == "threads":  # threads share the process: split the cores between them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
+        runners.share_cores(spec.workers)
 
     by_d: dict[int, list] = defaultdict(list)
     for c in todo:

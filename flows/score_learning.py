@@ -10,15 +10,13 @@ and plot as artifacts of the flow run.
 """
 from __future__ import annotations
 
-import os
-
-import torch
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 import storage
 from dsclab import score_learning as sl
 from dsclab.score_learning import ScoreLearningSpec
+from flows import runners
 from flows.common import finish, follow, pending_cells
 from tasks.score_learning import run_cell
 
@@ -33,7 +31,7 @@ def score_learning(spec: ScoreLearningSpec, store: str | None = None) -> dict:
     todo = pending_cells(path, cells, sl.cell_index)
     log.info("store %s: %d cells, %d to compute", path, len(cells), len(todo))
     # Threads share the process: split the cores between them instead of oversubscribing.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
+    runners.share_cores(spec.workers)
     order = sorted(todo, key=lambda c: (-c.d, c.seed, c.data_mode, -c.n, c.model, c.estimator))
     futures = [run_cell.submit(path, spec, c) for c in order]
     done, failed = follow(log, futures, len(cells), len(cells) - len(todo))

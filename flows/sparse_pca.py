@@ -10,11 +10,9 @@ the store and publishing the report and plot as artifacts.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 
-import torch
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -22,7 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 import storage
 from dsclab import sparse_pca_study as sps
 from dsclab.sparse_pca_study import SparsePCASpec, cell_index
-from flows import artifacts
+from flows import artifacts, runners
 from flows.common import finish, fmt_seconds, pending_cells
 from tasks.sparse_pca import evaluate_cells, generate_data, train_networks
 
@@ -63,7 +61,7 @@ def sparse_pca(spec: SparsePCASpec, store: str | None = None) -> dict:
     todo = pending_cells(path, cells, cell_index)
     log.info("store %s: %d cells, %d to compute", path, len(cells), len(todo))
     # Threads share the process: split the cores between them instead of oversubscribing.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
+    runners.share_cores(spec.workers)
     by_dk: dict[tuple[int, int], list] = defaultdict(list)
     for c in todo:
         by_dk[(c.d, c.k)].append(c)

@@ -164,7 +164,11 @@ def _region(ds: xr.Dataset, index: Mapping[str, object]) -> dict[str, slice]:
 def write_cell(path: str, values: xr.Dataset, index: Mapping[str, object]) -> None:
     """Write one cell's variables into its region. ``values`` holds variables with the cell
     dims of length 1 (or without them; they are added) and the other dims whole."""
-    ds = _open(path)
+    _write(_open(path), path, values, index)
+
+
+def _write(ds: xr.Dataset, path: str, values: xr.Dataset, index: Mapping[str, object]) -> None:
+    """:func:`write_cell` given the store already opened as ``ds``."""
     region = _region(ds, index)
     vals = values
     for dim in index:
@@ -180,13 +184,13 @@ def mark_cells(path: str, indices: Sequence[Mapping[str, object]], status: int, 
     """Set the ``status`` of cells (after their values are written) and their ``failure`` reason
     (its first line, cut to ``REASON_CHARS``; a done cell's is cleared). Stores made before
     ``failure`` existed get the status only."""
-    has_reason = "failure" in _open(path).variables
+    ds = _open(path)
     line = (reason.strip().splitlines() or [""])[0][:REASON_CHARS] if status == FAILED else ""
+    st = xr.Dataset({"status": ((), np.int8(status))})
+    if "failure" in ds.variables:
+        st["failure"] = ((), np.array(line, dtype=f"<U{REASON_CHARS}"))
     for index in indices:
-        st = xr.Dataset({"status": ((), np.int8(status))})
-        if has_reason:
-            st["failure"] = ((), np.array(line, dtype=f"<U{REASON_CHARS}"))
-        write_cell(path, st, index)
+        _write(ds, path, st, index)
 
 
 def failures(path_or_ds) -> list[tuple[dict, str]]:
