@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+from common import load_study, record  # noqa: E402
 
-from dsclab.spec import load_spec  # noqa: E402
 
 
 def main() -> None:
@@ -29,9 +28,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="shorten every cell's training budget")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
-    spec = load_spec(args.spec)
-    if args.steps:
-        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": args.steps})})
+    spec = load_study(args.spec, args.steps)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect import flow
 

@@ -19,19 +19,18 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+from common import load_study, record  # noqa: E402
 
 import storage  # noqa: E402
 from dsclab import sample_complexity as sc  # noqa: E402
-from dsclab.spec import load_spec  # noqa: E402
+from flows import runners  # noqa: E402
 
 
 def plain(spec, path: str) -> None:
     storage.create_or_open(path, sc.template(spec), sc.CELL_DIMS)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
+    runners.share_cores(spec.workers)
     groups = defaultdict(list)
     for c in spec.cells():
         groups[c.d].append(c)
@@ -58,9 +57,7 @@ def main() -> None:
     ap.add_argument("--spec", default="studies/quick.yaml")
     ap.add_argument("--steps", type=int, default=None)
     args = ap.parse_args()
-    spec = load_spec(args.spec)
-    if args.steps:
-        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": args.steps})})
+    spec = load_study(args.spec, args.steps)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

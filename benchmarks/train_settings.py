@@ -25,11 +25,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+from common import load_study, record, training_data  # noqa: E402
 
 from dsclab import distributions, losses, metrics  # noqa: E402
 from dsclab import sample_complexity as sc  # noqa: E402
-from dsclab.spec import load_spec  # noqa: E402
 from dsclab.train import train_ensemble  # noqa: E402
 
 
@@ -40,14 +39,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--settings", nargs="+", default=["default", "medium", "high", "compile"])
     args = ap.parse_args()
-    spec = load_spec(args.spec)
-    if args.steps:
-        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": args.steps})})
+    spec = load_study(args.spec, args.steps)
     cfg = sc.train_config(spec)
     cells = spec.cells()
     groups = {d: [c for c in cells if c.d == d] for d in spec.d}
-    data = {(d, s): torch.as_tensor(sc.generate_data(spec, d, s), dtype=torch.float32)
-            for d in spec.d for s in spec.seed}
+    data = training_data(spec)
     losses.ESTIMATORS["dsm+compile"] = torch.compile(losses.dsm_loss)  # this script's registry entry
     ev = spec.evaluation
 

@@ -30,10 +30,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+from common import load_study, record, training_data  # noqa: E402
 
 from dsclab import sample_complexity as sc  # noqa: E402
-from dsclab.spec import load_spec  # noqa: E402
 from dsclab.losses import dsm_loss, sample_times  # noqa: E402
 from dsclab.nets import ScoreMLP  # noqa: E402
 from dsclab.train import train_ensemble, train_score  # noqa: E402
@@ -66,13 +65,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    spec = load_spec(args.spec)
-    if args.steps:
-        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": args.steps})})
+    spec = load_study(args.spec, args.steps)
     cfg = sc.train_config(spec)
     cells = spec.cells()
-    data = {(d, s): torch.as_tensor(sc.generate_data(spec, d, s), dtype=torch.float32)
-            for d in spec.d for s in spec.seed}
+    data = training_data(spec)
     seeds = {c.key: sc.derive_seed("train", c.key) for c in cells}
 
     warm = dataclasses.replace(cfg, steps=5)  # first-call costs (allocator, kernels) outside the timings
