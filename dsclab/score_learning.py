@@ -676,7 +676,7 @@ def closing_note(ds: xr.Dataset, facts: dict) -> list[str]:
         qa = [c for c in s.columns if c.startswith("q δ") and ">η" in c]
         qb = [c for c in s.columns if c.startswith("q δ") and "<η" in c]
         n = s.index.to_numpy(dtype=float)
-        small, big = n < 1 / eta, n >= 1 / eta
+        small = n < 1 / eta
         def drop(col, mask):
             v = s[col].to_numpy()[mask]
             return v[0] / v[-1] if v.size >= 2 and np.isfinite(v[[0, -1]]).all() else math.nan

@@ -1,5 +1,4 @@
 """A tiny study through the real Prefect flow (local test server): complete store, no recompute."""
-import os
 
 import numpy as np
 import pytest
