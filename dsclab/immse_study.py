@@ -310,8 +310,7 @@ def train_config(spec: ImmseSpec, law) -> TrainConfig:
     t_min = train_t_min(spec, law)
     if t_min >= tr.T:
         raise ValueError(f"training range is empty: t_min {t_min:.3g} >= T {tr.T}")
-    return TrainConfig(steps=tr.steps, batch_size=tr.batch_size, lr=tr.lr, width=tr.width, depth=tr.depth,
-                       t_min=t_min, T=tr.T)
+    return TrainConfig.of(tr, t_min=t_min)
 
 
 def run_cell(spec: ImmseSpec, cell: ImmseCell) -> xr.Dataset:

@@ -106,9 +106,7 @@ def generate_data(spec: StudySpec, d: int, seed: int) -> np.ndarray:
 
 
 def train_config(spec: StudySpec) -> TrainConfig:
-    tr = spec.train
-    return TrainConfig(steps=tr.steps, batch_size=tr.batch_size, lr=tr.lr, width=tr.width, depth=tr.depth,
-                       t_min=tr.t_min, T=tr.T)
+    return TrainConfig.of(spec.train)
 
 
 def train_cells(spec: StudySpec, cells: list[Cell], data: dict[int, np.ndarray], device: str) -> list[TrainResult]:

@@ -423,9 +423,7 @@ def perturb(score: Score, eta: float) -> Score:
 
 
 def train_config(spec: SamplerConvergenceSpec) -> TrainConfig:
-    tr = spec.train
-    return TrainConfig(steps=tr.steps, batch_size=tr.batch_size, lr=tr.lr, width=tr.width, depth=tr.depth,
-                       t_min=tr.t_min, T=tr.T)
+    return TrainConfig.of(spec.train)
 
 
 def trained_scores(spec: SamplerConvergenceSpec, cell: SrkCell, dist):

@@ -313,9 +313,7 @@ def generate_data(spec: SparsePCASpec, d: int, k: int, beta: float, seed: int) -
 
 
 def train_config(spec: SparsePCASpec) -> TrainConfig:
-    tr = spec.train
-    return TrainConfig(steps=tr.steps, batch_size=tr.batch_size, lr=tr.lr, width=tr.width, depth=tr.depth,
-                       t_min=tr.t_min, T=tr.T)
+    return TrainConfig.of(spec.train)
 
 
 def train_cells(spec: SparsePCASpec, cells: list[SparsePCACell], data: dict[tuple, np.ndarray],

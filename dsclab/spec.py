@@ -124,6 +124,9 @@ class TrainSpec(_Frozen):
     t_min: float = Field(1e-3, gt=0, description="smallest training time")
     T: float = Field(5.0, gt=0, description="largest training time")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:i]'")
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32", description="arithmetic of the training step: 'bfloat16' runs its matrix products "
+        "under autocast (weights, Adam and evaluation stay float32); see dsclab.train")
 
     @model_validator(mode="after")
     def _range(self) -> "TrainSpec":

@@ -13,9 +13,10 @@ member's draws equal to those of training it alone. Adam is PyTorch's fused impl
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -24,6 +25,16 @@ from dsclab.nets import EnsembleMLP, ScoreMLP
 
 
 DRAW_STEPS = 32  # optimiser steps whose random draws are made at once
+
+PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
+"""Training-step arithmetic: the autocast dtype, or None for plain float32."""
+
+
+def _step_arithmetic(precision: str, device: torch.device):
+    """The context in which a training step's loss is computed (its backward, outside it, runs
+    each operation in the dtype autocast chose for it)."""
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def _draw_chunk(x: torch.Tensor, k: int, bs: int, t_min: float, T: float, g: torch.Generator):
@@ -57,6 +68,17 @@ class TrainConfig:
     depth: int = 3
     t_min: float = 1e-3
     T: float = 5.0
+    precision: str = "float32"  # a key of PRECISIONS
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; known: {sorted(PRECISIONS)}")
+
+    @classmethod
+    def of(cls, train_spec, **override) -> "TrainConfig":
+        """The config of a study's ``train`` section (any object with these fields), with
+        ``override`` replacing some of them."""
+        return cls(**{f.name: override.get(f.name, getattr(train_spec, f.name)) for f in fields(cls)})
 
 
 @dataclass
@@ -84,13 +106,15 @@ def train_score(x: torch.Tensor, *, estimator: str = "dsm", config: TrainConfig 
     g = torch.Generator(device=dev).manual_seed(seed + 1)
     x = x.to(dev, torch.float32)
     opt, sched = _adam(model.parameters(), config.lr, config.steps, dev)
+    arithmetic = _step_arithmetic(config.precision, dev)
     bs = config.batch_size  # minibatches are drawn with replacement, whatever n is
     tail, tail_sum = max(1, config.steps // 10), 0.0
     for step in range(config.steps):
         if step % DRAW_STEPS == 0:
             X0, Ts, Zs = _draw_chunk(x, min(DRAW_STEPS, config.steps - step), bs, config.t_min, config.T, g)
         k = step % DRAW_STEPS
-        loss = loss_fn(model, X0[k], Ts[k], Zs[k]).mean()
+        with arithmetic:
+            loss = loss_fn(model, X0[k], Ts[k], Zs[k]).mean()
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -127,6 +151,7 @@ def train_ensemble(datasets: list[torch.Tensor], seeds: list[int], *, estimator:
     gens = [torch.Generator(device=dev).manual_seed(s + 1) for s in seeds]
     xs = [x.to(dev, torch.float32) for x in datasets]
     opt, sched = _adam(net.parameters(), config.lr, config.steps, dev)
+    arithmetic = _step_arithmetic(config.precision, dev)
     tail = max(1, config.steps // 10)
     tail_sum = torch.zeros(M, dtype=torch.float64, device=dev)
     bad = torch.zeros(M, dtype=torch.bool, device=dev)
@@ -139,7 +164,9 @@ def train_ensemble(datasets: list[torch.Tensor], seeds: list[int], *, estimator:
             for m, (x, g) in enumerate(zip(xs, gens)):
                 X0[:, m], Ts[:, m], Zs[:, m] = _draw_chunk(x, k_steps, bs, config.t_min, config.T, g)
         k = step % DRAW_STEPS
-        per = loss_fn(net, X0[k].reshape(M * bs, d), Ts[k].reshape(M * bs), Zs[k].reshape(M * bs, d)).reshape(M, bs).mean(1)
+        with arithmetic:
+            per = loss_fn(net, X0[k].reshape(M * bs, d), Ts[k].reshape(M * bs), Zs[k].reshape(M * bs, d))
+        per = per.reshape(M, bs).mean(1)
         bad |= ~torch.isfinite(per)
         opt.zero_grad(set_to_none=True)
         torch.where(bad, torch.zeros_like(per), per).sum().backward()

@@ -26,6 +26,7 @@ def test_quick_spec_loads():
     ({"distribution": {"name": "nope"}}, "distribution.name: unknown distribution 'nope'"),
     ({"distribution": {"name": "gaussian", "params": {"foo": 1}}}, "distribution: bad parameters"),
     ({"train": {"steps": 0}}, "train.steps"),
+    ({"train": {"precision": "float16"}}, "train.precision"),
     ({"evaluation": {"delta": [1.5]}}, "evaluation.delta"),
     ({"nfe": [10], "max_cells": 1}, "the grid has 2 cells, over max_cells=1"),
     ({"colour": "red"}, "colour: unknown field"),
@@ -48,6 +49,7 @@ def test_cell_keys_stable_and_distinct():
     assert len({c.key for c in a}) == len(a)
     c = parse_spec({**GOOD, "train": {"steps": 10}}).cells()
     assert a[0].key != c[0].key  # numerics change the key
+    assert parse_spec({**GOOD, "train": {"precision": "bfloat16"}}).cells()[0].key != a[0].key
     assert parse_spec({**GOOD, "workers": 1}).hash == parse_spec(GOOD).hash  # execution does not
 
 
