@@ -1,12 +1,18 @@
 """Dask scale-out: the same study on a local Dask cluster of 1 worker against 2 workers (issue 9).
 
-Each worker process runs one task at a time (``threads_per_worker=1``) and splits the machine's
-cores with the others (``flows.runners.local_torch_threads``: 1 worker uses every core, 2 use one
-each). Both runs go through the Prefect flow and write a complete store (temporary folder); the
-Prefect server is started once before timing, so both times are the cluster's start plus the
-study. Prints both wall times and their ratio.
+Each worker process runs one task at a time (``threads_per_worker=1``). Two ways of giving them
+the machine's cores, both printed:
+
+- ``--torch-threads 1`` (scale-out): every worker computes on one core, as when each added
+  worker brings its own core (or machine); 1 worker then leaves the second core idle;
+- default (shared machine): the workers split the cores (``flows.runners.local_torch_threads``:
+  1 worker uses both cores through PyTorch's intra-op threads, 2 use one each).
+
+Every run goes through the Prefect flow and writes a complete store (temporary folder); the
+Prefect server is started once before timing, so each time is the cluster's start plus the study.
 
     .venv/bin/python benchmarks/dask_scaling.py [--spec studies/quick.yaml] [--steps N] [--workers 1 2]
+                                                [--torch-threads 1]
 """
 from __future__ import annotations
 
@@ -27,11 +33,14 @@ def main() -> None:
     ap.add_argument("--spec", default="studies/quick.yaml")
     ap.add_argument("--steps", type=int, default=None, help="shorten every cell's training budget")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="PyTorch threads per worker (default: the cores split between the workers)")
     args = ap.parse_args()
     spec = load_study(args.spec, args.steps)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect import flow
 
+    from flows import runners
     from flows.runners import RunnerSpec
     from flows.sample_complexity import sample_complexity
 
@@ -43,14 +52,17 @@ def main() -> None:
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.workers:
-            runner = RunnerSpec(kind="dask", n_workers=n, threads_per_worker=1)
+            runner = RunnerSpec(kind="dask", n_workers=n, threads_per_worker=1, torch_threads=args.torch_threads)
             t0 = time.perf_counter()
             out = sample_complexity(spec=spec, store=f"{tmp}/w{n}.zarr", runner=runner)
             seconds[n] = time.perf_counter() - t0
             assert out["done"] == out["cells"], out
-            print(f"{n} worker(s): {seconds[n]:.1f} s for {out['cells']} cells", flush=True)
+            threads = RunnerSpec(kind="dask", n_workers=n, torch_threads=args.torch_threads)
+            print(f"{n} worker(s), {runners.local_torch_threads(threads)} PyTorch thread(s) each: "
+                  f"{seconds[n]:.1f} s for {out['cells']} cells", flush=True)
     base = args.workers[0]
-    res = {"cells": len(spec.cells()), "steps": spec.train.steps, "seconds": seconds,
+    res = {"cells": len(spec.cells()), "steps": spec.train.steps, "torch_threads": args.torch_threads,
+           "seconds": seconds,
            "speedup": {n: seconds[base] / s for n, s in seconds.items()}}
     for n in args.workers[1:]:
         print(f"speedup {n} workers over {base}: {res['speedup'][n]:.2f}x")

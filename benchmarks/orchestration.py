@@ -3,10 +3,15 @@ function calls with the same number of threads (issue 9). The temporary Prefect 
 (what ``make demo`` pays once) is timed apart, so the overhead is printed both with a running
 server and with that start included.
 
-Both write a complete store (in a temporary folder) with the same numerics; the plain path calls
-the dsclab functions the tasks wrap, grouped the same way, on a ThreadPoolExecutor.
+Both write a complete store (in a temporary folder) with the same numerics and end with the same
+summary table, report and plot (the flow publishes them as artifacts; the plain path writes the
+PNG); the plain path calls the dsclab functions the tasks wrap, grouped the same way, on a
+ThreadPoolExecutor. First a one-cell version of the study goes both ways (imports and first calls
+outside the timings; the first flow call starts the server), then ``--repeat`` pairs alternate
+plain and flow, and the median of the pairs' overheads is printed with each pair (back-to-back
+runs of the same path differ by up to ~20% on a shared 2-core machine).
 
-    .venv/bin/python benchmarks/orchestration.py [--spec studies/quick.yaml] [--steps N]
+    .venv/bin/python benchmarks/orchestration.py [--spec studies/quick.yaml] [--steps N] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -25,10 +30,12 @@ from common import load_study, record  # noqa: E402
 
 import storage  # noqa: E402
 from dsclab import sample_complexity as sc  # noqa: E402
-from flows import runners  # noqa: E402
+from dsclab.report import PLOTS, REPORTS  # noqa: E402
+from flows import artifacts, runners  # noqa: E402
 
 
 def plain(spec, path: str) -> None:
+    """The study through plain calls: cells, then the flow's summary table, report and plot."""
     storage.create_or_open(path, sc.template(spec), sc.CELL_DIMS)
     runners.share_cores(spec.workers)
     groups = defaultdict(list)
@@ -50,41 +57,58 @@ def plain(spec, path: str) -> None:
         for f in evals:
             f.result()
     storage.consolidate(path)
+    ds = storage.open_results(path)
+    artifacts.TABLES[ds.attrs["study"]](ds)
+    REPORTS[ds.attrs["study"]](ds)
+    PLOTS[ds.attrs["study"]](ds, str(Path(path).with_suffix(".png")))
+
+
+def tiny(spec):
+    """A one-cell version of ``spec`` (its first d, n and seed; 10 steps; one NFE)."""
+    return spec.model_copy(update={"d": spec.d[:1], "n": spec.n[:1], "seed": spec.seed[:1], "nfe": spec.nfe[:1],
+                                   "train": spec.train.model_copy(update={"steps": 10})})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--spec", default="studies/quick.yaml")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=3, help="plain/flow pairs")
     args = ap.parse_args()
     spec = load_study(args.spec, args.steps)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect import flow
+
+    from flows.sample_complexity import sample_complexity
+
+    @flow(name="start-server")
+    def start_server() -> None:  # the first flow call starts the temporary server
+        return None
+
+    pairs = []
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        plain(spec, f"{tmp}/plain.zarr")
-        t_plain = time.perf_counter() - t0
-
-        from prefect import flow
-
-        from flows.sample_complexity import sample_complexity
-
-        @flow(name="start-server")
-        def start_server() -> None:  # the first flow call starts the temporary server
-            return None
-
         t0 = time.perf_counter()
         start_server()
         t_server = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        sample_complexity(spec=spec, store=f"{tmp}/flow.zarr")
-        t_flow = time.perf_counter() - t0
-    res = {"cells": len(spec.cells()), "steps": spec.train.steps, "plain_seconds": t_plain,
-           "server_start_seconds": t_server, "flow_seconds": t_flow,
-           "overhead_running_server": t_flow / t_plain - 1,
-           "overhead_with_server_start": (t_flow + t_server) / t_plain - 1}
-    print(f"{res['cells']} cells: plain calls {t_plain:.1f} s; Prefect flow {t_flow:.1f} s "
-          f"(+{t_server:.1f} s to start the temporary server)")
-    print(f"overhead: {100 * res['overhead_running_server']:+.1f}% with a running server, "
+        plain(tiny(spec), f"{tmp}/warm-plain.zarr")
+        sample_complexity(spec=tiny(spec), store=f"{tmp}/warm-flow.zarr")
+        for r in range(args.repeat):
+            t0 = time.perf_counter()
+            plain(spec, f"{tmp}/plain{r}.zarr")
+            t_plain = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            sample_complexity(spec=spec, store=f"{tmp}/flow{r}.zarr")
+            pairs.append((t_plain, time.perf_counter() - t0))
+            print(f"pair {r + 1}: plain calls {pairs[-1][0]:.1f} s, Prefect flow {pairs[-1][1]:.1f} s "
+                  f"({100 * (pairs[-1][1] / pairs[-1][0] - 1):+.1f}%)", flush=True)
+    over = sorted(f / p - 1 for p, f in pairs)
+    over_start = sorted((f + t_server) / p - 1 for p, f in pairs)
+    med = lambda v: v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+    res = {"cells": len(spec.cells()), "steps": spec.train.steps, "server_start_seconds": t_server,
+           "pairs_seconds": pairs, "overhead_running_server": med(over),
+           "overhead_with_server_start": med(over_start)}
+    print(f"{res['cells']} cells, {len(pairs)} pairs; the temporary server took {t_server:.1f} s to start")
+    print(f"overhead (median of pairs): {100 * res['overhead_running_server']:+.1f}% with a running server, "
           f"{100 * res['overhead_with_server_start']:+.1f}% with the temporary server's start (make demo)")
     print(f"record: {record('orchestration', res)}")
 

@@ -1,5 +1,5 @@
-"""Measure, then decide: ``torch.compile`` and the float32 matmul precision for batched training
-(issue 9).
+"""Measure, then decide: ``torch.compile``, the float32 matmul precision and bfloat16 autocast for
+batched training (issue 9).
 
 Trains the quick study's cells (one batched ensemble per d, as the pipeline does) under each
 setting in one run and prints, per setting: wall time (compilation included), time per cell and
@@ -10,13 +10,16 @@ against accuracy.
 Settings: ``default`` (float32 matmuls at 'highest' precision, eager); ``medium`` (float32
 matmuls may use bfloat16 internally: oneDNN/AMX on CPUs that have it, TF32/bf16 on GPUs);
 ``high`` (TF32 on GPUs; on the CPU, as 'highest'); ``compile`` (the loss, forward and backward,
-through ``torch.compile``; one compilation per group shape).
+through ``torch.compile``; one compilation per group shape); ``bfloat16`` (the spec option
+``train.precision: bfloat16``: the step under ``torch.autocast``, thread-local, float32 weights
+and Adam). Whatever the setting, the trained networks are evaluated in float32 at 'highest'.
 
     .venv/bin/python benchmarks/train_settings.py [--spec studies/quick.yaml] [--steps N] [--device cpu|cuda]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -37,10 +40,10 @@ def main() -> None:
     ap.add_argument("--spec", default="studies/quick.yaml")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--settings", nargs="+", default=["default", "medium", "high", "compile"])
+    ap.add_argument("--settings", nargs="+", default=["default", "medium", "high", "compile", "bfloat16"])
     args = ap.parse_args()
     spec = load_study(args.spec, args.steps)
-    cfg = sc.train_config(spec)
+    cfg = dataclasses.replace(sc.train_config(spec), precision="float32")
     cells = spec.cells()
     groups = {d: [c for c in cells if c.d == d] for d in spec.d}
     data = training_data(spec)
@@ -56,13 +59,14 @@ def main() -> None:
 
     rows = {}
     for setting in args.settings:
-        torch.set_float32_matmul_precision("highest" if setting in ("default", "compile") else setting)
+        torch.set_float32_matmul_precision(setting if setting in ("medium", "high") else "highest")
+        config = dataclasses.replace(cfg, precision="bfloat16" if setting == "bfloat16" else "float32")
         estimator = "dsm+compile" if setting == "compile" else "dsm"
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         trained = {d: train_ensemble([data[(d, c.seed)][: c.n] for c in grp], [sc.derive_seed("train", c.key) for c in grp],
-                                     estimator=estimator, config=cfg, device=args.device)
+                                     estimator=estimator, config=config, device=args.device)
                    for d, grp in groups.items()}
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -80,8 +84,8 @@ def main() -> None:
             ratio = np.log(np.array(r["score_l2_rel"]) / b)  # paired, cell by cell
             r["speedup"] = base["seconds"] / r["seconds"]
             r["error_log_ratio"] = [float(ratio.mean()), float(ratio.std(ddof=1) / np.sqrt(ratio.size)) if ratio.size > 1 else 0.0]
-            print(f"{s:8s}: {r['speedup']:.2f}x the default's speed; score error x{np.exp(ratio.mean()):.3f} "
-                  f"(geometric mean over cells, +- {r['error_log_ratio'][1]:.3f} in log)")
+            print(f"{s:8s}: {r['speedup']:.2f}x the default's speed; score error x{np.exp(ratio.mean()):.4f} "
+                  f"(geometric mean over cells, +- {r['error_log_ratio'][1]:.4f} in log)")
     res = {"cells": len(cells), "steps": cfg.steps, "device": args.device, "settings": rows}
     print(f"record: {record('train_settings', res)}")
 

@@ -4,12 +4,13 @@ Trains the quick study's cells (studies/quick.yaml: d x n x seed) three ways in 
 same data and seeds, and prints cells/hour for each and the ratios to the plain loop:
 
 - textbook: the loop a researcher would write from a tutorial: one ScoreMLP per cell, a fresh
-  minibatch, times and noise drawn every step, PyTorch's default Adam; same model, loss, budget
-  and learning-rate schedule (:func:`textbook_train`);
-- plain: dsclab's one-cell trainer (``train_score``: draws made 32 steps at a time, fused Adam),
-  one cell after another, PyTorch using every core;
-- batched: the cells sharing d as one ensemble (``train_ensemble``), one group after another,
-  PyTorch using every core;
+  minibatch, times and noise drawn every step, PyTorch's default Adam, float32; same model, loss,
+  budget and learning-rate schedule (:func:`textbook_train`);
+- plain: dsclab's one-cell trainer (``train_score``: draws made 32 steps at a time, fused Adam,
+  the spec's ``train.precision``), one cell after another, PyTorch using every core;
+- batched: the cells sharing d as one ensemble (``train_ensemble``, the spec's precision), one
+  group after another, PyTorch using every core; when that precision is not float32, also in
+  float32, which separates what batching gives from what the arithmetic gives;
 - batched, as the flow runs it: the same groups, ``workers`` of them at once in threads, the
   cores split between them (what ``dsclab run`` does with the spec's ``workers``).
 
@@ -88,16 +89,22 @@ def main() -> None:
         train_score(data[(c.d, c.seed)][: c.n], config=cfg, seed=seeds[c.key], device=args.device)
     plain = time.perf_counter() - t0
 
-    def group(d):
+    def group(d, config=cfg):
         grp = [c for c in cells if c.d == d]
         return train_ensemble([data[(c.d, c.seed)][: c.n] for c in grp], [seeds[c.key] for c in grp],
-                              config=cfg, device=args.device)
+                              config=config, device=args.device)
 
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
     for d in spec.d:
         group(d)
     batched = time.perf_counter() - t0
+    batched_f32 = None
+    if cfg.precision != "float32":
+        t0 = time.perf_counter()
+        for d in spec.d:
+            group(d, dataclasses.replace(cfg, precision="float32"))
+        batched_f32 = time.perf_counter() - t0
 
     torch.set_num_threads(max(1, threads // spec.workers))  # as flows/sample_complexity.py does
     t0 = time.perf_counter()
@@ -107,12 +114,13 @@ def main() -> None:
     torch.set_num_threads(threads)
 
     n = len(cells)
-    res = {"cells": n, "steps": cfg.steps, "device": args.device, "threads": threads, "workers": spec.workers,
+    res = {"cells": n, "steps": cfg.steps, "precision": cfg.precision, "device": args.device, "threads": threads,
+           "workers": spec.workers,
            "plain_seconds": plain, "batched_seconds": batched, "flow_like_seconds": flow_like,
            "plain_cells_per_hour": 3600 * n / plain, "batched_cells_per_hour": 3600 * n / batched,
            "flow_like_cells_per_hour": 3600 * n / flow_like,
            "speedup": plain / batched, "speedup_flow_like": plain / flow_like}
-    print(f"{n} cells x {cfg.steps} steps on {args.device} ({threads} threads)")
+    print(f"{n} cells x {cfg.steps} steps on {args.device} ({threads} threads), training precision {cfg.precision}")
     if textbook is not None:
         res.update(textbook_seconds=textbook, textbook_cells_per_hour=3600 * n / textbook,
                    speedup_over_textbook=textbook / batched, speedup_flow_like_over_textbook=textbook / flow_like)
@@ -122,6 +130,10 @@ def main() -> None:
     print(f"plain loop                 : {plain:8.1f} s  {res['plain_cells_per_hour']:10.0f} cells/hour")
     print(f"batched, one group at once : {batched:8.1f} s  {res['batched_cells_per_hour']:10.0f} cells/hour"
           f"  {res['speedup']:.2f}x")
+    if batched_f32 is not None:
+        res.update(batched_float32_seconds=batched_f32, batched_float32_cells_per_hour=3600 * n / batched_f32)
+        print(f"batched, float32           : {batched_f32:8.1f} s  {res['batched_float32_cells_per_hour']:10.0f} "
+              f"cells/hour  ({cfg.precision} is {batched_f32 / batched:.2f}x faster)")
     print(f"batched, {spec.workers} groups at once   : {flow_like:8.1f} s  {res['flow_like_cells_per_hour']:10.0f} "
           f"cells/hour  {res['speedup_flow_like']:.2f}x")
     print(f"record     : {record('train_throughput', res)}")
