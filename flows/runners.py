@@ -25,8 +25,7 @@ by their total thread count (:func:`local_torch_threads`); on an existing cluste
 
 Memory: local Dask workers are spawned without Dask's ``MALLOC_TRIM_THRESHOLD_`` (see
 :func:`_keep_malloc_defaults`: it made training 1.8x slower); start the workers of an existing
-cluster with ``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_=None`` for the
-same.
+cluster with ``DASK_CONFIG=deploy/dask`` (``deploy/dask/dsclab.yaml``) for the same.
 
 Robustness (for a worker lost mid-task): Dask reschedules the tasks of a worker that dies on the
 remaining workers (up to ``distributed.scheduler.allowed-failures`` times, default 3); tasks only

@@ -294,3 +294,17 @@ def test_worker_killed_mid_task_is_retried_elsewhere(api, tmp_path):
     r = xr.open_zarr(ref)
     for name in ("score_l2", "sliced_w2", "train_loss"):
         np.testing.assert_array_equal(ds[name].values, r[name].values, err_msg=name)
+
+
+def test_worker_config_file_unsets_malloc_trim():
+    """deploy/dask/dsclab.yaml (DASK_CONFIG for `dask worker`) takes MALLOC_TRIM_THRESHOLD_ out of
+    the nanny's environment for its workers and keeps Dask's other entries."""
+    import dask
+    from distributed.nanny import _get_env_variables
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "dask")
+    assert "MALLOC_TRIM_THRESHOLD_" in _get_env_variables("distributed.nanny.pre-spawn-environ")
+    cfg = dask.config.collect(paths=[root], env={})
+    with dask.config.set(dask.config.merge(dask.config.config, cfg)):
+        env = _get_env_variables("distributed.nanny.pre-spawn-environ")
+    assert "MALLOC_TRIM_THRESHOLD_" not in env and env["OMP_NUM_THREADS"] == "1"
