@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from statistics import median
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -101,12 +102,9 @@ def main() -> None:
             pairs.append((t_plain, time.perf_counter() - t0))
             print(f"pair {r + 1}: plain calls {pairs[-1][0]:.1f} s, Prefect flow {pairs[-1][1]:.1f} s "
                   f"({100 * (pairs[-1][1] / pairs[-1][0] - 1):+.1f}%)", flush=True)
-    over = sorted(f / p - 1 for p, f in pairs)
-    over_start = sorted((f + t_server) / p - 1 for p, f in pairs)
-    med = lambda v: v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
     res = {"cells": len(spec.cells()), "steps": spec.train.steps, "server_start_seconds": t_server,
-           "pairs_seconds": pairs, "overhead_running_server": med(over),
-           "overhead_with_server_start": med(over_start)}
+           "pairs_seconds": pairs, "overhead_running_server": median(f / p - 1 for p, f in pairs),
+           "overhead_with_server_start": median((f + t_server) / p - 1 for p, f in pairs)}
     print(f"{res['cells']} cells, {len(pairs)} pairs; the temporary server took {t_server:.1f} s to start")
     print(f"overhead (median of pairs): {100 * res['overhead_running_server']:+.1f}% with a running server, "
           f"{100 * res['overhead_with_server_start']:+.1f}% with the temporary server's start (make demo)")

@@ -25,6 +25,7 @@ from dsclab import distributions
 from dsclab.losses import ESTIMATORS
 from dsclab.noise import SCHEDULES
 from dsclab.samplers import SAMPLERS
+from dsclab.train import PRECISIONS
 
 
 class SpecError(ValueError):
@@ -124,9 +125,14 @@ class TrainSpec(_Frozen):
     t_min: float = Field(1e-3, gt=0, description="smallest training time")
     T: float = Field(5.0, gt=0, description="largest training time")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:i]'")
-    precision: Literal["float32", "bfloat16"] = Field(
-        "float32", description="arithmetic of the training step: 'bfloat16' runs its matrix products "
-        "under autocast (weights, Adam and evaluation stay float32); see dsclab.train")
+    precision: str = Field("float32", description="arithmetic of the training step, a key of "
+                           "dsclab.train.PRECISIONS: 'bfloat16' runs its matrix products under autocast "
+                           "(weights, Adam and evaluation stay float32)")
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        return _known_one("precision", v, PRECISIONS)
 
     @model_validator(mode="after")
     def _range(self) -> "TrainSpec":

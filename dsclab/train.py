@@ -72,7 +72,7 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; known: {sorted(PRECISIONS)}")
+            raise ValueError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
 
     @classmethod
     def of(cls, train_spec, **override) -> "TrainConfig":

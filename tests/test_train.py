@@ -1,6 +1,7 @@
 """Training: determinism, and batched ensembles equal separate training (issue 9)."""
 import math
 
+import pytest
 import torch
 
 from dsclab.distributions import make
@@ -94,7 +95,5 @@ def test_bfloat16_step_changes_the_arithmetic_not_the_fit():
 
 
 def test_unknown_precision_is_refused():
-    import pytest
-
     with pytest.raises(ValueError, match="unknown precision 'float16'"):
         TrainConfig(precision="float16")
