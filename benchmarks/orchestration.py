@@ -1,15 +1,18 @@
 """Orchestration overhead: a study through the Prefect flow against the same cells through plain
-function calls with the same number of threads (issue 9). The temporary Prefect server's start
-(what ``make demo`` pays once) is timed apart, so the overhead is printed both with a running
-server and with that start included.
+function calls with the same number of threads (issue 9), two ways:
+
+- in one process, with a running server: imports and the server's start outside the timings;
+- end to end, as a user runs it: ``dsclab run SPEC`` (its own temporary Prefect server, as
+  ``make demo``) against ``python benchmarks/orchestration.py --plain-only`` in a new process,
+  each timed from its start to its exit (imports, server, study, report and plot).
 
 Both write a complete store (in a temporary folder) with the same numerics and end with the same
 summary table, report and plot (the flow publishes them as artifacts; the plain path writes the
 PNG); the plain path calls the dsclab functions the tasks wrap, grouped the same way, on a
-ThreadPoolExecutor. First a one-cell version of the study goes both ways (imports and first calls
-outside the timings; the first flow call starts the server), then ``--repeat`` pairs alternate
-plain and flow, and the median of the pairs' overheads is printed with each pair (back-to-back
-runs of the same path differ by up to ~20% on a shared 2-core machine).
+ThreadPoolExecutor. In one process, a one-cell version of the study first goes both ways (first
+calls outside the timings; the first flow call starts the server). Each way, ``--repeat`` pairs
+alternate plain and flow, and the median of the pairs' overheads is printed with each pair
+(back-to-back runs of the same path differ by up to ~20% on a shared 2-core machine).
 
     .venv/bin/python benchmarks/orchestration.py [--spec studies/quick.yaml] [--steps N] [--repeat 3]
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +28,8 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import median
+
+import yaml
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,13 +76,8 @@ def tiny(spec):
                                    "train": spec.train.model_copy(update={"steps": 10})})
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--spec", default="studies/quick.yaml")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--repeat", type=int, default=3, help="plain/flow pairs")
-    args = ap.parse_args()
-    spec = load_study(args.spec, args.steps)
+def in_process(spec, repeat: int, tmp: str) -> list[tuple[float, float]]:
+    """(plain, flow) seconds of ``repeat`` pairs in this process, with a running server."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect import flow
 
@@ -86,28 +87,72 @@ def main() -> None:
     def start_server() -> None:  # the first flow call starts the temporary server
         return None
 
+    start_server()
+    plain(tiny(spec), f"{tmp}/warm-plain.zarr")
+    sample_complexity(spec=tiny(spec), store=f"{tmp}/warm-flow.zarr")
     pairs = []
-    with tempfile.TemporaryDirectory() as tmp:
+    for r in range(repeat):
         t0 = time.perf_counter()
-        start_server()
-        t_server = time.perf_counter() - t0
-        plain(tiny(spec), f"{tmp}/warm-plain.zarr")
-        sample_complexity(spec=tiny(spec), store=f"{tmp}/warm-flow.zarr")
-        for r in range(args.repeat):
+        plain(spec, f"{tmp}/plain{r}.zarr")
+        t_plain = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sample_complexity(spec=spec, store=f"{tmp}/flow{r}.zarr")
+        pairs.append((t_plain, time.perf_counter() - t0))
+        _print_pair("in one process, running server", r, pairs[-1])
+    return pairs
+
+
+def end_to_end(spec, repeat: int, tmp: str) -> list[tuple[float, float]]:
+    """(plain, flow) seconds of ``repeat`` pairs of new processes, each from start to exit."""
+    spec_file = Path(tmp) / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("PREFECT_API_URL", None)  # dsclab run starts its temporary server, as make demo does
+    root = Path(__file__).resolve().parents[1]
+    cmds = {"plain": [sys.executable, str(Path(__file__).resolve()), "--plain-only", "--spec", str(spec_file)],
+            "flow": [sys.executable, "-m", "dsclab.cli", "run", str(spec_file)]}
+    pairs = []
+    for r in range(repeat):
+        t = {}
+        for way in ("plain", "flow"):
             t0 = time.perf_counter()
-            plain(spec, f"{tmp}/plain{r}.zarr")
-            t_plain = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            sample_complexity(spec=spec, store=f"{tmp}/flow{r}.zarr")
-            pairs.append((t_plain, time.perf_counter() - t0))
-            print(f"pair {r + 1}: plain calls {pairs[-1][0]:.1f} s, Prefect flow {pairs[-1][1]:.1f} s "
-                  f"({100 * (pairs[-1][1] / pairs[-1][0] - 1):+.1f}%)", flush=True)
-    res = {"cells": len(spec.cells()), "steps": spec.train.steps, "server_start_seconds": t_server,
-           "pairs_seconds": pairs, "overhead_running_server": median(f / p - 1 for p, f in pairs),
-           "overhead_with_server_start": median((f + t_server) / p - 1 for p, f in pairs)}
-    print(f"{res['cells']} cells, {len(pairs)} pairs; the temporary server took {t_server:.1f} s to start")
-    print(f"overhead (median of pairs): {100 * res['overhead_running_server']:+.1f}% with a running server, "
-          f"{100 * res['overhead_with_server_start']:+.1f}% with the temporary server's start (make demo)")
+            out = subprocess.run([*cmds[way], "--store", f"{tmp}/e2e-{way}{r}.zarr"], cwd=root, env=env,
+                                 capture_output=True, text=True)
+            t[way] = time.perf_counter() - t0
+            if out.returncode != 0:
+                raise SystemExit(f"{way} run failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+        pairs.append((t["plain"], t["flow"]))
+        _print_pair("end to end, new processes", r, pairs[-1])
+    return pairs
+
+
+def _print_pair(way: str, r: int, pair: tuple[float, float]) -> None:
+    print(f"{way}, pair {r + 1}: plain calls {pair[0]:.1f} s, Prefect flow {pair[1]:.1f} s "
+          f"({100 * (pair[1] / pair[0] - 1):+.1f}%)", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spec", default="studies/quick.yaml")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=3, help="plain/flow pairs, each way")
+    ap.add_argument("--plain-only", action="store_true", help="(internal) run the plain calls once and exit")
+    ap.add_argument("--store", help="(with --plain-only) the store to write")
+    args = ap.parse_args()
+    spec = load_study(args.spec, args.steps)
+    if args.plain_only:
+        plain(spec, args.store)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        inproc = in_process(spec, args.repeat, tmp)
+        e2e = end_to_end(spec, args.repeat, tmp)
+    res = {"cells": len(spec.cells()), "steps": spec.train.steps, "pairs_in_process_seconds": inproc,
+           "pairs_end_to_end_seconds": e2e, "overhead_running_server": median(f / p - 1 for p, f in inproc),
+           "overhead_end_to_end": median(f / p - 1 for p, f in e2e)}
+    print(f"{res['cells']} cells, {args.repeat} pairs each way")
+    print(f"overhead (median of pairs): {100 * res['overhead_running_server']:+.1f}% in one process with a running "
+          f"server, {100 * res['overhead_end_to_end']:+.1f}% end to end (dsclab run with its temporary server "
+          "against a plain process)")
     print(f"record: {record('orchestration', res)}")
 
 

@@ -37,16 +37,8 @@ def _study_kind(data: dict) -> str:
     return kind
 
 
-def default_plot_path(store: str) -> str:
-    import storage
-
-    root = storage.files_url(store)
-    if "://" not in root:
-        os.makedirs(root, exist_ok=True)
-    return f"{root}/plot.png"
-
-
-def cmd_run(args) -> int:
+def _prepare_run(args):
+    """Everything ``run`` checks before any work: the spec, the store, the runner options."""
     from dsclab.spec import load_yaml, parse_spec
     from flows import STUDIES
 
@@ -60,9 +52,6 @@ def cmd_run(args) -> int:
     import storage
 
     storage.check_store(path, template(spec))  # refuse a mismatched store before any work
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.task_runners import ThreadPoolTaskRunner
-
     flow = flow_ref()
     from flows.runners import flow_kwargs
 
@@ -70,9 +59,30 @@ def cmd_run(args) -> int:
         runner_kw = flow_kwargs(flow, args)  # --runner / --dask-address / --dask-workers
     except ValueError as e:
         raise UsageError(str(e)) from None
+    return spec, path, flow, runner_kw
+
+
+def cmd_run(args) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.server import TemporaryServer
+
+    server = TemporaryServer.prestart()  # its start overlaps the imports and checks below
+    try:
+        spec, path, flow, runner_kw = _prepare_run(args)
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+    from contextlib import nullcontext
+
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    import storage
+
     t0 = time.perf_counter()
-    out = flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.workers))(
-        spec=spec, store=path, **runner_kw)
+    with server.adopt() if server is not None else nullcontext():
+        out = flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.workers))(
+            spec=spec, store=path, **runner_kw)
     ds = storage.open_results(path)
     from dsclab.report import PLOTS, REPORTS
 
@@ -80,7 +90,7 @@ def cmd_run(args) -> int:
     print(f"store: {path}  ({out['done']}/{out['cells']} cells done, {out['failed']} failed, "
           f"{out['computed']} computed in this run, {time.perf_counter() - t0:.0f} s)")
     print(REPORTS[ds.attrs["study"]](ds))
-    plot = PLOTS[ds.attrs["study"]](ds, default_plot_path(path))
+    plot = out.get("plot") or PLOTS[ds.attrs["study"]](ds, storage.plot_path(path))  # the flow's, when it drew it
     print(f"plot: {plot}")
     print(f"open with: python -c \"import xarray as xr; print(xr.open_zarr('{path}'))\"")
     return 3 if out["failed"] else 0
@@ -121,7 +131,7 @@ def cmd_plot(args) -> int:
     from dsclab.report import PLOTS
 
     ds = storage.open_results(args.store)
-    out = args.out or default_plot_path(args.store)
+    out = args.out or storage.plot_path(args.store)
     print(PLOTS[ds.attrs["study"]](ds, out))
     return 0
 
@@ -132,7 +142,7 @@ def cmd_report(args) -> int:
 
     ds = storage.open_results(args.store)
     print(REPORTS[ds.attrs["study"]](ds))
-    print(f"plot: {PLOTS[ds.attrs['study']](ds, default_plot_path(args.store))}")
+    print(f"plot: {PLOTS[ds.attrs['study']](ds, storage.plot_path(args.store))}")
     return 0
 
 
@@ -193,13 +203,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return server_main(argv, prog="dsclab")
     args = build_parser().parse_args(argv)
-    from dsclab.spec import SpecError
-    from storage import StoreError
-
     try:
-        return args.fn(args)
-    except (SpecError, StoreError, UsageError) as e:
-        return _err(str(e), 2)
+        return args.fn(args)  # imports nothing heavy before it starts (see cmd_run)
+    except Exception as e:
+        from dsclab.spec import SpecError
+        from storage import StoreError
+
+        if isinstance(e, (SpecError, StoreError, UsageError)):
+            return _err(str(e), 2)
+        raise
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Prefect flows, one file per study kind. ``STUDIES[kind]`` gives the spec model, a function
 returning the flow (so Prefect is imported only when a flow runs), the store template builder
-and the store's cell dims."""
+and the store's cell dims. ``STUDIES`` is built on first use, so importing a submodule such as
+``flows.server`` imports neither PyTorch nor Prefect (``dsclab run`` starts the temporary
+server before those imports)."""
 from __future__ import annotations
 
 
@@ -52,4 +54,8 @@ def _studies():
     }
 
 
-STUDIES = _studies()
+def __getattr__(name: str):
+    if name == "STUDIES":  # built once, on first use (PEP 562)
+        globals()["STUDIES"] = studies = _studies()
+        return studies
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -100,23 +100,23 @@ def table_records(df: pd.DataFrame) -> list[dict]:
     return [{k: clean(v) for k, v in row.items()} for row in out.to_dict(orient="records")]
 
 
-def plot_png(ds: xr.Dataset) -> bytes | None:
-    """The study's figure as PNG bytes (None when the study has no plot function)."""
+def plot_png(ds: xr.Dataset, out: str | None = None) -> bytes | None:
+    """The study's figure as PNG bytes, also left at ``out`` when given (None when the study has
+    no plot function)."""
     from dsclab.report import PLOTS
 
     fn = PLOTS.get(ds.attrs.get("study", ""))
     if fn is None:
         return None
     with tempfile.TemporaryDirectory() as d:
-        out = fn(ds, os.path.join(d, "plot.png"))
-        with open(out, "rb") as f:
+        with open(fn(ds, out or os.path.join(d, "plot.png")), "rb") as f:
             return f.read()
 
 
-def publish(path: str, log=None) -> dict:
-    """Create the summary table, report and plot artifacts of the store at ``path``; returns
-    {kind: artifact id}. Skipped outside a flow run; a failure is logged, not raised (the results
-    are already in the store)."""
+def publish(path: str, log=None, plot_file: str | None = None) -> dict:
+    """Create the summary table, report and plot artifacts of the store at ``path`` (the figure is
+    also written to ``plot_file`` when given); returns {kind: artifact id}. Skipped outside a flow
+    run; a failure is logged, not raised (the results are already in the store)."""
     if not in_run():
         return {}
     from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
@@ -143,7 +143,7 @@ def publish(path: str, log=None) -> dict:
             f"### {name} ({study})\n\nstore: `{path}` ({counts})\n\n```\n{report}\n```\n\n"
             f"Open with `xarray.open_zarr({path!r})`.", key=artifact_key(name, "report"),
             description=f"{name}: text report")
-        png = plot_png(ds)
+        png = plot_png(ds, plot_file)
         if png is not None:
             url = "data:image/png;base64," + base64.b64encode(png).decode()
             ids["plot"] = create_image_artifact(url, key=artifact_key(name, "plot"), description=f"{name}: plot")

@@ -42,8 +42,12 @@ def follow(log, futures: Sequence[PrefectFuture], total: int, done_before: int) 
     return done, failed
 
 
-def finish(log, path: str) -> None:
+def finish(log, path: str) -> str | None:
     """End of a study run: consolidate the store's metadata, then publish the summary table,
-    report and plot as artifacts of the flow run."""
+    report and plot as artifacts of the flow run. Returns the figure's file when it was written
+    beside a local store (``storage.plot_path``; ``dsclab run`` prints it instead of drawing the
+    figure again), else None."""
     storage.consolidate(path)
-    artifacts.publish(path, log)
+    plot_file = storage.plot_path(path) if "://" not in storage.files_url(path) else None
+    ids = artifacts.publish(path, log, plot_file)
+    return plot_file if "plot" in ids else None

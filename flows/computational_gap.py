@@ -16,7 +16,7 @@ from tasks.computational_gap import compute_cell
 
 @flow(name="computational-gap", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def computational_gap(spec: ComputationalGapSpec, store: str | None = None) -> dict:
-    """Run (or resume) a computational-gap study; returns {store, cells, done, failed, computed}."""
+    """Run (or resume) a computational-gap study; returns {store, cells, done, failed, computed, plot}."""
     log = get_run_logger()
     path = spec.store_path(store)
     storage.create_or_open(path, cg.template(spec), cg.CELL_DIMS)
@@ -26,5 +26,6 @@ def computational_gap(spec: ComputationalGapSpec, store: str | None = None) -> d
     todo = sorted(todo, key=lambda c: (-c.n, -c.k, c.seed))
     futures = [compute_cell.submit(path, spec, c) for c in todo]
     done, failed = follow(log, futures, len(cells), len(cells) - len(todo))
-    finish(log, path)
-    return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo)}
+    plot = finish(log, path)
+    return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo),
+            "plot": plot}

@@ -27,7 +27,7 @@ from tasks.sample_complexity import cell_index, evaluate_cell, generate_data, tr
 
 @flow(name="sample-complexity")
 def sample_complexity(spec: StudySpec, store: str | None = None, runner: RunnerSpec = RunnerSpec()) -> dict:
-    """Run (or resume) a sample-complexity study; returns {store, cells, done, failed, computed}.
+    """Run (or resume) a sample-complexity study; returns {store, cells, done, failed, computed, plot}.
 
     Tasks are submitted through ``runners.start(runner, spec.workers)``, not the flow's own task
     runner, so that a deployment's run form can choose threads or Dask per run."""
@@ -54,5 +54,6 @@ def sample_complexity(spec: StudySpec, store: str | None = None, runner: RunnerS
                 groups.append((group, run.submit(train_group, path, spec, group, wait_for=data)))
         evals = [run.submit(evaluate_cell, path, spec, c, trained) for group, trained in groups for c in group]
         done, failed = follow(log, evals, len(cells), len(cells) - len(todo))
-    finish(log, path)
-    return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo)}
+    plot = finish(log, path)
+    return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo),
+            "plot": plot}

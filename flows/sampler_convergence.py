@@ -29,7 +29,7 @@ def _cost(spec: SamplerConvergenceSpec, cell: scv.SrkCell) -> float:
 
 @flow(name="sampler-convergence", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def sampler_convergence(spec: SamplerConvergenceSpec, store: str | None = None) -> dict:
-    """Run (or resume) a sampler-convergence study; returns {store, cells, done, failed, computed}."""
+    """Run (or resume) a sampler-convergence study; returns {store, cells, done, failed, computed, plot}."""
     log = get_run_logger()
     path = spec.store_path(store)
     storage.create_or_open(path, scv.template(spec), scv.CELL_DIMS)
@@ -45,5 +45,6 @@ def sampler_convergence(spec: SamplerConvergenceSpec, store: str | None = None) 
     futures = [run_cell.submit(path, spec, c) for c in rest]
     futures += [run_cell.submit(path, spec, c, curves[c.score]) for c in shared]
     done, failed = follow(log, futures, len(cells), len(cells) - len(todo))
-    finish(log, path)
-    return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo)}
+    plot = finish(log, path)
+    return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo),
+            "plot": plot}

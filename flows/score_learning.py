@@ -23,7 +23,7 @@ from tasks.score_learning import run_cell
 
 @flow(name="score-learning", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def score_learning(spec: ScoreLearningSpec, store: str | None = None) -> dict:
-    """Run (or resume) a score-learning study; returns {store, cells, done, failed, computed}."""
+    """Run (or resume) a score-learning study; returns {store, cells, done, failed, computed, plot}."""
     log = get_run_logger()
     path = spec.store_path(store)
     storage.create_or_open(path, sl.template(spec), sl.CELL_DIMS)
@@ -35,5 +35,6 @@ def score_learning(spec: ScoreLearningSpec, store: str | None = None) -> dict:
     order = sorted(todo, key=lambda c: (-c.d, c.seed, c.data_mode, -c.n, c.model, c.estimator))
     futures = [run_cell.submit(path, spec, c) for c in order]
     done, failed = follow(log, futures, len(cells), len(cells) - len(todo))
-    finish(log, path)
-    return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo)}
+    plot = finish(log, path)
+    return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo),
+            "plot": plot}

@@ -53,7 +53,7 @@ def follow_groups(log, futures, sizes: list[int], total: int, done_before: int) 
 
 @flow(name="sparse-pca", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def sparse_pca(spec: SparsePCASpec, store: str | None = None) -> dict:
-    """Run (or resume) a sparse-PCA study; returns {store, cells, done, failed, computed}."""
+    """Run (or resume) a sparse-PCA study; returns {store, cells, done, failed, computed, plot}."""
     log = get_run_logger()
     path = spec.store_path(store)
     storage.create_or_open(path, sps.template(spec), sps.CELL_DIMS)
@@ -81,5 +81,6 @@ def sparse_pca(spec: SparsePCASpec, store: str | None = None) -> dict:
                 evals.append(evaluate_cells.submit(path, spec, group, None, wait_for=[data[g]]))
             sizes.append(len(group))
     done, failed = follow_groups(log, evals, sizes, len(cells), len(cells) - len(todo))
-    finish(log, path)
-    return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo)}
+    plot = finish(log, path)
+    return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo),
+            "plot": plot}

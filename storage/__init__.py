@@ -5,8 +5,8 @@ attribute; tasks then write their cell's region. Local paths and fsspec URLs bot
 """
 from storage.store import (
     DONE, FAILED, PENDING, StoreError, check_store, consolidate, create_or_open, failures, files_url,
-    mark_cells, open_results, read_status, write_cell,
+    mark_cells, open_results, plot_path, read_status, write_cell,
 )
 
 __all__ = ["DONE", "FAILED", "PENDING", "StoreError", "check_store", "consolidate", "create_or_open",
-           "failures", "files_url", "mark_cells", "open_results", "read_status", "write_cell"]
+           "failures", "files_url", "mark_cells", "open_results", "plot_path", "read_status", "write_cell"]

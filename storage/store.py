@@ -36,6 +36,14 @@ def files_url(path: str) -> str:
     return (p[: -len(".zarr")] if p.endswith(".zarr") else p) + ".files"
 
 
+def plot_path(path: str) -> str:
+    """Where a store's figure goes by default: ``x.files/plot.png`` (the folder is created when local)."""
+    root = files_url(path)
+    if "://" not in root:
+        os.makedirs(root, exist_ok=True)
+    return f"{root}/plot.png"
+
+
 def _fs(path: str):
     try:
         fs, root = fsspec.core.url_to_fs(str(path))

@@ -305,7 +305,8 @@ def test_tiny_study_through_the_flow_then_resume_computes_nothing(harness, tmp_p
     spec = parse_spec(TINY, sl.ScoreLearningSpec)
     path = str(tmp_path / "tiny_sl.zarr")
     out = score_learning(spec=spec, store=path)
-    assert out == {"store": path, "cells": 16, "done": 16, "failed": 0, "computed": 16}
+    assert out == {"store": path, "cells": 16, "done": 16, "failed": 0, "computed": 16,
+                   "plot": storage.plot_path(path)}
     ds = xr.open_zarr(path)
     assert (ds.status == storage.DONE).all()
     assert ds.score_l2.dims == sl.CELL_DIMS + ("t",) and ds.target_var.dims == sl.CELL_DIMS + ("t",)

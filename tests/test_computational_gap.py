@@ -40,7 +40,8 @@ def test_flow_complete_store_then_rerun_computes_nothing(harness, tmp_path):
     spec = parse_spec(TINY, cg.ComputationalGapSpec)
     path = str(tmp_path / "gap.zarr")
     out = computational_gap(spec=spec, store=path)
-    assert out == {"store": path, "cells": 2, "done": 2, "failed": 0, "computed": 2}
+    assert out == {"store": path, "cells": 2, "done": 2, "failed": 0, "computed": 2,
+                   "plot": storage.plot_path(path)}
 
     ds = xr.open_zarr(path).load()
     assert (ds.status == storage.DONE).all()

@@ -150,7 +150,8 @@ def test_gpu_tasks_never_overlap_on_a_worker(api, tmp_path):
         timelines = client.run(lambda dask_worker: dask_worker.plugins["test-timeline"].records)
 
     cells = spec.cells()
-    assert out == {"store": path, "cells": len(cells), "done": len(cells), "failed": 0, "computed": len(cells)}
+    assert out == {"store": path, "cells": len(cells), "done": len(cells), "failed": 0, "computed": len(cells),
+                   "plot": storage.plot_path(path)}
     ds = xr.open_zarr(path)
     assert (ds.status == storage.DONE).all()
     assert np.isfinite(ds.score_l2.values).all() and np.isfinite(ds.sliced_w2.values).all()
@@ -271,7 +272,8 @@ def test_worker_killed_mid_task_is_retried_elsewhere(api, tmp_path):
           f"{[round(t - kill['t'], 1) for _, t in finished_on.values()]} s after the kill\nstory {story}")
 
     cells = spec.cells()
-    assert out == {"store": path, "cells": len(cells), "done": len(cells), "failed": 0, "computed": len(cells)}
+    assert out == {"store": path, "cells": len(cells), "done": len(cells), "failed": 0, "computed": len(cells),
+                   "plot": storage.plot_path(path)}
     ds = xr.open_zarr(path)
     assert (ds.status == storage.DONE).all()
     for name in ("score_l2", "sliced_w2", "train_seconds", "train_loss"):

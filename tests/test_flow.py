@@ -31,7 +31,15 @@ def test_flow_complete_store_then_resume_computes_nothing(harness, tmp_path):
     spec = parse_spec(TINY)
     path = str(tmp_path / "tiny.zarr")
     out = sample_complexity(spec=spec, store=path)
-    assert out == {"store": path, "cells": 4, "done": 4, "failed": 0, "computed": 4}
+    assert out == {"store": path, "cells": 4, "done": 4, "failed": 0, "computed": 4, "plot": storage.plot_path(path)}
+    # The figure beside the store (which `dsclab run` prints) is the plot artifact's image.
+    import base64
+
+    from prefect.artifacts import Artifact
+
+    art = Artifact.get("tiny-plot")
+    png = (tmp_path / "tiny.files" / "plot.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and art.data == "data:image/png;base64," + base64.b64encode(png).decode()
 
     ds = xr.open_zarr(path)  # plain xarray, consolidated metadata
     assert (ds.status == storage.DONE).all()

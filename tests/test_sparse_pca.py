@@ -202,7 +202,8 @@ def test_flow_complete_store_report_then_resume_computes_nothing(harness, tmp_pa
     spec = parse_spec(TINY, sps.SparsePCASpec)
     path = str(tmp_path / "tiny.zarr")
     out = flow(spec=spec, store=path)
-    assert out == {"store": path, "cells": 8, "done": 8, "failed": 0, "computed": 8}
+    assert out == {"store": path, "cells": 8, "done": 8, "failed": 0, "computed": 8,
+                   "plot": storage.plot_path(path)}
     ds = xr.open_zarr(path)
     assert (ds.status == storage.DONE).all() and ds.attrs["study"] == "sparse_pca"
     assert ds.overlap.dims == ("d", "k", "beta", "n", "seed", "estimator")

@@ -188,7 +188,8 @@ def test_tiny_study_through_flow(harness, tmp_path):
     spec = _spec()
     path = str(tmp_path / "tiny_srk.zarr")
     out = sampler_convergence(spec=spec, store=path)
-    assert out == {"store": path, "cells": 18, "done": 18, "failed": 0, "computed": 18}
+    assert out == {"store": path, "cells": 18, "done": 18, "failed": 0, "computed": 18,
+                   "plot": storage.plot_path(path)}
 
     ds = xr.open_zarr(path)
     assert (ds.status == storage.DONE).all()

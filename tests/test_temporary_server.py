@@ -1,0 +1,102 @@
+"""``dsclab run``'s temporary Prefect server (flows.server.TemporaryServer): started before the
+command's heavy imports, used only when no API is configured, gone when the command is."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+from flows.server import TemporaryServer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"name": "tmpserver", "d": [2], "n": [40], "seed": [0], "nfe": [4], "sampler": ["euler_maruyama"],
+        "train": {"steps": 10, "width": 16, "depth": 2},
+        "evaluation": {"t": [0.1], "n_score": 100, "n_samples": 100}, "workers": 1}
+
+
+def _env(home: Path) -> dict:
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=str(home))
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def _servers_of(home: Path) -> list[psutil.Process]:
+    """Live uvicorn processes whose PREFECT_HOME is ``home``."""
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "uvicorn" in " ".join(p.info["cmdline"] or []) and p.environ().get("PREFECT_HOME") == str(home):
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+def test_prestart_imports_neither_torch_nor_prefect(tmp_path):
+    """The point of starting early: the server's start overlaps the command's imports."""
+    code = ("import sys; from flows.server import TemporaryServer; s = TemporaryServer.prestart(); "
+            "print(s is not None, 'torch' in sys.modules, 'prefect' in sys.modules); s.stop()")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path / "home"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "False", "False"], out.stderr
+
+
+def test_run_uses_the_early_server_and_stops_it(tmp_path):
+    """A study through ``dsclab run`` without an API: the flow run is recorded in PREFECT_HOME's
+    database by the early server (Prefect did not start its own: no 'Starting temporary server'
+    line), and no server of that home outlives the command."""
+    home = tmp_path / "home"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(TINY))
+    out = subprocess.run([sys.executable, "-m", "dsclab.cli", "run", str(spec), "--store", str(tmp_path / "s.zarr")],
+                         cwd=ROOT, env=_env(home), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Starting temporary server" not in out.stdout + out.stderr
+    with contextlib.closing(sqlite3.connect(home / "prefect.db")) as db:
+        states = db.execute("SELECT state_type FROM flow_run").fetchall()
+    assert states == [("COMPLETED",)]
+    time.sleep(0.5)
+    assert _servers_of(home) == []
+
+
+def test_server_dies_with_a_killed_command(tmp_path):
+    """kill -9 of the command leaves no server behind (Linux parent-death signal)."""
+    home = tmp_path / "home"
+    code = ("import sys, time; from flows.server import TemporaryServer; s = TemporaryServer.prestart(); "
+            "print(s.proc.pid, flush=True); time.sleep(120)")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=_env(home), stdout=subprocess.PIPE, text=True)
+    server = psutil.Process(int(p.stdout.readline()))
+    assert server.is_running()
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    gone, alive = psutil.wait_procs([server], timeout=20)
+    assert alive == [], "the server outlived its killed parent"
+
+
+def test_a_configured_api_is_left_alone(monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert TemporaryServer.prestart() is None
+    monkeypatch.delenv("PREFECT_API_URL")
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # as a profile would set it
+        assert TemporaryServer.prestart() is None
+
+
+def test_a_server_that_fails_to_start_falls_back_to_prefect():
+    """adopt() of a server process that exited gives no settings change (Prefect then starts its own)."""
+    from prefect.settings import get_current_settings
+
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    server = TemporaryServer(9, proc)
+    with server.adopt():
+        assert get_current_settings().api.url is None
+    assert proc.poll() == 3
