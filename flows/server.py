@@ -17,6 +17,9 @@ They run the plain Prefect commands of the README and add what Prefect leaves to
             workers on the ``cpu`` pool; stops them all together.
 
 Telemetry is off (``PREFECT_SERVER_ANALYTICS_ENABLED=false``) in every process started here.
+
+Also here: :class:`TemporaryServer`, the temporary server ``dsclab run`` starts before its
+imports when no API is configured. This module imports only the standard library at the top.
 """
 from __future__ import annotations
 
