@@ -78,6 +78,8 @@ def test_server_dies_with_a_killed_command(tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait(timeout=10)
     gone, alive = psutil.wait_procs([server], timeout=20)
+    for orphan in alive:  # leave nothing behind when the check fails
+        orphan.kill()
     assert alive == [], "the server outlived its killed parent"
 
 
