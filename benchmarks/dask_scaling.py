@@ -42,7 +42,7 @@ def main() -> None:
 
     from flows import runners
     from flows.runners import RunnerSpec
-    from flows.sample_complexity import sample_complexity
+    from flows.study import sample_complexity
 
     @flow(name="warm-up")
     def warm_up() -> None:  # starts the temporary Prefect server outside the timings

@@ -37,7 +37,7 @@ from common import load_study, record  # noqa: E402
 
 import storage  # noqa: E402
 from dsclab import sample_complexity as sc  # noqa: E402
-from dsclab.report import PLOTS, REPORTS  # noqa: E402
+from dsclab.study import kind_of  # noqa: E402
 from flows import artifacts, runners  # noqa: E402
 
 
@@ -65,9 +65,10 @@ def plain(spec, path: str) -> None:
             f.result()
     storage.consolidate(path)
     ds = storage.open_results(path)
-    artifacts.TABLES[ds.attrs["study"]](ds)
-    REPORTS[ds.attrs["study"]](ds)
-    PLOTS[ds.attrs["study"]](ds, str(Path(path).with_suffix(".png")))
+    kind = kind_of(ds)
+    kind.table(ds)
+    kind.report(ds)
+    kind.plot(ds, str(Path(path).with_suffix(".png")))
 
 
 def tiny(spec):
@@ -81,7 +82,7 @@ def in_process(spec, repeat: int, tmp: str) -> list[tuple[float, float]]:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect import flow
 
-    from flows.sample_complexity import sample_complexity
+    from flows.study import sample_complexity
 
     @flow(name="start-server")
     def start_server() -> None:  # the first flow call starts the temporary server

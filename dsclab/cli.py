@@ -28,38 +28,36 @@ def _err(msg: str, code: int) -> int:
     return code
 
 
-def _study_kind(data: dict) -> str:
-    from flows import STUDIES
+def _kind(data_or_ds):
+    from dsclab.study import kind_of
 
-    kind = data.get("kind", "sample_complexity") if isinstance(data, dict) else "sample_complexity"
-    if kind not in STUDIES:
-        raise UsageError(f"kind: unknown study kind {kind!r} (known: {', '.join(STUDIES)})")
-    return kind
+    try:
+        return kind_of(data_or_ds)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _prepare_run(args):
     """Everything ``run`` checks before any work: the spec, the store, the runner options."""
-    from dsclab.spec import load_yaml, parse_spec
-    from flows import STUDIES
+    from dsclab.spec import load_yaml
 
     data = load_yaml(args.spec)
-    kind = _study_kind(data)
-    model, flow_ref, template, cell_dims = STUDIES[kind]
-    spec = parse_spec(data, model)
+    kind = _kind(data)
+    spec = kind.parse(data)
     if args.workers is not None:
         spec = spec.model_copy(update={"workers": args.workers})
     path = spec.store_path(args.store)
     import storage
 
-    storage.check_store(path, template(spec))  # refuse a mismatched store before any work
-    flow = flow_ref()
-    from flows.runners import flow_kwargs
+    storage.check_store(path, kind.template(spec))  # refuse a mismatched store before any work
+    from flows.runners import runner_from_args
+    from flows.study import kind_flow
 
     try:
-        runner_kw = flow_kwargs(flow, args)  # --runner / --dask-address / --dask-workers
+        runner = runner_from_args(args)  # --runner / --dask-address / --dask-workers
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return spec, path, flow, runner_kw
+    return kind, spec, path, kind_flow(kind.name), ({"runner": runner} if runner else {})
 
 
 def cmd_run(args) -> int:
@@ -68,29 +66,28 @@ def cmd_run(args) -> int:
 
     server = TemporaryServer.prestart()  # its start overlaps the imports and checks below
     try:
-        spec, path, flow, runner_kw = _prepare_run(args)
+        kind, spec, path, flow, runner_kw = _prepare_run(args)
     except BaseException:
         if server is not None:
             server.stop()
         raise
     from contextlib import nullcontext
 
-    from prefect.task_runners import ThreadPoolTaskRunner
-
     import storage
+    from flows.study import StudyTaskError
 
     t0 = time.perf_counter()
-    with server.adopt() if server is not None else nullcontext():
-        out = flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.workers))(
-            spec=spec, store=path, **runner_kw)
+    try:
+        with server.adopt() if server is not None else nullcontext():
+            out = flow(spec=spec, store=path, **runner_kw)
+    except StudyTaskError as e:
+        return _err(str(e), 1)
     ds = storage.open_results(path)
-    from dsclab.report import PLOTS, REPORTS
-
     print()
     print(f"store: {path}  ({out['done']}/{out['cells']} cells done, {out['failed']} failed, "
           f"{out['computed']} computed in this run, {time.perf_counter() - t0:.0f} s)")
-    print(REPORTS[ds.attrs["study"]](ds))
-    plot = out.get("plot") or PLOTS[ds.attrs["study"]](ds, storage.plot_path(path))  # the flow's, when it drew it
+    print(kind.report(ds))
+    plot = out.get("plot") or kind.plot(ds, storage.plot_path(path))  # the flow's, when it drew it
     print(f"plot: {plot}")
     print(f"open with: python -c \"import xarray as xr; print(xr.open_zarr('{path}'))\"")
     return 3 if out["failed"] else 0
@@ -128,21 +125,20 @@ def cmd_query(args) -> int:
 
 def cmd_plot(args) -> int:
     import storage
-    from dsclab.report import PLOTS
 
     ds = storage.open_results(args.store)
     out = args.out or storage.plot_path(args.store)
-    print(PLOTS[ds.attrs["study"]](ds, out))
+    print(_kind(ds).plot(ds, out))
     return 0
 
 
 def cmd_report(args) -> int:
     import storage
-    from dsclab.report import PLOTS, REPORTS
 
     ds = storage.open_results(args.store)
-    print(REPORTS[ds.attrs["study"]](ds))
-    print(f"plot: {PLOTS[ds.attrs['study']](ds, storage.plot_path(args.store))}")
+    kind = _kind(ds)
+    print(kind.report(ds))
+    print(f"plot: {kind.plot(ds, storage.plot_path(args.store))}")
     return 0
 
 

@@ -43,7 +43,7 @@ from pydantic import Field, field_validator, model_validator
 
 import dsclab
 from dsclab import spike
-from dsclab.sample_complexity import derive_seed
+from dsclab.seeds import derive_seed
 from dsclab.spec import StudyBase, _Frozen, _known, _positive_ints, _unique, seed_list
 
 CELL_DIMS = ("n", "k", "seed")

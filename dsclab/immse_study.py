@@ -63,7 +63,7 @@ import dsclab
 from dsclab import distributions, immse, noise
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.distributions.rademacher import Rademacher
-from dsclab.sample_complexity import derive_seed
+from dsclab.seeds import derive_seed
 from dsclab.spec import DistributionSpec, StudyBase, TrainSpec, _Frozen, _positive_ints, _unique, seed_list
 from dsclab.train import TrainConfig, resolve_device, train_score
 

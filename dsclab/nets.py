@@ -36,7 +36,7 @@ class ScoreMLP(nn.Module):
                  generator: torch.Generator | None = None):
         super().__init__()
         g = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.d, self.n_freq = d, n_freq
+        self.d, self.n_freq, self.width, self.depth = d, n_freq, width, depth
         self.register_buffer("freqs", torch.arange(1, n_freq + 1, dtype=torch.float32) * (math.pi / 8.0))
         dims = [d + 2 * n_freq] + [width] * depth
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))

@@ -1,11 +1,6 @@
-"""Tables and plots of stored results (read an ``xr.Dataset``; no Prefect).
-
-``REPORTS[study]`` renders the text report of a store whose ``attrs['study']`` is ``study``;
-``PLOTS[study]`` draws its figure.
-"""
+"""Tables and plots of stored results (read an ``xr.Dataset``; no Prefect). A study's own report
+and plot are its kind's (``dsclab.study.kind_of(ds).report`` / ``.plot``)."""
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import pandas as pd
 import xarray as xr
@@ -81,32 +76,6 @@ def plot_sample_complexity(ds: xr.Dataset, out: str) -> str:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-def _lazy(module: str, name: str) -> Callable:
-    """A study module's report or plot function, imported on first use (keeps this module light)."""
-    def call(*args):
-        import importlib
-        return getattr(importlib.import_module(module), name)(*args)
-    return call
-
-
-REPORTS: dict[str, Callable[[xr.Dataset], str]] = {
-    "sample_complexity": sample_complexity_report,
-    "immse": _lazy("dsclab.immse_study", "report"),
-    "score_learning": _lazy("dsclab.score_learning", "report"),
-    "sparse_pca": _lazy("dsclab.sparse_pca_study", "report"),
-    "sampler_convergence": _lazy("dsclab.sampler_convergence", "report"),
-    "computational_gap": _lazy("dsclab.computational_gap", "report"),
-}
-PLOTS: dict[str, Callable[[xr.Dataset, str], str]] = {
-    "sample_complexity": plot_sample_complexity,
-    "immse": _lazy("dsclab.immse_study", "plot"),
-    "score_learning": _lazy("dsclab.score_learning", "plot"),
-    "sparse_pca": _lazy("dsclab.sparse_pca_study", "plot"),
-    "sampler_convergence": _lazy("dsclab.sampler_convergence", "plot"),
-    "computational_gap": _lazy("dsclab.computational_gap", "plot"),
-}
 
 
 def status_table(ds: xr.Dataset) -> str:

@@ -14,7 +14,6 @@ Results layout (the store's template):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 
@@ -26,6 +25,7 @@ import dsclab
 from dsclab import distributions, immse, noise
 from dsclab.metrics import SAMPLE_METRICS, mmd, score_errors
 from dsclab.samplers import SAMPLERS, GaussianNoise, steps_for_nfe
+from dsclab.seeds import derive_seed
 from dsclab.spec import Cell, StudySpec
 from dsclab.train import TrainConfig, TrainResult, group_memory_bytes, train_group
 
@@ -62,12 +62,6 @@ COORD_ATTRS = {
     "delta": {"long_name": "quantile level delta"},
     "logsnr": {"long_name": "log-SNR alpha = log(e^-2t / sigma_t^2)", "units": "1"},
 }
-
-
-def derive_seed(*parts) -> int:
-    """A stable 63-bit seed from any JSON-able parts (e.g. purpose, distribution, d, seed)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
 
 
 def template(spec: StudySpec) -> xr.Dataset:

@@ -101,7 +101,7 @@ from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.exact_kl import default_grid, kl_1d, mixture1d, propagate_density_1d
 from dsclab.gaussian_exact import gaussian_score, sampler_kl
 from dsclab.metrics import mmd, sliced_w2
-from dsclab.sample_complexity import derive_seed
+from dsclab.seeds import derive_seed
 from dsclab.samplers import NFE_PER_STEP, SAMPLERS, steps_for_nfe
 from dsclab.spec import StudyBase, TrainSpec, _Frozen, _known, _known_one, _positive_ints, _unique, seed_list
 from dsclab.nets import EnsembleMLP

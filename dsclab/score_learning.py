@@ -53,7 +53,7 @@ from dsclab import bootstrap as bs
 from dsclab import distributions, noise, scaling
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.metrics import score_errors, sliced_w2
-from dsclab.sample_complexity import derive_seed
+from dsclab.seeds import derive_seed
 from dsclab.samplers import SAMPLERS, GaussianNoise, steps_for_nfe
 from dsclab.spec import DistributionSpec, StudyBase, _Frozen, _known, _known_one, _positive_ints, _unique, seed_list
 

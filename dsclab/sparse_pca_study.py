@@ -61,7 +61,7 @@ from dsclab import sparse_pca_estimators as spe
 from dsclab.distributions.sparse_pca import SparsePCA
 from dsclab.metrics import gaussian_fit_kl
 from dsclab.noise import SCHEDULES
-from dsclab.sample_complexity import derive_seed
+from dsclab.seeds import derive_seed
 from dsclab.samplers import SAMPLERS, steps_for_nfe
 from dsclab.spec import StudyBase, TrainSpec, _Frozen, _known, _known_one, _positive_ints, _unique, seed_list
 from dsclab.train import TrainConfig, TrainResult, train_group

@@ -87,6 +87,19 @@ class TrainResult:
     loss: float  # mean per-sample loss over the last 10% of steps
     seconds: float
 
+    def payload(self) -> dict:
+        """The checkpoint payload of a trained ``ScoreMLP`` (tensors and plain values)."""
+        m = self.model
+        return {"state_dict": m.state_dict(), "d": m.d, "width": m.width, "depth": m.depth,
+                "loss": self.loss, "seconds": self.seconds}
+
+    @classmethod
+    def restore(cls, payload: dict) -> "TrainResult":
+        """The inverse of :meth:`payload`: an eval-mode model on the CPU and its training record."""
+        model = ScoreMLP(payload["d"], width=payload["width"], depth=payload["depth"])
+        model.load_state_dict(payload["state_dict"])
+        return cls(model.eval(), payload["loss"], payload["seconds"])
+
 
 def resolve_device(device: str) -> torch.device:
     """'auto' picks CUDA when it is present, else the CPU."""

@@ -1,9 +1,9 @@
 """Prefect artifacts of a study run, shown on the flow run's Artifacts tab in the UI:
 
 - a progress artifact (percent of the study's cells finished), updated as each cell finishes;
-- at the end, a table artifact of the study's summary table, a markdown artifact with the text
-  report (``dsclab.report.REPORTS``) and an image artifact of the plot (``dsclab.report.PLOTS``)
-  embedded as a PNG ``data:`` URL, so the UI shows it without a file server.
+- at the end, a table artifact of the study's summary table (``StudyKind.table``), a markdown
+  artifact with the text report (``StudyKind.report``) and an image artifact of the plot
+  (``StudyKind.plot``) embedded as a PNG ``data:`` URL, so the UI shows it without a file server.
 
 Keyed artifacts (``<study name>-summary``, ``-report``, ``-plot``) also appear, versioned across
 runs, on the UI's Artifacts page. Outside a flow run (plain function calls) nothing is created.
@@ -15,27 +15,9 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
 
 import pandas as pd
 import xarray as xr
-
-# A study's summary table for the UI: ds -> DataFrame. Studies without an entry get
-# :func:`generic_summary`.
-TABLES: dict[str, Callable[[xr.Dataset], pd.DataFrame]] = {}
-
-
-def _sample_complexity_table(ds: xr.Dataset) -> pd.DataFrame:
-    from dsclab.report import score_error_table
-
-    df = score_error_table(ds)
-    df.attrs["caption"] = (f"score_l2 (mean over seeds and t, estimator {ds.estimator.values[0]}): "
-                           "rows n, columns d")
-    return df
-
-
-TABLES["sample_complexity"] = _sample_complexity_table
-
 
 def in_run() -> bool:
     from prefect.context import FlowRunContext, TaskRunContext
@@ -69,19 +51,6 @@ class Progress:
             update_progress_artifact(self.id, self.percent(finished))
 
 
-def generic_summary(ds: xr.Dataset) -> pd.DataFrame:
-    """Per variable: mean, min and max over done cells (for studies without a TABLES entry)."""
-    done = ds["status"] == 1
-    rows = []
-    for name, da in ds.data_vars.items():
-        if name == "status" or da.dtype.kind != "f":
-            continue
-        v = da.where(done).load()
-        rows.append({"variable": name, "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()),
-                     "units": da.attrs.get("units", "")})
-    return pd.DataFrame(rows).set_index("variable")
-
-
 def table_records(df: pd.DataFrame) -> list[dict]:
     """JSON-able rows of a table (index as the first column, NaN as None)."""
     out = df.reset_index()
@@ -101,15 +70,11 @@ def table_records(df: pd.DataFrame) -> list[dict]:
 
 
 def plot_png(ds: xr.Dataset, out: str | None = None) -> bytes | None:
-    """The study's figure as PNG bytes, also left at ``out`` when given (None when the study has
-    no plot function)."""
-    from dsclab.report import PLOTS
+    """The study's figure (``StudyKind.plot``) as PNG bytes, also left at ``out`` when given."""
+    from dsclab.study import kind_of
 
-    fn = PLOTS.get(ds.attrs.get("study", ""))
-    if fn is None:
-        return None
     with tempfile.TemporaryDirectory() as d:
-        with open(fn(ds, out or os.path.join(d, "plot.png")), "rb") as f:
+        with open(kind_of(ds).plot(ds, out or os.path.join(d, "plot.png")), "rb") as f:
             return f.read()
 
 
@@ -122,7 +87,8 @@ def publish(path: str, log=None, plot_file: str | None = None) -> dict:
     from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
     import storage
-    from dsclab.report import REPORTS, failure_lines
+    from dsclab.report import failure_lines
+    from dsclab.study import kind_of
 
     ids: dict = {}
     try:
@@ -130,12 +96,13 @@ def publish(path: str, log=None, plot_file: str | None = None) -> dict:
         study, name = ds.attrs.get("study", ""), ds.attrs.get("name", "study")
         st = ds["status"].load()
         counts = f"{int((st == 1).sum())} done, {int((st == 0).sum())} pending, {int((st == 2).sum())} failed"
-        table = TABLES.get(study, generic_summary)(ds)
+        kind = kind_of(ds)
+        table = kind.table(ds)
         caption = table.attrs.get("caption", "summary over done cells")
         ids["table"] = create_table_artifact(
             table_records(table), key=artifact_key(name, "summary"),
             description=f"{name} ({study}): {caption}; cells {counts}; store {path}")
-        report = REPORTS[study](ds) if study in REPORTS else ""
+        report = kind.report(ds)
         failed = failure_lines(ds)
         if failed:
             report = "\n".join(["failed cells:", *failed, "", report])

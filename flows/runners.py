@@ -84,13 +84,10 @@ class RunnerSpec(BaseModel):
 
 
 def task_device(requested: str = "auto") -> str:
-    """The device a training task uses: ``requested`` unless it is 'auto'; then ``DSCLAB_DEVICE``
-    from the environment when set (and not 'auto'), else CUDA when visible, else the CPU."""
-    if requested == "auto":
-        requested = os.environ.get("DSCLAB_DEVICE", "").strip() or "auto"
-    from dsclab.train import resolve_device
+    """Where a task computes (``tasks.stages.task_device``)."""
+    from tasks.stages import task_device as device
 
-    return str(resolve_device(requested))
+    return device(requested)
 
 
 def make_task_runner(spec: RunnerSpec, workers: int):
@@ -265,10 +262,19 @@ def _keep_malloc_defaults() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def start(spec: RunnerSpec | None, workers: int, log=None) -> Iterator[Runner]:
+def start(spec: RunnerSpec | None, workers: int, log=None, torch_threads: int | None = None) -> Iterator[Runner]:
     """Start the runner ``spec`` describes for the duration of the ``with`` block (a local Dask
-    cluster is torn down at its end). Futures must be waited for inside the block."""
+    cluster is torn down at its end). Futures must be waited for inside the block.
+
+    PyTorch's intra-op threads: ``torch_threads`` per task when given (a study kind of many small
+    tensor operations declares 1), else the cores split between the tasks that compute at once
+    (threads: ``workers`` threads share this process; a local Dask cluster: its workers' threads).
+    Workers of an existing Dask cluster keep their own setting (``OMP_NUM_THREADS``)."""
     spec = spec or RunnerSpec()
+    if spec.kind == "threads":
+        import torch
+
+        torch.set_num_threads(torch_threads or cores_per_thread(workers))
     tr = make_task_runner(spec, workers)
     with contextlib.ExitStack() as stack:
         if spec.kind == "dask":
@@ -279,7 +285,7 @@ def start(spec: RunnerSpec | None, workers: int, log=None) -> Iterator[Runner]:
         annotate = False
         if spec.kind == "dask":
             client = tr.client  # connects (or starts the local cluster) now
-            _register_preimport(client, None if spec.address else local_torch_threads(spec))
+            _register_preimport(client, None if spec.address else (torch_threads or local_torch_threads(spec)))
             n, with_gpu = _workers_declare_gpu(client)
             if spec.gpu_annotation == "always":
                 annotate = True
@@ -318,16 +324,3 @@ def runner_from_args(args) -> RunnerSpec | None:
     if n is not None and n <= 0:
         raise ValueError(f"--dask-workers {n}: must be a positive integer")
     return RunnerSpec(kind=kind, address=address, **({"n_workers": n} if n else {}))
-
-
-def flow_kwargs(flow, args) -> dict:
-    """``{'runner': RunnerSpec}`` for a flow call when flags ask for a runner; raises ValueError
-    when the flow takes no ``runner`` parameter."""
-    import inspect
-
-    runner = runner_from_args(args)
-    if runner is None:
-        return {}
-    if "runner" not in inspect.signature(flow.fn).parameters:
-        raise ValueError(f"flow {flow.name!r} takes no runner parameter (only threads)")
-    return {"runner": runner}

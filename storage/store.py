@@ -22,7 +22,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
-PENDING, DONE, FAILED = 0, 1, 2
+from dsclab.study import Status  # noqa: E402
+
+PENDING, DONE, FAILED = Status.PENDING, Status.DONE, Status.FAILED
 REASON_CHARS = 200  # a failure reason is cut to this many characters (one fixed-width chunk per cell)
 
 

@@ -1,1 +1,2 @@
-"""Thin Prefect @task wrappers around dsclab. Tasks pass store paths, specs and keys, not tensors."""
+"""Thin Prefect @task wrappers around the study kinds' stages (``tasks.stages``). Tasks pass store
+paths, specs, cells and keys, not tensors."""

@@ -300,7 +300,7 @@ def harness():
 
 
 def test_tiny_study_through_the_flow_then_resume_computes_nothing(harness, tmp_path):
-    from flows.score_learning import score_learning
+    from flows.study import score_learning
 
     spec = parse_spec(TINY, sl.ScoreLearningSpec)
     path = str(tmp_path / "tiny_sl.zarr")

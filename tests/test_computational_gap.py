@@ -35,7 +35,7 @@ def test_spec_rejects_bad_grid():
 
 
 def test_flow_complete_store_then_rerun_computes_nothing(harness, tmp_path):
-    from flows.computational_gap import computational_gap
+    from flows.study import computational_gap
 
     spec = parse_spec(TINY, cg.ComputationalGapSpec)
     path = str(tmp_path / "gap.zarr")

@@ -120,7 +120,7 @@ def test_gpu_tasks_never_overlap_on_a_worker(api, tmp_path):
     from distributed import Client, LocalCluster
     from distributed.diagnostics.plugin import WorkerPlugin
 
-    from flows.sample_complexity import sample_complexity
+    from flows.study import sample_complexity
 
     class Timeline(WorkerPlugin):
         """On each worker, its own clock: when each task starts executing (it holds its resources
@@ -162,9 +162,9 @@ def test_gpu_tasks_never_overlap_on_a_worker(api, tmp_path):
     groups = sum(len(sc.split_groups(spec, [c for c in cells if c.d == d])) for d in spec.d)
     assert groups >= 2 * len(spec.d)  # the memory bound split each d
     assert len(gpu) == groups, recs
-    assert all(k.startswith("train_group") for k in gpu), list(gpu)
-    assert not any(k.startswith("train_group") for k in recs.keys() - gpu.keys())
-    # + generate-data per (d, seed), evaluate-cell per cell
+    assert all(k.startswith("train-") for k in gpu), list(gpu)
+    assert not any(k.startswith("train-") for k in recs.keys() - gpu.keys())
+    # + prepare per (d, seed), evaluate per cell
     assert len(recs) == len(gpu) + len(spec.d) * len(spec.seed) + len(cells), list(recs)
     for w, tl in timelines.items():
         spans = sorted((r["start"], r["stop"]) for k, r in tl.items() if k in gpu)
@@ -173,7 +173,7 @@ def test_gpu_tasks_never_overlap_on_a_worker(api, tmp_path):
 
 
 def _training_probe(dask_worker):
-    """On a worker: its pid and the key of the train-group task it is executing *and* that is
+    """On a worker: its pid and the key of the train task it is executing *and* that is
     inside the training loop (a thread's stack is in ``train_cells``, so past the Prefect ``gpu``
     slot), or None."""
     import os
@@ -181,17 +181,17 @@ def _training_probe(dask_worker):
     import traceback
 
     executing = [str(k) for k, ts in dask_worker.state.tasks.items()
-                 if ts.state == "executing" and str(k).startswith("train_group")]
+                 if ts.state == "executing" and str(k).startswith("train-")]
     in_training = any(f.name == "train_cells" for fr in sys._current_frames().values()
                       for f in traceback.extract_stack(fr))
-    # GPU=1: at most one train-group task executes on a worker
+    # GPU=1: at most one train task executes on a worker
     return {"pid": os.getpid(), "key": executing[0] if executing and in_training else None,
             "executing": executing}
 
 
 def test_worker_killed_mid_task_is_retried_elsewhere(api, tmp_path):
     """A Dask worker process killed (SIGKILL) while it trains a group: the scheduler reruns that
-    train-group task on another worker, the nanny restarts the killed one, and the study (the
+    train task on another worker, the nanny restarts the killed one, and the study (the
     sample-complexity flow on a LocalCluster of 2 worker processes, reporting to the team server)
     completes: every cell done, none failed, finite values, the killed task's key completed on a
     worker other than the killed one, and the stored numbers equal those of the same study run
@@ -207,7 +207,7 @@ def test_worker_killed_mid_task_is_retried_elsewhere(api, tmp_path):
     from distributed import Client, LocalCluster
     from distributed.diagnostics.plugin import WorkerPlugin
 
-    from flows.sample_complexity import sample_complexity
+    from flows.study import sample_complexity
 
     class Done(WorkerPlugin):
         """On each worker: the keys it finished executing (executing -> memory), with the time."""

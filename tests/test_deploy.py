@@ -30,15 +30,15 @@ def deployments_in_yaml() -> list[dict]:
 def test_prefect_yaml_defaults_are_the_study_presets():
     """Each deployment's default spec is one of studies/*.yaml, field for field."""
     from dsclab.spec import load_yaml
-    from flows import STUDIES
+    from dsclab.study import KINDS, kind_of
 
     def parse(data):
-        return parse_spec(data, STUDIES[data.get("kind", "sample_complexity")][0])
+        return kind_of(data).parse(data)
 
     presets = {}
     for f in sorted((ROOT / "studies").glob("*.yaml")):
         data = load_yaml(f)
-        if data.get("kind", "sample_complexity") in STUDIES:
+        if data.get("kind", "sample_complexity") in KINDS:
             presets[data["name"]] = parse(data)
     deps = deployments_in_yaml()
     assert deps
@@ -51,7 +51,7 @@ def test_prefect_yaml_defaults_are_the_study_presets():
 def test_prefect_yaml_pools_schedules_and_flows():
     from prefect.flows import load_flow_from_entrypoint
 
-    from flows import STUDIES
+    from dsclab.study import BUILTIN, KINDS
 
     deps = deployments_in_yaml()
     by_flow: dict[str, set] = {}
@@ -67,8 +67,8 @@ def test_prefect_yaml_pools_schedules_and_flows():
         flow = load_flow_from_entrypoint(str(ROOT / dep["entrypoint"]))
         by_flow.setdefault(flow.name, set()).add(dep["name"])
     assert any(dep.get("schedules") for dep in deps)  # the example cron schedule is there
-    for kind, (_, flow_ref, _, _) in STUDIES.items():  # every study kind has a gpu deployment
-        assert "gpu" in by_flow.get(flow_ref().name, set()), kind
+    for kind in BUILTIN:  # every built-in study kind has a gpu deployment
+        assert "gpu" in by_flow.get(KINDS[kind].flow_name, set()), kind
 
 
 def test_worker_plan_one_per_gpu():
@@ -109,7 +109,7 @@ def test_deployed_flow_runs_on_the_gpu_worker(team, tiny_run):
     trs = srv.api_request("POST", f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [fr_id]}}}).json()
     gpu = sorted((t["start_time"], t["end_time"]) for t in trs if "gpu" in t["tags"])
     assert len(gpu) == len(spec.d) * len(spec.seed)
-    assert all(t["name"].startswith("train-group") for t in trs if "gpu" in t["tags"])
+    assert all(t["name"].startswith("train-") for t in trs if "gpu" in t["tags"])
     for (s0, e0), (s1, e1) in zip(gpu, gpu[1:]):
         assert s1 >= e0, gpu
 

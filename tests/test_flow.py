@@ -26,7 +26,7 @@ def harness():
 
 
 def test_flow_complete_store_then_resume_computes_nothing(harness, tmp_path):
-    from flows.sample_complexity import sample_complexity
+    from flows.study import sample_complexity
 
     spec = parse_spec(TINY)
     path = str(tmp_path / "tiny.zarr")

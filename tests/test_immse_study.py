@@ -155,12 +155,12 @@ def harness():
 
 
 def test_flow_complete_store_then_resume(harness, tmp_path):
-    from flows.immse import immse as immse_flow
+    from flows.study import immse as immse_flow
 
     spec = parse_spec(TINY, ist.ImmseSpec)
     path = str(tmp_path / "tiny.zarr")
     out = immse_flow(spec=spec, store=path)
-    assert out == {"store": path, "cells": 6, "done": 6, "failed": 0, "computed": 6}
+    assert out == {"store": path, "cells": 6, "done": 6, "failed": 0, "computed": 6, "plot": storage.plot_path(path)}
     ds = xr.open_zarr(path).load()
     assert ds.attrs["study"] == "immse" and (ds.status == storage.DONE).all()
     for var in ["nll_immse", "nll_immse_se", "nll_gap_se", "mmse", "nll_exact", "nll_exact_se", "train_seconds",

@@ -112,7 +112,7 @@ def test_failed_cells_marked_others_complete_rerun_retries_only_them(harness, tm
 
     monkeypatch.setattr(train_mod, "train_ensemble", real_ensemble)
     monkeypatch.setattr(sc, "evaluate", real_evaluate)
-    from flows.sample_complexity import sample_complexity
+    from flows.study import sample_complexity
 
     out = sample_complexity(spec=parse_spec(TINY), store=store)
     assert out["computed"] == 2 and out["done"] == 3 and out["failed"] == 0
@@ -128,7 +128,7 @@ def test_study_on_a_url_store(harness, tmp_path, scheme):
     computes nothing."""
     import fsspec
 
-    from flows.sample_complexity import sample_complexity
+    from flows.study import sample_complexity
 
     spec = parse_spec({**TINY, "name": f"url-{scheme}", "n": [40, 80]})
     url = f"file://{tmp_path}/s.zarr" if scheme == "file" else f"memory://dsclab-{tmp_path.name}/s.zarr"

@@ -197,7 +197,7 @@ def harness():
 
 
 def test_flow_complete_store_report_then_resume_computes_nothing(harness, tmp_path):
-    from flows.sparse_pca import sparse_pca as flow
+    from flows.study import sparse_pca as flow
 
     spec = parse_spec(TINY, sps.SparsePCASpec)
     path = str(tmp_path / "tiny.zarr")
@@ -232,7 +232,7 @@ def test_flow_complete_store_report_then_resume_computes_nothing(harness, tmp_pa
 
 
 def test_flow_without_network_runs_the_baselines_only(harness, tmp_path):
-    from flows.sparse_pca import sparse_pca as flow
+    from flows.study import sparse_pca as flow
     from storage.check import check_store
 
     spec = parse_spec({**TINY, "seed": [0], "estimator": ["pca", "exhaustive", "oracle"]}, sps.SparsePCASpec)

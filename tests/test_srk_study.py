@@ -183,7 +183,7 @@ def harness():
 
 
 def test_tiny_study_through_flow(harness, tmp_path):
-    from flows.sampler_convergence import sampler_convergence
+    from flows.study import sampler_convergence
 
     spec = _spec()
     path = str(tmp_path / "tiny_srk.zarr")

@@ -1,0 +1,70 @@
+"""The sample-complexity study kind (Gupta et al. 2023): score and sampling errors against n, per d."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from dsclab import report as _report
+from dsclab import sample_complexity as sc
+from dsclab.errors import TrainingDiverged
+from dsclab.seeds import derive_seed
+from dsclab.spec import StudySpec
+from dsclab.studies import small_preset
+from dsclab.study import Group, StudyKind
+from dsclab.train import TrainResult
+
+
+def data_name(spec: StudySpec, d: int, seed: int) -> str:
+    tag = derive_seed("data", spec.distribution.model_dump(mode="json"), max(spec.n))
+    return f"data/{spec.distribution.name}-{tag:016x}-d{d}-seed{seed}.npy"
+
+
+class SampleComplexity(StudyKind):
+    name = "sample_complexity"
+    spec_model = StudySpec
+    cell_dims = sc.CELL_DIMS
+    description = ("Score error (L2, quantile), sampling error and the I-MMSE likelihood gap against n, "
+                   "per d (Gupta et al. 2023).")
+    small = small_preset(__file__)
+
+    def template(self, spec):
+        return sc.template(spec)
+
+    def plan(self, spec, cells):
+        """Per d (largest first), the cells in batched-ensemble groups within the memory bound; each
+        group needs the data of its seeds at that d."""
+        by_d = defaultdict(list)
+        for c in cells:
+            by_d[c.d].append(c)
+        return [Group(cells=tuple(g), data=tuple((d, s) for s in sorted({c.seed for c in g})))
+                for d in sorted(by_d, reverse=True) for g in sc.split_groups(spec, by_d[d])]
+
+    def prepare(self, spec, key, cache):
+        d, seed = key
+        name = data_name(spec, d, seed)
+        if not cache.exists(name):
+            cache.save_array(name, sc.generate_data(spec, d, seed))
+        return name
+
+    def train(self, spec, cells, cache, prepared, device):
+        data = {c.seed: cache.load_array(prepared[(c.d, c.seed)]) for c in cells}
+        results = sc.train_cells(spec, cells, data, device)  # one batched ensemble per estimator
+        return {c.key: TrainingDiverged() if r is None else r.payload() for c, r in zip(cells, results)}
+
+    def evaluate(self, spec, cell, cache, prepared, trained, device):
+        res = TrainResult.restore(trained)
+        return sc.evaluate(spec, cell, res.model.score, res)
+
+    def report(self, ds):
+        return _report.sample_complexity_report(ds)
+
+    def plot(self, ds, out):
+        return _report.plot_sample_complexity(ds, out)
+
+    def table(self, ds):
+        df = _report.score_error_table(ds)
+        df.attrs["caption"] = (f"score_l2 (mean over seeds and t, estimator {ds.estimator.values[0]}): "
+                               "rows n, columns d")
+        return df
+
+
+KIND = SampleComplexity()

@@ -1,0 +1,142 @@
+"""The one generic study flow, and a typed Prefect flow per study kind.
+
+:func:`run_study` runs any registered kind (``dsclab.study``): it creates or reopens the store,
+skips done cells, submits the kind's plan — every prepare task (once per data key), then every
+train task (tagged ``gpu``), then every evaluate task, in the plan's order — through the runner
+the run asks for (threads in this process, or Dask), with ``spec.workers`` tasks at once. It logs
+progress as tasks finish (cells done / total, elapsed, ETA; a progress artifact), consolidates the
+store and publishes the summary table, report and plot as artifacts of the flow run. A task that
+fails with an exception that is not numerical leaves its cells pending and makes the run fail
+with :class:`StudyTaskError` naming it, after every other task has finished.
+
+Each kind has its own flow, ``flows.study.<kind>`` (``kind_flow``), whose ``spec`` parameter is
+typed by the kind's spec model, so that its deployment renders the kind's own form in the Prefect
+UI; deployments point at ``flows/study.py:<kind>``, plugin kinds included.
+"""
+import functools
+import time
+from collections.abc import Sequence
+
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+
+import storage
+from dsclab.study import KINDS, StudyKind
+from flows import artifacts, runners
+from flows.runners import RunnerSpec
+from tasks import stages
+
+
+class StudyTaskError(RuntimeError):
+    """Some tasks of a study failed with errors that are not numerical (their cells stay pending)."""
+
+
+def fmt_seconds(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s"
+
+
+def pending_cells(store: str, cells: Sequence, index) -> list:
+    """The cells whose stored ``status`` is not done (pending or failed: both are (re)computed)."""
+    status = storage.read_status(store)
+    return [c for c in cells if int(status.sel(index(c))) != storage.DONE]
+
+
+def follow(log, futures: Sequence, sizes: Sequence[int], total: int, done_before: int) -> tuple[int, int, list]:
+    """Wait for evaluate futures (each returning its cells' statuses; ``sizes[i]`` cells for
+    future i), logging cells done / total, elapsed and ETA as each finishes and updating a
+    progress artifact. Returns (cells done in all, cells failed in this run, task errors)."""
+    t0, done, failed, finished, errors = time.perf_counter(), done_before, 0, 0, []
+    progress = artifacts.Progress(total, done_before)
+    size = {id(f): s for f, s in zip(futures, sizes)}
+    todo = sum(sizes)
+    for fut in as_completed(futures):
+        out = fut.result(raise_on_failure=False)
+        if isinstance(out, BaseException) or not isinstance(out, list):
+            log.error("a task failed (its %d cell(s) stay pending): %s", size[id(fut)], out)
+            errors.append(out)
+        else:
+            done += sum(s == storage.DONE for s in out)
+            failed += sum(s != storage.DONE for s in out)
+        finished += size[id(fut)]
+        el = time.perf_counter() - t0
+        log.info("cells %d/%d done (%d failed) | elapsed %s | ETA %s", done, total, failed,
+                 fmt_seconds(el), fmt_seconds(el / max(finished, 1) * (todo - finished)))
+        progress.update(done + failed)
+    return done, failed, errors
+
+
+def finish(log, path: str) -> str | None:
+    """End of a study run: consolidate the store's metadata, then publish the summary table,
+    report and plot as artifacts of the flow run. Returns the figure's file when it was written
+    beside a local store (``storage.plot_path``; ``dsclab run`` prints it instead of drawing the
+    figure again), else None."""
+    storage.consolidate(path)
+    plot_file = storage.plot_path(path) if "://" not in storage.files_url(path) else None
+    ids = artifacts.publish(path, log, plot_file)
+    return plot_file if "plot" in ids else None
+
+
+def run_study(kind: StudyKind, spec, store: str | None = None, runner: RunnerSpec | None = None) -> dict:
+    """Run (or resume) a study of ``kind`` inside a flow run; returns {store, cells, done, failed,
+    computed, plot}."""
+    log = get_run_logger()
+    path = spec.store_path(store)
+    storage.create_or_open(path, kind.template(spec), kind.cell_dims)
+    cells = kind.cells(spec)
+    todo = pending_cells(path, cells, kind.index)
+    log.info("store %s: %d cells, %d to compute", path, len(cells), len(todo))
+    groups = kind.plan(spec, todo)
+    with runners.start(runner, spec.workers, log, torch_threads=kind.torch_threads) as run:
+        # Every prepare and train task is submitted before any evaluation: a thread-pool worker
+        # that picks a task waits in it for the task's inputs, so an evaluation queued ahead of
+        # another group's training would hold a thread idle while one group trains alone.
+        prepared: dict = {}
+        for g in groups:
+            for key in g.data:
+                if key not in prepared:
+                    prepared[key] = run.submit(stages.prepare, kind.name, path, spec, key)
+        staged = []
+        for g in groups:
+            needs = {key: prepared[key] for key in g.data}
+            trained = run.submit(stages.train, kind.name, path, spec, list(g.cells), needs) if kind.trains(spec) else None
+            staged.append((g, needs, trained))
+        evals, sizes = [], []
+        for g, needs, trained in staged:
+            for batch in g.eval_batches():
+                evals.append(run.submit(stages.evaluate, kind.name, path, spec, list(batch), needs, trained))
+                sizes.append(len(batch))
+        done, failed, errors = follow(log, evals, sizes, len(cells), len(cells) - len(todo))
+    plot = finish(log, path)
+    if errors:
+        first = errors[0]
+        raise StudyTaskError(f"{len(errors)} task(s) of study {spec.name!r} raised errors that are not numerical "
+                             f"(their cells stay pending; rerun to retry): {type(first).__name__}: {first}")
+    return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo), "plot": plot}
+
+
+@functools.cache
+def kind_flow(name: str):
+    """The Prefect flow of study kind ``name``: ``(spec: <its spec model>, store, runner) -> dict``."""
+    kind = KINDS[name]
+
+    def study_flow(spec, store: str | None = None, runner: RunnerSpec = RunnerSpec()) -> dict:
+        return run_study(kind, spec, store, runner)
+
+    study_flow.__annotations__ = {"spec": kind.spec_model, "store": str | None, "runner": RunnerSpec, "return": dict}
+    study_flow.__name__ = study_flow.__qualname__ = name
+    study_flow.__doc__ = (f"Run (or resume) a {name} study; returns {{store, cells, done, failed, computed, plot}}. "
+                          f"{kind.description}")
+    return flow(name=kind.flow_name, description=kind.description or None)(study_flow)
+
+
+def run_flow(kind: StudyKind, spec, store: str | None = None, runner: RunnerSpec | None = None) -> dict:
+    """Call ``kind``'s flow (a flow run on the current Prefect API)."""
+    return kind_flow(kind.name)(spec=spec, store=store, **({"runner": runner} if runner else {}))
+
+
+def __getattr__(name: str):
+    """``flows.study.<kind>`` is that kind's flow (deployment entrypoints ``flows/study.py:<kind>``)."""
+    if not name.startswith("_") and name in KINDS:
+        return kind_flow(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

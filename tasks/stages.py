@@ -1,0 +1,127 @@
+"""The three generic tasks that run any study kind's stages (``dsclab.study``): prepare, train
+(tagged ``gpu``) and evaluate. They pass the kind's name, the store's path, the spec and cells,
+never tensors: data sets and checkpoints go through the files beside the store.
+
+A stage that raises one of ``dsclab.errors.NUMERICAL`` marks its cells failed, with the reason
+stored in the store's ``failure`` variable and logged; the task returns normally so that every
+other cell completes. Any other exception propagates: the task fails, its cells stay pending,
+and the flow reports it.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+import storage
+from dsclab.errors import NUMERICAL, failure_reason
+from dsclab.study import KINDS, Status
+from storage import files
+
+
+class FileCache:
+    """The files beside a store, by name (``data/x.npy`` is ``<store>.files/data/x.npy``)."""
+
+    def __init__(self, store: str):
+        self.store = store
+
+    def url(self, name: str) -> str:
+        return files.url(self.store, *name.split("/"))
+
+    def exists(self, name: str) -> bool:
+        return files.exists(self.url(name))
+
+    def save_array(self, name: str, array) -> None:
+        files.save_array(self.url(name), array)
+
+    def load_array(self, name: str):
+        return files.load_array(self.url(name))
+
+
+def task_device(requested: str = "auto") -> str:
+    """The device a task computes on: ``requested`` unless it is 'auto'; then ``DSCLAB_DEVICE``
+    from the environment when set (and not 'auto'; a work pool's job variables set it), else
+    CUDA when the process sees a GPU (its worker's ``CUDA_VISIBLE_DEVICES``), else the CPU."""
+    if requested == "auto":
+        requested = os.environ.get("DSCLAB_DEVICE", "").strip() or "auto"
+    from dsclab.train import resolve_device
+
+    return str(resolve_device(requested))
+
+
+def _device(spec) -> str:
+    return task_device(getattr(getattr(spec, "train", None), "device", "auto"))
+
+
+def _fail(store: str, kind, cells: Sequence, stage: str, e: BaseException) -> None:
+    reason = failure_reason(stage, e)
+    get_run_logger().warning("%d cell(s) failed in %s: %s (%s)\n%s", len(cells), stage, reason,
+                             [kind.index(c) for c in cells], traceback.format_exc())
+    storage.mark_cells(store, [kind.index(c) for c in cells], Status.FAILED, reason=reason)
+
+
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare(kind: str, store: str, spec, key: Hashable) -> Any:
+    """The kind's prepare stage for one data key (draws and caches a data set, or computes a
+    small shared value, which it returns)."""
+    return KINDS[kind].prepare(spec, key, FileCache(store))
+
+
+@task(name="train", cache_policy=NO_CACHE, tags=["gpu"])
+def train(kind: str, store: str, spec, cells: list, prepared: dict) -> dict[str, str | None]:
+    """Train a group of cells (one batched ensemble) on this worker's device and checkpoint each
+    beside the store. Returns {cell key: checkpoint URL, or None for a cell that failed}.
+
+    Tagged ``gpu``: the Prefect concurrency limit ``gpu`` (threads) or the Dask resource GPU=1
+    keeps one training task per GPU (``flows.runners``)."""
+    k = KINDS[kind]
+    try:
+        results = k.train(spec, cells, FileCache(store), prepared, _device(spec))
+    except NUMERICAL as e:  # the whole group failed numerically
+        _fail(store, k, cells, "training", e)
+        return {c.key: None for c in cells}
+    out: dict[str, str | None] = {}
+    for c in cells:
+        res = results[c.key]
+        if isinstance(res, BaseException):
+            try:
+                raise res
+            except NUMERICAL as e:
+                _fail(store, k, [c], "training", e)
+            out[c.key] = None
+            continue
+        u = files.url(store, "checkpoints", f"{c.key}.pt")
+        files.save_checkpoint(u, res)
+        out[c.key] = u
+    return out
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(kind: str, store: str, spec, cells: list, prepared: dict,
+             checkpoints: dict[str, str | None] | None = None) -> list[int]:
+    """Evaluate a batch of cells; each is written to its region then marked done (or marked
+    failed on a numerical failure). Returns their statuses, in order."""
+    k, cache, device = KINDS[kind], FileCache(store), _device(spec)
+    out = []
+    for c in cells:
+        trained = None
+        if k.trains(spec):
+            u = (checkpoints or {}).get(c.key)
+            if u is None:  # marked failed by the train task
+                out.append(Status.FAILED)
+                continue
+            trained = files.load_checkpoint(u)
+        try:
+            values = k.evaluate(spec, c, cache, prepared, trained, device)
+        except NUMERICAL as e:
+            _fail(store, k, [c], "evaluation", e)
+            out.append(Status.FAILED)
+            continue
+        storage.write_cell(store, values, k.index(c))
+        storage.mark_cells(store, [k.index(c)], Status.DONE)
+        out.append(Status.DONE)
+    return out
