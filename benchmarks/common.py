@@ -35,7 +35,7 @@ def load_study(path: str, steps: int | None = None):
 
 def training_data(spec) -> dict[tuple[int, int], torch.Tensor]:
     """{(d, seed): that dataset as float32}, exactly what the flow's cells train on (prefixes)."""
-    from dsclab import sample_complexity as sc
+    from dsclab.studies.sample_complexity import numerics as sc
 
     return {(d, s): torch.as_tensor(sc.generate_data(spec, d, s), dtype=torch.float32)
             for d in spec.d for s in spec.seed}

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_study, record  # noqa: E402
 
 import storage  # noqa: E402
-from dsclab import sample_complexity as sc  # noqa: E402
+from dsclab.studies.sample_complexity import numerics as sc  # noqa: E402
 from dsclab.study import kind_of  # noqa: E402
 from flows import artifacts, runners  # noqa: E402
 

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_study, record, training_data  # noqa: E402
 
-from dsclab import sample_complexity as sc  # noqa: E402
+from dsclab.studies.sample_complexity import numerics as sc  # noqa: E402
 from dsclab.losses import dsm_loss, sample_times  # noqa: E402
 from dsclab.nets import ScoreMLP  # noqa: E402
 from dsclab.train import train_ensemble, train_score  # noqa: E402

@@ -1,30 +1,30 @@
-"""Study specifications: frozen pydantic models, their validation and their expansion into cells.
+"""What every study spec shares: frozen pydantic models, their validation into one-line errors,
+and loading from YAML.
 
-A ``StudySpec`` is the parameter of the sample-complexity flow (the Prefect UI renders it as a
-form) and is loaded from YAML by :func:`load_spec`. Invalid input raises :class:`SpecError` with
-one line naming the field and the value, before anything is created.
+Each study kind's spec model (``dsclab.study.StudyKind.spec_model``, in
+``dsclab/studies/<kind>/``) subclasses :class:`StudyBase` and is the parameter of the kind's flow
+(the Prefect UI renders it as a form). :func:`parse_spec` and :func:`load_spec` validate a mapping
+or a YAML file into it; invalid input raises :class:`SpecError` with one line naming the field and
+the value, before anything is created. Axes are validated by the one policy of
+:mod:`dsclab.axes`.
 
-A cell is one (d, n, seed, estimator); its ``key`` is a stable hash of its parameters, the
-spec's numerics and the code version.
+A cell's ``key`` (:meth:`StudyBase.key`) is a stable hash of its parameters, the spec's numerics
+and the code version.
 """
 from __future__ import annotations
 
 import hashlib
 import inspect
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import dsclab
-from dsclab import distributions
-from dsclab.losses import ESTIMATORS
-from dsclab.noise import SCHEDULES
-from dsclab.samplers import SAMPLERS
+from dsclab import axes, distributions
 from dsclab.train import PRECISIONS
 
 
@@ -132,81 +132,12 @@ class TrainSpec(_Frozen):
     @field_validator("precision")
     @classmethod
     def _precision(cls, v: str) -> str:
-        return _known_one("precision", v, PRECISIONS)
+        return axes.name(v, PRECISIONS, "precision")
 
     @model_validator(mode="after")
     def _range(self) -> "TrainSpec":
-        if self.t_min >= self.T:
-            raise ValueError(f"t_min {self.t_min} must be below T {self.T}")
+        axes.below(self.t_min, self.T, "t_min", "T")
         return self
-
-
-class EvalSpec(_Frozen):
-    """Evaluation of a trained cell: score errors on a t grid and samples from each sampler."""
-
-    t: list[float] = Field([0.01, 0.03, 0.1, 0.3, 1.0], description="times of the score-error grid")
-    delta: list[float] = Field([0.01, 0.1], description="quantile levels of the quantile score error")
-    n_score: int = Field(2000, gt=0, description="fresh points per t for score errors")
-    n_samples: int = Field(1000, gt=0, description="generated samples per (sampler, nfe)")
-    T: float = Field(5.0, gt=0, description="sampler start time (from N(0, I))")
-    t_min: float = Field(1e-3, gt=0, description="early-stopping time of the samplers")
-    schedule: str = Field("exp", description="time grid of the samplers")
-    logsnr: list[float] = Field([float(a) for a in range(-8, 9)],
-                                description="log-SNR grid of the stored data-averaged MSE curve (I-MMSE)")
-    n_nll: int = Field(1000, ge=2, description="held-out points of the I-MMSE likelihood estimate")
-    n_alpha: int = Field(64, ge=2, description="log-SNR draws of the I-MMSE integral (shared by the points)")
-
-    @field_validator("logsnr")
-    @classmethod
-    def _logsnr(cls, v: list[float]) -> list[float]:
-        if not v or any(not math.isfinite(x) for x in v):
-            raise ValueError(f"{v} must be finite log-SNR values")
-        _unique(v)
-        return v
-
-    @field_validator("t")
-    @classmethod
-    def _t(cls, v: list[float]) -> list[float]:
-        if not v or any(x <= 0 for x in v):
-            raise ValueError(f"{v} must be positive times")
-        _unique(v)
-        return v
-
-    @field_validator("delta")
-    @classmethod
-    def _delta(cls, v: list[float]) -> list[float]:
-        if not v or any(not 0 < x < 1 for x in v):
-            raise ValueError(f"{v} must lie in (0, 1)")
-        _unique(v)
-        return v
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, v: str) -> str:
-        if v not in SCHEDULES:
-            raise ValueError(f"unknown schedule {v!r} (known: {', '.join(SCHEDULES)})")
-        return v
-
-    @field_validator("n_samples")
-    @classmethod
-    def _n_samples(cls, v: int) -> int:
-        if v > 2000:
-            raise ValueError(f"{v} is above 2000, the most exact W2 (optimal transport) takes")
-        return v
-
-    @model_validator(mode="after")
-    def _range(self) -> "EvalSpec":
-        if self.t_min >= self.T:
-            raise ValueError(f"t_min {self.t_min} must be below T {self.T}")
-        return self
-
-
-class Cell(_Frozen):
-    d: int
-    n: int
-    seed: int
-    estimator: str
-    key: str
 
 
 class StudyBase(_Frozen):
@@ -241,55 +172,6 @@ class StudyBase(_Frozen):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class StudySpec(StudyBase):
-    """A sample-complexity study: the grid d x n x seed x estimator, evaluated per sampler x nfe."""
-
-    kind: Literal["sample_complexity"] = Field("sample_complexity", description="study kind (selects the flow)")
-    distribution: DistributionSpec = DistributionSpec()
-    d: list[StrictInt] = Field(..., description="dimensions")
-    n: list[StrictInt] = Field(..., description="training sample sizes")
-    seed: list[StrictInt] = Field([0], description="seeds (data, initialisation and sampling)")
-    estimator: list[str] = Field(["dsm"], description="score estimators")
-    sampler: list[str] = Field(["euler_maruyama", "exponential_integrator"], description="samplers")
-    nfe: list[StrictInt] = Field([10, 30, 100], description="score evaluations per sample")
-    train: TrainSpec = TrainSpec()
-    evaluation: EvalSpec = EvalSpec()
-    group_memory_mb: int = Field(2048, gt=0, description="memory bound of one batched training group (MiB)")
-
-    @field_validator("d", "n", "nfe")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive_ints(info.field_name, v)
-
-    @field_validator("seed")
-    @classmethod
-    def _seeds(cls, v):
-        return seed_list(v)
-
-    @field_validator("estimator")
-    @classmethod
-    def _est(cls, v):
-        return _known("estimator", v, ESTIMATORS)
-
-    @field_validator("sampler")
-    @classmethod
-    def _samp(cls, v):
-        return _known("sampler", v, SAMPLERS)
-
-    @model_validator(mode="after")
-    def _budget(self) -> "StudySpec":
-        self.distribution.check_dims(self.d)
-        cells = len(self.d) * len(self.n) * len(self.seed) * len(self.estimator)
-        if cells > self.max_cells:
-            raise ValueError(f"the grid has {cells} cells, over max_cells={self.max_cells}")
-        return self
-
-    def cells(self) -> list[Cell]:
-        """One cell per (d, n, seed, estimator); the key ignores the grid's other values."""
-        return [Cell(d=d, n=n, seed=seed, estimator=est, key=self.key(d=d, n=n, seed=seed, estimator=est))
-                for d in self.d for n in self.n for seed in self.seed for est in self.estimator]
-
-
 def format_validation_error(err: ValidationError) -> str:
     """One line: the first error's field path and message."""
     e = err.errors()[0]
@@ -306,10 +188,21 @@ def format_validation_error(err: ValidationError) -> str:
     return f"{where or 'spec'}: {msg}"
 
 
-def parse_spec(data: Any, model: type[BaseModel] = StudySpec):
-    """Validate a mapping into ``model``; raise :class:`SpecError` with one line on failure."""
+def parse_spec(data: Any, model: type[BaseModel] | None = None):
+    """Validate a mapping into ``model``; raise :class:`SpecError` with one line on failure.
+
+    With no ``model``, the kind named by the mapping's ``kind`` field (default
+    sample_complexity) gives it (``dsclab.study.kind_of(data).spec_model``); an unknown kind is a
+    SpecError listing the known kinds."""
     if not isinstance(data, dict):
         raise SpecError(f"spec: expected a mapping of fields, got {type(data).__name__}")
+    if model is None:
+        from dsclab.study import kind_of  # the registry loads the kinds, which import this module
+
+        try:
+            model = kind_of(data).spec_model
+        except ValueError as e:
+            raise SpecError(str(e)) from None
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -329,6 +222,7 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_spec(path: str | Path, model: type[BaseModel] = StudySpec):
-    """Load and validate a YAML spec file (``yaml.safe_load``)."""
+def load_spec(path: str | Path, model: type[BaseModel] | None = None):
+    """Load and validate a YAML spec file (``yaml.safe_load``); with no ``model``, its ``kind``
+    field gives it (:func:`parse_spec`)."""
     return parse_spec(load_yaml(path), model)

@@ -195,6 +195,6 @@ def kind_of(data_or_ds) -> StudyKind:
         name = data_or_ds.get("kind", "sample_complexity")
     else:
         name = "sample_complexity"
-    if name not in KINDS:
+    if not isinstance(name, str) or name not in KINDS:
         raise ValueError(f"kind: unknown study kind {name!r} (known: {KINDS.known()})")
     return KINDS[name]

@@ -9,9 +9,10 @@ They run the plain Prefect commands of the README and add what Prefect leaves to
 ``deploy``  against a running server: creates the process work pools ``cpu`` and ``gpu`` if
             missing (``prefect work-pool create NAME --type process``), sets the task concurrency
             limit ``gpu`` to the number of GPUs (``prefect concurrency-limit create gpu N``; 1 on a
-            machine without GPUs, where the gpu pool runs on the CPU), and deploys every study
-            flow (``prefect deploy --all --prefect-file deploy/prefect.yaml`` from the repository
-            root).
+            machine without GPUs, where the gpu pool runs on the CPU), and deploys the flow of
+            every registered study kind, plugins included: it writes their deployments to the
+            git-ignored ``deploy/prefect.local.yaml`` (``flows.deployments``) and runs ``prefect
+            deploy --all --prefect-file deploy/prefect.local.yaml`` from the repository root.
 ``worker``  one ``prefect worker start --pool gpu --limit 1`` per GPU, each with its own
             ``CUDA_VISIBLE_DEVICES`` (one on the CPU when there is no GPU), plus ``--cpu N``
             workers on the ``cpu`` pool; stops them all together.
@@ -33,7 +34,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PREFECT_FILE = ROOT / "deploy" / "prefect.yaml"
 POOLS = ("cpu", "gpu")
 GPU_TAG = "gpu"
 DEFAULT_API = "http://127.0.0.1:4200/api"
@@ -112,8 +112,10 @@ def existing_pools(api_url: str) -> set[str]:
     return {p["name"] for p in r.json()}
 
 
-def setup(api_url: str, gpus: int, deploy: bool = True, prefect_file: Path = PREFECT_FILE) -> None:
-    """Pools, the ``gpu`` concurrency limit and the deployments on the server at ``api_url``."""
+def setup(api_url: str, gpus: int, deploy: bool = True, prefect_file: Path | None = None) -> None:
+    """Pools, the ``gpu`` concurrency limit and the deployments on the server at ``api_url``: those
+    of ``prefect_file``, by default every registered study kind's (deploy/prefect.local.yaml,
+    written now by ``flows.deployments.write``)."""
     env = base_env(api_url)
     missing = [p for p in POOLS if p not in existing_pools(api_url)]
     cmds = [prefect("work-pool", "create", p, "--type", "process") for p in missing]
@@ -122,24 +124,16 @@ def setup(api_url: str, gpus: int, deploy: bool = True, prefect_file: Path = PRE
     for c in cmds:  # independent: run them side by side
         print("+", " ".join(["prefect", *c[3:]]), flush=True)
         procs.append((c, subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    if deploy:  # the file is written while the pools are created
+        from flows import deployments
+
+        prefect_file = prefect_file or deployments.write()
     for c, p in procs:
         out, _ = p.communicate(timeout=120)
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(c)} failed ({p.returncode}):\n{out[-3000:]}")
     if deploy:
-        rel = os.path.relpath(prefect_file, ROOT)
-        print(f"+ prefect deploy --all --prefect-file {rel}   (in {ROOT})", flush=True)
-        p = subprocess.run(prefect("deploy", "--all", "--prefect-file", rel, "--no-prompt"), env=env, cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
-        if p.returncode != 0:
-            hint = ""
-            if "422" in p.stderr and "workers/filter" in p.stderr:
-                import fastapi
-
-                hint = (f"\n(fastapi {fastapi.__version__} rejects the explicit nulls prefect 3.8.8's client "
-                        "sends in request bodies; fastapi 0.150.0 accepts them: see pyproject.toml)")
-            raise RuntimeError(f"prefect deploy failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}{hint}")
-        names = [ln.split("'")[1] for ln in p.stdout.splitlines() if "Deployment '" in ln and "successfully" in ln]
+        names = deployments.deploy(prefect_file, env)
         print("deployed:", ", ".join(names) or "(see prefect deployment ls)", flush=True)
 
 

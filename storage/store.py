@@ -204,16 +204,10 @@ def mark_cells(path: str, indices: Sequence[Mapping[str, object]], status: int, 
 
 
 def failures(path_or_ds) -> list[tuple[dict, str]]:
-    """The failed cells as (cell index, reason), in store order."""
-    ds = _open(path_or_ds) if isinstance(path_or_ds, str) else path_or_ds
-    st = ds["status"].load()
-    reasons = ds["failure"].load() if "failure" in ds.variables else None
-    out = []
-    for pos in zip(*np.nonzero(st.values == FAILED)):
-        sel = dict(zip(st.dims, pos))
-        index = {dim: st[dim].values[i].item() for dim, i in sel.items()}
-        out.append((index, str(reasons.isel(sel).item()) if reasons is not None else ""))
-    return out
+    """The failed cells of a store (path or opened dataset) as (cell index, reason), in store order."""
+    from dsclab.report import failed_cells
+
+    return failed_cells(_open(path_or_ds) if isinstance(path_or_ds, str) else path_or_ds)
 
 
 def read_status(path: str) -> xr.DataArray:

@@ -5,7 +5,8 @@ by tests/test_deploy.py, test_browser.py and test_dask.py, started once per sess
 PREFECT_HOME and a free port: ``dsclab server`` (``python -m flows.server server``, which runs
 ``prefect server start``, ``prefect work-pool create cpu|gpu --type process``,
 ``prefect concurrency-limit create gpu 1`` and ``prefect deploy --all --prefect-file
-deploy/prefect.yaml``), then ``dsclab worker`` for the gpu pool (``prefect worker start --pool gpu
+deploy/prefect.local.yaml``, the deployments of every registered study kind written by
+``flows.deployments``), then ``dsclab worker`` for the gpu pool (``prefect worker start --pool gpu
 --limit 1`` with ``CUDA_VISIBLE_DEVICES`` empty: it runs on the CPU). Every process started here is
 stopped at the end of the session (SIGTERM to its process group and descendants, SIGKILL after
 10 s).

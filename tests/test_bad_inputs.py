@@ -10,8 +10,8 @@ import yaml
 
 import storage
 from dsclab import cli
-from dsclab import sample_complexity as sc
 from dsclab.spec import parse_spec
+from dsclab.studies.sample_complexity import numerics as sc
 
 GOOD = {"name": "bad", "d": [2], "n": [10, 20], "seed": [0], "nfe": [5]}
 SPIKE = {"kind": "computational_gap", "name": "spk", "n": [8], "k": [2], "seed": [0]}

@@ -14,8 +14,11 @@ import xarray as xr
 import storage
 from dsclab import bootstrap as bs
 from dsclab import distributions, noise, scaling
-from dsclab import score_learning as sl
 from dsclab.spec import SpecError, parse_spec
+from dsclab.studies.score_learning.cell import draw_training_data
+from dsclab.studies.score_learning.plot import plot as sl_plot
+from dsclab.studies.score_learning.report import report as sl_report
+from dsclab.studies.score_learning.spec import CELL_DIMS, ScoreLearningSpec
 
 Z = 5.0  # standard errors
 
@@ -171,8 +174,8 @@ def test_trajectory_sampling_has_the_ou_transition_law():
 
 
 def test_prefix_of_a_training_set_is_the_smaller_training_set():
-    spec = parse_spec({"name": "p", "kind": "score_learning", "d": [3], "n": [10, 50]}, sl.ScoreLearningSpec)
-    a = sl._draw_training_data(spec, 3, 0, "trajectory")
+    spec = parse_spec({"name": "p", "kind": "score_learning", "d": [3], "n": [10, 50]}, ScoreLearningSpec)
+    a = draw_training_data(spec, 3, 0, "trajectory")
     assert a.n == 50 and a.xt.shape == (50, spec.train.K, 3)
     b = a.head(10)
     assert torch.equal(b.xt, a.xt[:10]) and torch.equal(b.times, a.times[:10])
@@ -273,12 +276,12 @@ def test_n_star_and_its_exponent_in_d_for_power_laws():
 def test_spec_errors_are_one_line():
     base = {"name": "x", "kind": "score_learning", "d": [2], "n": [10]}
     with pytest.raises(SpecError, match="estimator"):
-        parse_spec({**base, "estimator": ["tsm"]}, sl.ScoreLearningSpec)
+        parse_spec({**base, "estimator": ["tsm"]}, ScoreLearningSpec)
     with pytest.raises(SpecError, match="structured"):
         parse_spec({**base, "model": ["structured"], "distribution": {"name": "gaussian", "params": {"cond": 4.0}}},
-                   sl.ScoreLearningSpec)
+                   ScoreLearningSpec)
     with pytest.raises(SpecError, match="training range"):
-        parse_spec({**base, "evaluation": {"t": [5.0]}}, sl.ScoreLearningSpec)
+        parse_spec({**base, "evaluation": {"t": [5.0]}}, ScoreLearningSpec)
 
 
 TINY = {
@@ -302,24 +305,24 @@ def harness():
 def test_tiny_study_through_the_flow_then_resume_computes_nothing(harness, tmp_path):
     from flows.study import score_learning
 
-    spec = parse_spec(TINY, sl.ScoreLearningSpec)
+    spec = parse_spec(TINY, ScoreLearningSpec)
     path = str(tmp_path / "tiny_sl.zarr")
     out = score_learning(spec=spec, store=path)
     assert out == {"store": path, "cells": 16, "done": 16, "failed": 0, "computed": 16,
                    "plot": storage.plot_path(path)}
     ds = xr.open_zarr(path)
     assert (ds.status == storage.DONE).all()
-    assert ds.score_l2.dims == sl.CELL_DIMS + ("t",) and ds.target_var.dims == sl.CELL_DIMS + ("t",)
+    assert ds.score_l2.dims == CELL_DIMS + ("t",) and ds.target_var.dims == CELL_DIMS + ("t",)
     for var in ("score_l2", "score_quantile", "target_var", "target_var_oracle", "sliced_w2", "mode_tv"):
         assert np.isfinite(ds[var].values).all(), var
     # DSM's target does not depend on the network or the data mode: paired draws, equal values
     dsm = ds.target_var.sel(estimator="dsm")
     np.testing.assert_allclose(dsm.sel(data_mode="independent").values, dsm.sel(data_mode="trajectory").values)
-    text = sl.report(ds)
+    text = sl_report(ds)
     for part in ("dimension-free", "BSM against DSM", "trajectory against independent", "closing note"):
         assert part in text
     before = ds.load()
     out2 = score_learning(spec=spec, store=path)
     assert out2["computed"] == 0 and out2["done"] == 16
     xr.testing.assert_identical(xr.open_zarr(path).load(), before)
-    assert sl.plot(before, str(tmp_path / "p.png")).endswith("p.png")
+    assert sl_plot(before, str(tmp_path / "p.png")).endswith("p.png")

@@ -7,8 +7,10 @@ import pytest
 import xarray as xr
 
 import storage
-from dsclab import computational_gap as cg
 from dsclab.spec import SpecError, parse_spec
+from dsclab.studies.computational_gap.plot import plot
+from dsclab.studies.computational_gap.report import report
+from dsclab.studies.computational_gap.spec import ComputationalGapSpec
 
 TINY = {
     "kind": "computational_gap", "name": "tiny_gap", "n": [6, 8], "k": [2], "seed": [0],
@@ -29,15 +31,15 @@ def harness():
 
 def test_spec_rejects_bad_grid():
     with pytest.raises(SpecError):
-        parse_spec({**TINY, "k": [6]}, cg.ComputationalGapSpec)  # k must be below every n
+        parse_spec({**TINY, "k": [6]}, ComputationalGapSpec)  # k must be below every n
     with pytest.raises(SpecError):
-        parse_spec({**TINY, "drift": ["nope"]}, cg.ComputationalGapSpec)
+        parse_spec({**TINY, "drift": ["nope"]}, ComputationalGapSpec)
 
 
 def test_flow_complete_store_then_rerun_computes_nothing(harness, tmp_path):
     from flows.study import computational_gap
 
-    spec = parse_spec(TINY, cg.ComputationalGapSpec)
+    spec = parse_spec(TINY, ComputationalGapSpec)
     path = str(tmp_path / "gap.zarr")
     out = computational_gap(spec=spec, store=path)
     assert out == {"store": path, "cells": 2, "done": 2, "failed": 0, "computed": 2,
@@ -72,10 +74,10 @@ def test_flow_complete_store_then_rerun_computes_nothing(harness, tmp_path):
     assert np.allclose(ds.t_spectral.values[:, 0], [3.0, 4.0])
     assert np.allclose(ds.t_bayes.values[:, 0], [4 * math.log(3), 4 * math.log(4)])
 
-    rep = cg.report(ds)
+    rep = report(ds)
     assert "frac(norm>1/2)" in rep and "W1(norm law)" in rep and "integrated loss spectral" in rep
     assert "bayes not computed" in rep and "n=8, k=2" in rep
-    png = cg.plot(ds, str(tmp_path / "gap.png"))
+    png = plot(ds, str(tmp_path / "gap.png"))
     assert (tmp_path / "gap.png").stat().st_size > 0 and png.endswith("gap.png")
 
     out2 = computational_gap(spec=spec, store=path)

@@ -13,8 +13,8 @@ import pytest
 import xarray as xr
 
 import storage
-from dsclab import sample_complexity as sc
 from dsclab.spec import parse_spec
+from dsclab.studies.sample_complexity import numerics as sc
 from flows import runners
 from flows.runners import RunnerSpec
 

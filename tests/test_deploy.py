@@ -1,11 +1,15 @@
-"""Team server end to end: a real ``prefect server`` on 127.0.0.1 (temporary PREFECT_HOME, free
-port) set up by the README's "Team server and GPU workers" commands (``team`` in
-tests/prefect_team.py: ``dsclab server`` = server, work pools, the gpu concurrency limit,
-``prefect deploy --all`` from deploy/prefect.yaml; ``dsclab worker`` for the gpu pool, running on
-the CPU here). A tiny study is triggered through the REST API the way the UI's run form does, it
-runs on the gpu worker, and the store it writes is opened with plain xarray."""
+"""The deployments (flows/deployments.py: generated from the registry of study kinds and the
+presets in studies/), and the team server end to end: a real ``prefect server`` on 127.0.0.1
+(temporary PREFECT_HOME, free port) set up by the README's "Team server and GPU workers" commands
+(``team`` in tests/prefect_team.py: ``dsclab server`` = server, work pools, the gpu concurrency
+limit, ``prefect deploy --all`` of every registered kind from deploy/prefect.local.yaml; ``dsclab
+worker`` for the gpu pool, running on the CPU here). A tiny study is triggered through the REST API
+the way the UI's run form does, it runs on the gpu worker, and the store it writes is opened with
+plain xarray."""
 import base64
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,61 +18,112 @@ import xarray as xr
 import yaml
 
 import storage
-from dsclab.spec import parse_spec
+from dsclab.spec import load_yaml, parse_spec
+from dsclab.study import BUILTIN, KINDS
+from flows import deployments
 from flows import server as srv
 
 pytest_plugins = ["prefect_team"]
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "deploy" / "prefect.yaml"
+# Today's default spec of each built-in kind's deployments (the `name` of its studies/ preset).
+PRESET_NAMES = {"sample_complexity": "quick", "immse": "immse", "score_learning": "dimension_free",
+                "sampler_convergence": "srk", "computational_gap": "spike_small", "sparse_pca": "sparse_pca"}
 
-def deployments_in_yaml() -> list[dict]:
-    return yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
+
+def kind_of_deployment(dep: dict) -> str:
+    path, kind = dep["entrypoint"].split(":")
+    assert path == "flows/study.py", dep
+    return kind
 
 
-# -- the deployment file ------------------------------------------------------------------------
+# -- the deployment files -----------------------------------------------------------------------
 
-def test_prefect_yaml_defaults_are_the_study_presets():
-    """Each deployment's default spec is one of studies/*.yaml, field for field."""
-    from dsclab.spec import load_yaml
-    from dsclab.study import KINDS, kind_of
+def test_checked_in_file_is_current():
+    assert deployments.check() is None
+    p = subprocess.run([sys.executable, "-m", "flows.deployments", "check"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
 
-    def parse(data):
-        return kind_of(data).parse(data)
 
-    presets = {}
-    for f in sorted((ROOT / "studies").glob("*.yaml")):
-        data = load_yaml(f)
-        if data.get("kind", "sample_complexity") in KINDS:
-            presets[data["name"]] = parse(data)
-    deps = deployments_in_yaml()
-    assert deps
+def test_check_names_the_first_stale_line(tmp_path, capsys):
+    f = tmp_path / "prefect.yaml"
+    assert deployments.main(["write", "--builtin-only", "--out", str(f)]) == 0
+    assert f.read_text() == PREFECT_YAML.read_text()
+    assert deployments.main(["check", "--file", str(f)]) == 0
+    lines = f.read_text().splitlines()
+    i = lines.index("      name: quick")  # the sample-complexity default spec's name
+    lines[i] = "      name: quick2"
+    f.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert deployments.main(["check", "--file", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"line {i + 1}:" in err and "write --builtin-only" in err, err
+    f.write_text("\n".join(lines[:i]) + "\n")  # truncated
+    assert deployments.main(["check", "--file", str(f)]) == 1
+    assert f"line {i + 1}:" in capsys.readouterr().err
+    f.unlink()
+    assert deployments.main(["check", "--file", str(f)]) == 1 and "missing" in capsys.readouterr().err
+
+
+def test_default_specs_are_the_study_presets():
+    """Built-in kinds: the studies/ preset, as the file holds it; every default spec parses with
+    its kind's model."""
+    deps = yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
+    assert sorted({kind_of_deployment(d) for d in deps}) == sorted(BUILTIN)
     for dep in deps:
-        spec = dep["parameters"]["spec"]
-        assert spec["name"] in presets, f"{dep['name']}: no studies/ preset named {spec['name']!r}"
-        assert parse(spec) == presets[spec["name"]], dep["name"]
+        kind, spec = kind_of_deployment(dep), dep["parameters"]["spec"]
+        assert spec["name"] == PRESET_NAMES[kind], dep
+        assert spec == load_yaml(ROOT / "studies" / deployments.PRESETS[kind])
+        assert KINDS[kind].parse(spec) == parse_spec(spec)
+    for dep in deployments.document(KINDS)["deployments"]:  # plugins included
+        kind = kind_of_deployment(dep)
+        assert KINDS[kind].parse(dep["parameters"]["spec"]).name, dep
 
 
-def test_prefect_yaml_pools_schedules_and_flows():
+def test_a_kind_without_a_preset_deploys_its_small_preset():
+    """A plugin kind (here: the immse kind under another name, registered at run time)."""
+    immse = KINDS["immse"]
+    KINDS.register("immse_plugin", type("ImmsePlugin", (type(immse),), {"name": "immse_plugin"})())
+    try:
+        assert "immse_plugin" not in deployments.PRESETS
+        deps = deployments.document(["immse", "immse_plugin"])["deployments"]
+        assert [(kind_of_deployment(d), d["name"]) for d in deps] == [("immse", "gpu"), ("immse_plugin", "gpu")]
+        assert deps[1]["parameters"]["spec"] == immse.small and deps[0]["parameters"]["spec"]["name"] == "immse"
+        deployments.validate(["immse_plugin"])
+    finally:
+        KINDS.unregister("immse_plugin")
+
+
+@pytest.mark.parametrize("which", ["checked-in", "all kinds"])
+def test_pools_schedules_and_flows(which):
     from prefect.flows import load_flow_from_entrypoint
 
-    from dsclab.study import BUILTIN, KINDS
-
-    deps = deployments_in_yaml()
-    by_flow: dict[str, set] = {}
+    kinds = list(BUILTIN) if which == "checked-in" else list(KINDS)
+    doc = yaml.safe_load(PREFECT_YAML.read_text()) if which == "checked-in" else deployments.document(KINDS)
+    deps = doc["deployments"]
+    pools: dict[str, list] = {}
     for dep in deps:
         pool = dep["work_pool"]
-        assert pool["name"] in ("cpu", "gpu")
+        assert pool["name"] == dep["name"] and pool["name"] in ("cpu", "gpu")
         env = pool["job_variables"]["env"]
         if pool["name"] == "gpu":  # the worker's own CUDA_VISIBLE_DEVICES must reach the run
             assert "CUDA_VISIBLE_DEVICES" not in env and env["DSCLAB_DEVICE"] == "auto"
         else:
             assert env["CUDA_VISIBLE_DEVICES"] == "" and env["DSCLAB_DEVICE"] == "cpu"
-        assert all(s.get("active") is False for s in dep.get("schedules", []))
+        assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+        assert dep["tags"] == ["dsclab"] and dep["enforce_parameter_schema"] is True
+        assert dep["parameters"]["runner"] == {"kind": "threads"}
+        kind = kind_of_deployment(dep)
+        schedules = dep["schedules"]
+        if (kind, dep["name"]) == ("sample_complexity", "gpu"):  # the example cron schedule, inactive
+            assert schedules == [{"cron": "0 3 * * 1", "timezone": "UTC", "active": False}]
+        else:
+            assert schedules == []
         flow = load_flow_from_entrypoint(str(ROOT / dep["entrypoint"]))
-        by_flow.setdefault(flow.name, set()).add(dep["name"])
-    assert any(dep.get("schedules") for dep in deps)  # the example cron schedule is there
-    for kind in BUILTIN:  # every built-in study kind has a gpu deployment
-        assert "gpu" in by_flow.get(KINDS[kind].flow_name, set()), kind
+        assert flow.name == KINDS[kind].flow_name
+        pools.setdefault(kind, []).append(dep["name"])
+    assert list(pools) == kinds  # every kind, in the registry's order, and each a gpu deployment
+    assert pools == {k: ["gpu", "cpu"] if k == "sample_complexity" else ["gpu"] for k in kinds}
 
 
 def test_worker_plan_one_per_gpu():
@@ -79,6 +134,21 @@ def test_worker_plan_one_per_gpu():
 
 
 # -- end to end on a real server (tests/prefect_team.py) -----------------------------------------
+
+def test_every_registered_kind_is_deployed(team):
+    """``dsclab server`` deployed every kind of KINDS (plugins included) as ``<flow_name>/gpu``."""
+    api = team["api"]
+    flows = {f["id"]: f["name"] for f in srv.api_request("POST", f"{api}/flows/filter", json={}).json()}
+    deployed = {(flows[d["flow_id"]], d["name"])
+                for d in srv.api_request("POST", f"{api}/deployments/filter", json={}).json()}
+    expect = {(k.flow_name, "gpu") for k in KINDS.values()} | {("sample-complexity", "cpu")}
+    assert deployed == expect
+    for name, kind in KINDS.items():
+        dep = srv.api_request("GET", f"{api}/deployments/name/{kind.flow_name}/gpu").json()
+        assert dep["entrypoint"] == f"flows/study.py:{name}" and dep["work_pool_name"] == "gpu"
+        got, want = kind.parse(dep["parameters"]["spec"]), kind.parse(deployments.preset(name)[1])
+        assert got.model_dump() == want.model_dump(), name
+
 
 def test_deployed_flow_runs_on_the_gpu_worker(team, tiny_run):
     api = team["api"]

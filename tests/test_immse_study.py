@@ -15,9 +15,12 @@ import xarray as xr
 
 import storage
 from dsclab import immse
-from dsclab import immse_study as ist
 from dsclab.distributions import gaussian, gaussian_mixture, rademacher
 from dsclab.spec import SpecError, parse_spec
+from dsclab.studies.immse.denoisers import ENSEMBLE_MEMBERS, MISMATCHED
+from dsclab.studies.immse.plot import plot
+from dsclab.studies.immse.report import report
+from dsclab.studies.immse.spec import ImmseSpec
 
 Z = 5.0
 
@@ -84,7 +87,7 @@ def test_stratified_draws_unbiased_and_se_conservative():
 def test_crossed_matches_ensemble_nll_and_offset_is_paired():
     P = gaussian_mixture(2, k=2, separation=4.0)
     lam = immse.spectrum(P.cov())
-    Q = ist.MISMATCHED["gaussian_mixture"](P, 4.0)
+    Q = MISMATCHED["gaussian_mixture"](P, 4.0)
     G = immse.moment_matched_gaussian(P.mean(), P.cov())
     dens = [P.denoise, Q.denoise, G.denoise]
     x = P.sample(200, gen(1))
@@ -129,10 +132,10 @@ def test_data_set_nll_exact_denoiser_gap(law):
 def test_spec_errors_are_one_line():
     with pytest.raises(SpecError, match=r"^data: .*duplicate"):
         parse_spec({"name": "x", "d": [2], "n": [10], "data": [{"name": "gaussian"}, {"name": "gaussian"}]},
-                   ist.ImmseSpec)
+                   ImmseSpec)
     with pytest.raises(SpecError, match=r"^n: 0 is not a positive integer$"):
-        parse_spec({"name": "x", "d": [2], "n": [0]}, ist.ImmseSpec)
-    spec = parse_spec({"name": "x", "d": [2, 8], "n": [10, 20]}, ist.ImmseSpec)
+        parse_spec({"name": "x", "d": [2], "n": [0]}, ImmseSpec)
+    spec = parse_spec({"name": "x", "d": [2, 8], "n": [10, 20]}, ImmseSpec)
     assert len(spec.cells()) == 3 * 2 * 2 and [x.name for x in spec.data] == ["gaussian", "gaussian_mixture",
                                                                               "rademacher"]
 
@@ -157,7 +160,7 @@ def harness():
 def test_flow_complete_store_then_resume(harness, tmp_path):
     from flows.study import immse as immse_flow
 
-    spec = parse_spec(TINY, ist.ImmseSpec)
+    spec = parse_spec(TINY, ImmseSpec)
     path = str(tmp_path / "tiny.zarr")
     out = immse_flow(spec=spec, store=path)
     assert out == {"store": path, "cells": 6, "done": 6, "failed": 0, "computed": 6, "plot": storage.plot_path(path)}
@@ -168,22 +171,22 @@ def test_flow_complete_store_then_resume(harness, tmp_path):
         assert np.isfinite(ds[var].values).all(), var
     assert ds.nll_immse.dims == ("data", "d", "n", "seed", "denoiser")
     assert ds.mmse.dims == ("data", "d", "n", "seed", "denoiser", "logsnr")
-    members = ds.ensemble_share.sel(denoiser=list(ist.ENSEMBLE_MEMBERS))
+    members = ds.ensemble_share.sel(denoiser=list(ENSEMBLE_MEMBERS))
     assert np.allclose(members.sum("denoiser"), 1.0) and ds.ensemble_share.sel(denoiser="exact").isnull().all()
     # n-independent denoisers: same points and draws in every cell of (data, d, seed)
     fixed = ds.nll_immse.sel(denoiser=["exact", "gaussian", "mismatched"])
     xr.testing.assert_equal(fixed.isel(n=0, drop=True), fixed.isel(n=1, drop=True))
     # the ensemble is at least as tight as each member, its curve is the members' envelope
-    assert (ds.nll_immse.sel(denoiser="ensemble") <= ds.nll_immse.sel(denoiser=list(ist.ENSEMBLE_MEMBERS)).min("denoiser") + 1e-12).all()
-    env = ds.mmse.sel(denoiser=list(ist.ENSEMBLE_MEMBERS)).min("denoiser")
+    assert (ds.nll_immse.sel(denoiser="ensemble") <= ds.nll_immse.sel(denoiser=list(ENSEMBLE_MEMBERS)).min("denoiser") + 1e-12).all()
+    env = ds.mmse.sel(denoiser=list(ENSEMBLE_MEMBERS)).min("denoiser")
     xr.testing.assert_allclose(ds.mmse.sel(denoiser="ensemble", drop=True), env)
     # reference curve: closed form for the Gaussian, d = 2, eigenvalues 1 and 1/10
     lam = np.array([1.0, 0.1])
     ref = np.mean(1 / (1 + np.exp(-(ds.logsnr.values[:, None] + np.log(lam)))), axis=1)
     assert np.allclose(ds.mmse_gauss.sel(data="gaussian", d=2), ref)
-    text = ist.report(ds)
+    text = report(ds)
     assert "[rademacher]" in text and "min z" in text
-    png = ist.plot(ds, str(tmp_path / "immse.png"))
+    png = plot(ds, str(tmp_path / "immse.png"))
     assert (tmp_path / "immse.png").stat().st_size > 10_000 and png.endswith(".png")
 
     before = ds

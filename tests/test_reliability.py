@@ -12,8 +12,8 @@ import yaml
 
 import storage
 from dsclab import cli
-from dsclab import sample_complexity as sc
 from dsclab.spec import parse_spec
+from dsclab.studies.sample_complexity import numerics as sc
 
 GRID = {"name": "conc", "d": [2, 3], "n": [10, 20, 30, 40], "seed": [0, 1], "nfe": [5],
         "evaluation": {"t": [0.1, 1.0], "delta": [0.1]}}

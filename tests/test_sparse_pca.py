@@ -10,7 +10,9 @@ import xarray as xr
 
 import storage
 from dsclab import sparse_pca_estimators as spe
-from dsclab import sparse_pca_study as sps
+from dsclab.studies.sparse_pca import numerics, report
+from dsclab.studies.sparse_pca.plot import plot
+from dsclab.studies.sparse_pca.spec import ESTIMATOR_NAMES, SparsePCAEvalSpec, SparsePCASpec
 from dsclab.distributions.sparse_pca import sparse_pca, spike_direction
 from dsclab.metrics import sliced_w2
 from dsclab.spec import SpecError, parse_spec
@@ -138,11 +140,11 @@ def test_null_overlap_of_trained_networks_is_one_over_d():
     data = [dist.sample(n, g).float() for _ in range(R)]
     res = train_ensemble(data, list(range(1000, 1000 + R)),
                          config=TrainConfig(steps=100, batch_size=64, width=32, depth=2))
-    ev = sps.SparsePCAEvalSpec(n_samples=300, nfe=10)
+    ev = SparsePCAEvalSpec(n_samples=300, nfe=10)
     v = []
     for r in res:
         x0 = torch.randn(300, d, generator=g)
-        y = sps.draw_samples(ev, r.model.score, x0, sps.ReplayNoise(x0.shape, g))
+        y = numerics.draw_samples(ev, r.model.score, x0, numerics.ReplayNoise(x0.shape, g))
         v.append(spe.overlap(spe.sample_direction(y), dist.u) ** 2)
     v = np.asarray(v)
     assert abs(v.mean() - 1 / d) < 5 * v.std(ddof=1) / math.sqrt(R), (v.mean(), 1 / d)
@@ -155,17 +157,17 @@ def test_sample_sizes_and_crossing():
     assert math.isnan(spe.sample_sizes(32, 8, 1.0)["poly"])                  # k^2 >= d
     assert spe.sample_sizes(32, 4, 3.0)["it"] == pytest.approx(4 * math.log(8) / 9)
     ns = [4, 8, 16, 32]
-    assert sps.crossing(ns, [0.1, 0.3, 0.7, 0.9]) == (pytest.approx(8 * 2 ** 0.5), "")  # halfway in log n
-    assert sps.crossing(ns, [0.6, 0.4, 0.7, 0.9])[0] == pytest.approx(8 * 2 ** (1 / 3))  # stays above from 16
-    assert sps.crossing(ns, [0.6, 0.7, 0.8, 0.9]) == (4.0, "<=")
-    assert sps.crossing(ns, [0.1, 0.2, 0.6, 0.4]) == (32.0, ">")
-    assert sps.position(8.0, 2.0, 32.0) == pytest.approx(0.5)
+    assert report.crossing(ns, [0.1, 0.3, 0.7, 0.9]) == (pytest.approx(8 * 2 ** 0.5), "")  # halfway in log n
+    assert report.crossing(ns, [0.6, 0.4, 0.7, 0.9])[0] == pytest.approx(8 * 2 ** (1 / 3))  # stays above from 16
+    assert report.crossing(ns, [0.6, 0.7, 0.8, 0.9]) == (4.0, "<=")
+    assert report.crossing(ns, [0.1, 0.2, 0.6, 0.4]) == (32.0, ">")
+    assert report.position(8.0, 2.0, 32.0) == pytest.approx(0.5)
 
 
 def test_cached_sliced_w2_equals_metrics_sliced_w2():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(300, 5, generator=g, dtype=torch.float64), torch.randn(300, 5, generator=g, dtype=torch.float64)
-    fast = sps.SlicedW2(b, torch.Generator().manual_seed(1), n_proj=64)(a)
+    fast = numerics.SlicedW2(b, torch.Generator().manual_seed(1), n_proj=64)(a)
     assert fast == pytest.approx(sliced_w2(a, b, torch.Generator().manual_seed(1), n_proj=64), rel=1e-12)
 
 
@@ -174,7 +176,7 @@ def test_spec_refuses_bad_grids_in_one_line():
     for bad, msg in [({"k": [8]}, "k: 8 must be below every d"), ({"beta": [-1.0]}, "beta"),
                      ({"estimator": ["lasso"]}, "unknown estimator 'lasso'")]:
         with pytest.raises(SpecError, match=msg):
-            parse_spec({**base, **bad}, sps.SparsePCASpec)
+            parse_spec({**base, **bad}, SparsePCASpec)
 
 
 # ------------------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def test_spec_refuses_bad_grids_in_one_line():
 
 TINY = {
     "name": "tiny_spca", "kind": "sparse_pca", "d": [12], "k": [2], "beta": [0.0, 4.0], "n": [6, 60],
-    "seed": [0, 1], "estimator": list(sps.ESTIMATOR_NAMES), "train": {"steps": 60, "batch_size": 32, "width": 16, "depth": 1},
+    "seed": [0, 1], "estimator": list(ESTIMATOR_NAMES), "train": {"steps": 60, "batch_size": 32, "width": 16, "depth": 1},
     "evaluation": {"t": [0.1, 1.0], "n_score": 100, "n_samples": 200, "nfe": 8}, "workers": 2,
 }
 
@@ -199,7 +201,7 @@ def harness():
 def test_flow_complete_store_report_then_resume_computes_nothing(harness, tmp_path):
     from flows.study import sparse_pca as flow
 
-    spec = parse_spec(TINY, sps.SparsePCASpec)
+    spec = parse_spec(TINY, SparsePCASpec)
     path = str(tmp_path / "tiny.zarr")
     out = flow(spec=spec, store=path)
     assert out == {"store": path, "cells": 8, "done": 8, "failed": 0, "computed": 8,
@@ -214,7 +216,7 @@ def test_flow_complete_store_report_then_resume_computes_nothing(harness, tmp_pa
     assert (ds.score_l2.sel(estimator="oracle") == 0).all()
     # u is stored with the cell and is the law's u (one per (d, k, seed), shared by beta and n)
     u = ds.u.sel(d=12, k=2, beta=4.0, n=60, seed=1).values
-    assert np.array_equal(u[:12], sps.law(12, 2, 4.0, 1).u.numpy()) and np.isnan(u[12:]).all()
+    assert np.array_equal(u[:12], numerics.law(12, 2, 4.0, 1).u.numpy()) and np.isnan(u[12:]).all()
     assert np.array_equal(u, ds.u.sel(d=12, k=2, beta=0.0, n=6, seed=1).values)
     assert float(ds.n_spectral.sel(d=12, k=2, beta=4.0)) == pytest.approx(12 / 16)
     from storage.check import check_store
@@ -225,9 +227,9 @@ def test_flow_complete_store_report_then_resume_computes_nothing(harness, tmp_pa
     assert out2["computed"] == 0 and out2["done"] == 8
     xr.testing.assert_identical(xr.open_zarr(path).load(), before)
 
-    text = sps.report(before)
+    text = report.report(before)
     assert "[d=12 k=2 beta=4]" in text and "closing note" in text and "null (beta = 0)" in text
-    png = sps.plot(before, str(tmp_path / "p.png"))
+    png = plot(before, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 0 and png.endswith("p.png")
 
 
@@ -235,7 +237,7 @@ def test_flow_without_network_runs_the_baselines_only(harness, tmp_path):
     from flows.study import sparse_pca as flow
     from storage.check import check_store
 
-    spec = parse_spec({**TINY, "seed": [0], "estimator": ["pca", "exhaustive", "oracle"]}, sps.SparsePCASpec)
+    spec = parse_spec({**TINY, "seed": [0], "estimator": ["pca", "exhaustive", "oracle"]}, SparsePCASpec)
     path = str(tmp_path / "base.zarr")
     assert flow(spec=spec, store=path)["done"] == 4
     ds = xr.open_zarr(path)

@@ -12,7 +12,13 @@ import xarray as xr
 import storage
 from storage.check import check_store
 from dsclab import analysis, noise
-from dsclab import sampler_convergence as scv
+from dsclab.studies.sampler_convergence.cell import run_cell
+from dsclab.studies.sampler_convergence.exact import product_kl_1d
+from dsclab.studies.sampler_convergence.plot import plot
+from dsclab.studies.sampler_convergence.report import report
+from dsclab.studies.sampler_convergence.schemes import uses_levy_area
+from dsclab.studies.sampler_convergence.spec import TARGETS, SamplerConvergenceSpec
+from dsclab.studies.sampler_convergence.targets import exact_score, make_target
 from dsclab.exact_kl import default_grid, mixture1d, sampler_kl_1d
 from dsclab.gaussian_exact import sampler_kl
 from dsclab.samplers import SAMPLERS, steps_for_nfe
@@ -126,7 +132,7 @@ def _spec(**over):
                          "n_boot": 50},
             "workers": 2}
     base.update(over)
-    return parse_spec(base, scv.SamplerConvergenceSpec)
+    return parse_spec(base, SamplerConvergenceSpec)
 
 
 def test_spec_validation():
@@ -143,13 +149,13 @@ def test_spec_validation():
 def test_fast_scores_equal_library_scores():
     spec = _spec()
     g = torch.Generator().manual_seed(0)
-    for name in scv.TARGETS:
-        dist = scv.make_target(spec, name, 4)
+    for name in TARGETS:
+        dist = make_target(spec, name, 4)
         x = dist.sample(9, g, t=0.2)
         ref = (torch.cat([dist.factor.score(x[:, i:i + 1], 0.2) for i in range(4)], 1) if name == "product_mixture"
                else dist.score(x, 0.2))
-        assert torch.allclose(scv.exact_score(name, dist)(x, 0.2), ref, rtol=1e-12, atol=1e-12)
-    assert [scv.uses_levy_area(SAMPLERS[s]) for s in SAMPLERS] == [s in ("sra1", "shark") for s in SAMPLERS]
+        assert torch.allclose(exact_score(name, dist)(x, 0.2), ref, rtol=1e-12, atol=1e-12)
+    assert [uses_levy_area(SAMPLERS[s]) for s in SAMPLERS] == [s in ("sra1", "shark") for s in SAMPLERS]
 
 
 @pytest.mark.filterwarnings("ignore:srk. output mass:RuntimeWarning")  # NFE 8: unstable steps, expected
@@ -160,13 +166,13 @@ def test_product_kl_is_d_times_library_1d_kl():
     q = spec.quadrature
     mix = mixture1d(spec.product_mixture.weights, spec.product_mixture.means, spec.product_mixture.stds)
     x = default_grid(mix, spec.t_min, pts_per_width=q.pts_per_width, n_sd=q.n_sd)
-    curves = scv.product_kl_1d(spec, "exact")
+    curves = product_kl_1d(spec, "exact")
     for j, nfe in enumerate(spec.nfe):
         ts = noise.time_grid(spec.T, spec.t_min, steps_for_nfe("srk", nfe), spec.schedule)
         ref = sampler_kl_1d("srk", mix, ts, start="exact", x=x, n_area=q.n_area, n_max=q.n_max)
         assert curves["kl"][0][j] == pytest.approx(ref, rel=1e-9)
     cell = next(c for c in spec.cells() if c.target == "product_mixture" and c.d == 3 and c.score == "exact")
-    ds = scv.run_cell(spec, cell, curves)
+    ds = run_cell(spec, cell, curves)
     assert np.allclose(ds.kl.values, 3 * np.asarray(curves["kl"]), rtol=1e-15)
 
 
@@ -214,14 +220,14 @@ def test_tiny_study_through_flow(harness, tmp_path):
     prod = ds.kl.sel(target="product_mixture", score=["exact", "perturbed"])
     assert np.allclose(prod.sel(d=3) / prod.sel(d=2), 1.5, rtol=1e-12)
     # gaussian: an independent exact propagation of one entry
-    dist = scv.make_target(spec, "gaussian", 3)
+    dist = make_target(spec, "gaussian", 3)
     ts = noise.time_grid(spec.T, spec.t_min, steps_for_nfe("srk", 16), spec.schedule)
     ref = sampler_kl("srk", dist, ts, start="exact")
     assert float(ds.kl.sel(target="gaussian", d=3, sampler="srk", nfe=16, score="exact")) == pytest.approx(ref, rel=1e-12)
 
-    text = scv.report(ds)
+    text = report(ds)
     assert "ACCEPTANCE" in text and "slope ratio srk/EI" in text and "NFE ratio srk/EI" in text
-    png = scv.plot(ds, str(tmp_path / "p.png"))
+    png = plot(ds, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 10_000 and png.endswith("p.png")
 
     before = xr.open_zarr(path).load()

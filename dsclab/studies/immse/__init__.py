@@ -1,34 +1,43 @@
-"""The I-MMSE study kind (Kong et al. 2023): log-likelihood from the MMSE curve."""
+"""The I-MMSE study kind: likelihoods of exact, mismatched, trained and ensembled denoisers read
+off their MSE curves (Kong, Brekelmans & Ver Steeg 2023; science.md §6; project issue 4).
+
+The package: ``spec`` (the spec, its data laws and cells), ``denoisers`` (the denoiser axis),
+``cell`` (data, training range and evaluation of one cell), ``layout`` (the store), ``report``
+and ``plot``. This module is the contract adapter (``dsclab.study``); the generic flow
+(``flows.study``) runs it.
+"""
 from __future__ import annotations
 
-from dsclab import immse_study as ist
 from dsclab.studies import small_preset
+from dsclab.studies.immse import layout, plot, report
+from dsclab.studies.immse.cell import run_cell
+from dsclab.studies.immse.spec import CELL_DIMS, ImmseSpec
 from dsclab.study import Group, StudyKind
 
 
 class Immse(StudyKind):
     name = "immse"
-    spec_model = ist.ImmseSpec
-    cell_dims = ist.CELL_DIMS
+    spec_model = ImmseSpec
+    cell_dims = CELL_DIMS
     description = ("Log-likelihood from the MMSE curve for exact, mismatched, trained and ensembled "
                    "denoisers (Kong et al. 2023).")
     small = small_preset(__file__)
 
     def template(self, spec):
-        return ist.template(spec)
+        return layout.template(spec)
 
     def plan(self, spec, cells):
         """One task per cell (train its network, evaluate every denoiser), largest d and n first."""
         return [Group(cells=(c,)) for c in sorted(cells, key=lambda c: (-c.d, -c.n, c.data, c.seed))]
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return ist.run_cell(spec, cell)
+        return run_cell(spec, cell)
 
     def report(self, ds):
-        return ist.report(ds)
+        return report.report(ds)
 
     def plot(self, ds, out):
-        return ist.plot(ds, out)
+        return plot.plot(ds, out)
 
 
 KIND = Immse()

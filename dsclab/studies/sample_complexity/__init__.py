@@ -1,14 +1,19 @@
-"""The sample-complexity study kind (Gupta et al. 2023): score and sampling errors against n, per d."""
+"""The sample-complexity study kind (Gupta et al. 2023): score and sampling errors against n, per d.
+
+The package: ``spec`` (the spec models and cells), ``numerics`` (store layout, data, training and
+evaluation of a cell), ``report`` (text report and summary table), ``plot`` (the figure); this
+module is the contract adapter (``dsclab.study``) composing them."""
 from __future__ import annotations
 
 from collections import defaultdict
 
-from dsclab import report as _report
-from dsclab import sample_complexity as sc
 from dsclab.errors import TrainingDiverged
 from dsclab.seeds import derive_seed
-from dsclab.spec import StudySpec
 from dsclab.studies import small_preset
+from dsclab.studies.sample_complexity import numerics as sc
+from dsclab.studies.sample_complexity import plot as _plot
+from dsclab.studies.sample_complexity import report as _report
+from dsclab.studies.sample_complexity.spec import StudySpec
 from dsclab.study import Group, StudyKind
 from dsclab.train import TrainResult
 
@@ -55,16 +60,13 @@ class SampleComplexity(StudyKind):
         return sc.evaluate(spec, cell, res.model.score, res)
 
     def report(self, ds):
-        return _report.sample_complexity_report(ds)
+        return _report.report(ds)
 
     def plot(self, ds, out):
-        return _report.plot_sample_complexity(ds, out)
+        return _plot.plot(ds, out)
 
     def table(self, ds):
-        df = _report.score_error_table(ds)
-        df.attrs["caption"] = (f"score_l2 (mean over seeds and t, estimator {ds.estimator.values[0]}): "
-                               "rows n, columns d")
-        return df
+        return _report.table(ds)
 
 
 KIND = SampleComplexity()

@@ -1,49 +1,62 @@
-"""The sampler-convergence study kind (Wu et al. 2024): KL and sample distances against NFE."""
+"""The sampler-convergence study kind (Wu et al. 2024): KL and sample distances against NFE.
+
+How fast each reverse-SDE sampler converges as NFE grows, on targets where the error is known
+exactly (Wu–Chen–Wei 2024; science.md §3; project issue 3). Modules: ``spec`` (the spec, its
+cells and which values each cell computes), ``targets`` (target laws and their scores: exact,
+perturbed, trained), ``schemes`` (time grids and increments of the samplers), ``exact`` (exact
+KL routes), ``sampled`` (sample metrics with their Monte Carlo floors), ``cell`` (one cell),
+``layout`` (the store), ``fits`` (slopes and crossings read off a store), ``report`` (text) and
+``plot`` (figure).
+"""
 from __future__ import annotations
 
-from dsclab import sampler_convergence as scv
 from dsclab.studies import small_preset
+from dsclab.studies.sampler_convergence import exact, layout
+from dsclab.studies.sampler_convergence import plot as _plot
+from dsclab.studies.sampler_convergence import report as _report
+from dsclab.studies.sampler_convergence.cell import run_cell
+from dsclab.studies.sampler_convergence.spec import CELL_DIMS, SamplerConvergenceSpec, sampled_route, shared_1d
 from dsclab.study import Group, StudyKind
 
 
 def _cost(spec, cell) -> float:
     """Rough relative cost of a cell (for the queue order only)."""
-    if scv.sampled_route(spec, cell):
+    if sampled_route(spec, cell):
         return len(spec.seed) * (1.0 + cell.d / 32) * (2.0 if cell.score == "trained" else 1.0)
     return (cell.d / 32) ** 1.5
 
 
 class SamplerConvergence(StudyKind):
     name = "sampler_convergence"
-    spec_model = scv.SamplerConvergenceSpec
-    cell_dims = scv.CELL_DIMS
+    spec_model = SamplerConvergenceSpec
+    cell_dims = CELL_DIMS
     description = ("KL (exact) and sliced W2 / MMD against NFE for Euler-Maruyama, the exponential integrator, "
                    "SRK, SRA1, ShARK and Heun; fitted slopes and NFE to reach a KL (Wu et al. 2024).")
     small = small_preset(__file__)
     torch_threads = 1  # streams of small tensor ops: parallelism comes from the workers
 
     def template(self, spec):
-        return scv.template(spec)
+        return layout.template(spec)
 
     def plan(self, spec, cells):
         """One task per (target, d, score) cell, most expensive first; the product target's exact
         cells share their 1-D curves (one prepare unit per score kind) and are queued last, so that
         no worker waits on them."""
-        shared = [c for c in cells if scv.shared_1d(c)]
-        rest = sorted((c for c in cells if not scv.shared_1d(c)), key=lambda c: -_cost(spec, c))
+        shared = [c for c in cells if shared_1d(c)]
+        rest = sorted((c for c in cells if not shared_1d(c)), key=lambda c: -_cost(spec, c))
         return [Group(cells=(c,)) for c in rest] + [Group(cells=(c,), data=(c.score,)) for c in shared]
 
     def prepare(self, spec, key, cache):
-        return scv.product_kl_1d(spec, key)
+        return exact.product_kl_1d(spec, key)
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return scv.run_cell(spec, cell, prepared.get(cell.score) if scv.shared_1d(cell) else None)
+        return run_cell(spec, cell, prepared.get(cell.score) if shared_1d(cell) else None)
 
     def report(self, ds):
-        return scv.report(ds)
+        return _report.report(ds)
 
     def plot(self, ds, out):
-        return scv.plot(ds, out)
+        return _plot.plot(ds, out)
 
 
 KIND = SamplerConvergence()

@@ -1,36 +1,50 @@
-"""The score-learning study kind (Kumar et al. 2025): n*(eps, d), BSM against DSM, dependent data."""
+"""The score-learning study kind (Kumar–Nagaraj–Sarkar 2025, science.md §4; Gupta et al. 2023,
+science.md §2): time bootstrapping (BSM) against DSM, Markov-trajectory against independent
+training pairs, a d-free hypothesis class against the generic MLP, and the L2 versus quantile
+score error.
+
+Modules: :mod:`.spec` (the spec and its cells), :mod:`.layout` (the store), :mod:`.cell` (data,
+training and evaluation of one cell), :mod:`.readout` (what the report and figure read),
+:mod:`.report` (the text report, by section) and :mod:`.plot` (the figure). Each cell trains its
+own small network inside ``evaluate`` (no separate train stage).
+"""
 from __future__ import annotations
 
-from dsclab import score_learning as sl
 from dsclab.studies import small_preset
 from dsclab.study import Group, StudyKind
+
+from .cell import run_cell
+from .layout import template as _template
+from .plot import plot as _plot
+from .report import report as _report
+from .spec import CELL_DIMS, ScoreLearningSpec
 
 
 class ScoreLearning(StudyKind):
     name = "score_learning"
-    spec_model = sl.ScoreLearningSpec
-    cell_dims = sl.CELL_DIMS
+    spec_model = ScoreLearningSpec
+    cell_dims = CELL_DIMS
     description = ("n*(eps, d) for a structured class against an MLP; BSM against DSM; trajectory against "
                    "independent noisings; quantile against L2 error (Kumar et al. 2025).")
     small = small_preset(__file__)
 
     def template(self, spec):
-        return sl.template(spec)
+        return _template(spec)
 
     def plan(self, spec, cells):
         """One task per cell, cells sharing a training set (d, seed, data_mode) next to each other
-        (``sl.training_data`` keeps a few in memory), largest d first."""
+        (``cell.training_data`` keeps a few in memory), largest d first."""
         order = sorted(cells, key=lambda c: (-c.d, c.seed, c.data_mode, -c.n, c.model, c.estimator))
         return [Group(cells=(c,)) for c in order]
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return sl.run_cell(spec, cell)
+        return run_cell(spec, cell)
 
     def report(self, ds):
-        return sl.report(ds)
+        return _report(ds)
 
     def plot(self, ds, out):
-        return sl.plot(ds, out)
+        return _plot(ds, out)
 
 
 KIND = ScoreLearning()

@@ -1,6 +1,7 @@
-"""The computational-gap study (project issue 6; science.md §5, Montanari–Vu 2025): spec, store
-layout, one cell's numerics, report and figure. No I/O and no Prefect here
-(``tasks/computational_gap.py`` and ``flows/computational_gap.py`` wrap these).
+"""The computational-gap study's numerics (project issue 6; science.md §5, Montanari–Vu 2025):
+store layout, training of the network drift and evaluation of one cell. No I/O and no Prefect
+here (the kind's stages, ``dsclab.studies.computational_gap``, wrap these; the spec is in
+``.spec``).
 
 Law. ``mu_bar = 1/2 delta_0 + 1/2 mu_{n,k}`` (``dsclab.spike.sparse_spike_mixture``), x = u u^T,
 observed in stochastic-localisation time t (SNR): ``y_t = t x + W_t`` (conventions in
@@ -34,129 +35,21 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Literal
 
 import numpy as np
 import torch
 import xarray as xr
-from pydantic import Field, field_validator, model_validator
 
 import dsclab
 from dsclab import spike
+from dsclab.errors import TrainingDiverged
 from dsclab.seeds import derive_seed
-from dsclab.spec import StudyBase, _Frozen, _known, _positive_ints, _unique, seed_list
-
-CELL_DIMS = ("n", "k", "seed")
-# study drift name -> (dsclab.spike.DRIFTS factory, its parameters)
-STUDY_DRIFTS: dict[str, tuple[str, dict]] = {
-    "bayes": ("bayes", {}),
-    "spectral": ("spectral", {}),
-    "gated_spectral": ("gated", {"inner": "spectral", "test": "spectral"}),
-    "power_iteration": ("power_iteration", {}),
-    "threshold": ("threshold", {}),
-    "constant": ("constant", {}),
-    "network": ("network", {}),
-    "fixed_sample": ("fixed_sample", {}),
-}
-
-
-# -------------------------------------------------------------------------------------------
-# Spec
-# -------------------------------------------------------------------------------------------
-
-class GapTrainSpec(_Frozen):
-    """Training of the network drift (``dsclab.spike.train_network``)."""
-
-    steps: int = Field(300, gt=0, description="Adam steps (cosine decay)")
-    batch_size: int = Field(32, gt=0, description="matrices per step")
-    lr: float = Field(1e-3, gt=0, description="learning rate")
-    width: int = Field(16, gt=0, description="channels of the equivariant layers")
-    depth: int = Field(3, ge=1, description="equivariant layers")
-    n_train: int = Field(2000, gt=0, description="training draws of mu_bar")
-    device: str = Field("cpu", description="cpu, cuda or auto")
-
-
-class GapEvalSpec(_Frozen):
-    """How each cell is evaluated."""
-
-    t: list[float] = Field([1, 2, 4, 8, 16, 32, 64, 128, 256], description="SL times of the MSE curve")
-    n_mse: int = Field(200, ge=2, description="fresh (x, z) per t for the MSE")
-    n_int: int = Field(100, ge=2, description="samples of the integrated loss")
-    int_steps: int = Field(32, gt=0, description="trapezoid steps of the integrated loss on [0, T]")
-    n_samples: int = Field(100, ge=2, description="samples drawn with each drift")
-    delta: float = Field(0.5, gt=0, description="SL Euler step")
-    T_mult: float = Field(4.0, gt=0, description="sampler horizon T = T_mult * n")
-    bayes_max_terms: float = Field(5e4, gt=0, description="Bayes runs only where C(n,k) 2^(k-1) <= this")
-
-    @field_validator("t")
-    @classmethod
-    def _t(cls, v):
-        if not v or any(not (x > 0 and math.isfinite(x)) for x in v):
-            raise ValueError(f"{v} must be positive times")
-        _unique(v)
-        return [float(x) for x in v]
-
-
-class ComputationalGapSpec(StudyBase):
-    """A computational-gap study: the grid n x k x seed; every cell evaluates every drift."""
-
-    kind: Literal["computational_gap"] = Field("computational_gap", description="study kind (selects the flow)")
-    n: list[int] = Field(..., description="matrix sizes (d = n^2)")
-    k: list[int] = Field(..., description="sparsities; each below every n")
-    seed: list[int] = Field([0], description="seeds (training data, initialisation, evaluation)")
-    drift: list[str] = Field(list(STUDY_DRIFTS), description="drifts evaluated in every cell")
-    train: GapTrainSpec = GapTrainSpec()
-    evaluation: GapEvalSpec = GapEvalSpec()
-
-    @field_validator("n", "k")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive_ints(info.field_name, v)
-
-    @field_validator("seed")
-    @classmethod
-    def _seeds(cls, v):
-        return seed_list(v)
-
-    @field_validator("drift")
-    @classmethod
-    def _drift(cls, v):
-        return _known("drift", v, STUDY_DRIFTS)
-
-    @model_validator(mode="after")
-    def _grid(self):
-        if max(self.k) >= min(self.n):
-            raise ValueError(f"k: {max(self.k)} must be below every n (smallest n is {min(self.n)})")
-        for n in self.n:
-            if not math.isclose(self.evaluation.T_mult * n / self.evaluation.delta,
-                                round(self.evaluation.T_mult * n / self.evaluation.delta), abs_tol=1e-9):
-                raise ValueError(f"T = {self.evaluation.T_mult} * {n} is not a multiple of delta")
-        cells = len(self.n) * len(self.k) * len(self.seed)
-        if cells > self.max_cells:
-            raise ValueError(f"the grid has {cells} cells, over max_cells={self.max_cells}")
-        return self
-
-    @property
-    def trains(self) -> bool:
-        return "network" in self.drift
-
-    def cells(self) -> list["GapCell"]:
-        return [GapCell(n=n, k=k, seed=s, key=self.key(n=n, k=k, seed=s))
-                for n in self.n for k in self.k for s in self.seed]
-
-
-class GapCell(_Frozen):
-    n: int
-    k: int
-    seed: int
-    key: str
-
-
-def cell_index(cell: GapCell) -> dict:
-    return {"n": cell.n, "k": cell.k, "seed": cell.seed}
+from dsclab.studies.computational_gap.spec import CELL_DIMS, STUDY_DRIFTS, ComputationalGapSpec, GapCell
 
 
 def bayes_terms(n: int, k: int) -> float:
+    """C(n,k) 2^(k-1): the terms of the exact Bayes enumeration over the supports and signs of u
+    (u and -u give the same x)."""
     return float(math.comb(n, k) * 2 ** (k - 1))
 
 
@@ -231,7 +124,8 @@ def template(spec: ComputationalGapSpec) -> xr.Dataset:
 # -------------------------------------------------------------------------------------------
 
 def train(spec: ComputationalGapSpec, n: int, k: int, seed: int, device: str = "cpu"):
-    """Train the cell's network; returns (net, mean loss of the last 10% of steps, seconds)."""
+    """Train the cell's network; returns (net, mean loss of the last 10% of steps, seconds).
+    Raises ``TrainingDiverged`` when that loss is not finite."""
     tr = spec.train
     dist = spike.sparse_spike_mixture(n, k)
     g = torch.Generator().manual_seed(derive_seed("gap-train", n, k, seed))
@@ -243,7 +137,7 @@ def train(spec: ComputationalGapSpec, n: int, k: int, seed: int, device: str = "
     tail = hist[-max(1, len(hist) // 10):]
     loss = float(np.mean(tail))
     if not math.isfinite(loss):
-        raise ArithmeticError(f"network training diverged (loss {loss})")
+        raise TrainingDiverged(f"network training diverged (loss {loss})")
     return net, loss, secs
 
 
@@ -322,95 +216,3 @@ def compute_cell(spec: ComputationalGapSpec, cell: GapCell, device: str = "cpu")
         net, loss, secs = train(spec, cell.n, cell.k, cell.seed, device)
         return evaluate(spec, cell, net, loss, secs, device)
     return evaluate(spec, cell, device=device)
-
-
-# -------------------------------------------------------------------------------------------
-# Report and figure
-# -------------------------------------------------------------------------------------------
-
-def _done(ds: xr.Dataset) -> xr.DataArray:
-    return ds["status"] == 1
-
-
-def report(ds: xr.Dataset) -> str:
-    """Per drift and (n, k), seed means over done cells: fraction of samples with norm > 1/2
-    (target 1/2), W1 of the norm law to the target's, fraction close to rank-one; then the
-    integrated losses of the spectral drift and its gated version side by side."""
-    done = _done(ds)
-    mean = lambda v: ds[v].where(done).mean("seed")
-    frac, w1, r1, il = mean("frac_norm_above_half"), mean("w1_norm"), mean("frac_rank_one"), mean("integrated_loss")
-    dv = mean("frac_diverged")
-    drifts = [str(d) for d in ds.drift.values]
-    lines = [f"computational gap '{ds.attrs.get('name', '')}': {int(done.sum())}/{done.size} cells done; "
-             "seed means; targets: frac(norm>1/2) = 0.5, W1 = 0, frac rank-one = 0.5"]
-    lines.append(f"{'n':>4} {'k':>3} {'drift':>16} {'frac(norm>1/2)':>15} {'W1(norm law)':>13} "
-                 f"{'frac rank-one':>14} {'integrated loss':>16} {'diverged':>9}")
-    skipped = []
-    for n in ds.n.values:
-        for k in ds.k.values:
-            sel = {"n": n, "k": k}
-            for d in drifts:
-                f = float(frac.sel(sel).sel(drift=d))
-                lines.append(f"{int(n):>4} {int(k):>3} {d:>16} {f:>15.3f} {float(w1.sel(sel).sel(drift=d)):>13.3f} "
-                             f"{float(r1.sel(sel).sel(drift=d)):>14.3f} {float(il.sel(sel).sel(drift=d)):>16.3f} "
-                             f"{float(dv.sel(sel).sel(drift=d)):>9.2f}")
-            if "bayes" in drifts and float(ds.bayes_terms.sel(sel)) > ds.bayes_terms.attrs.get("max_terms", math.inf):
-                skipped.append(f"(n={int(n)}, k={int(k)}: {float(ds.bayes_terms.sel(sel)):.3g} terms)")
-    if skipped:
-        lines.append(f"bayes not computed (NaN), enumeration above max_terms="
-                     f"{ds.bayes_terms.attrs.get('max_terms'):.3g}: " + ", ".join(skipped))
-    if "spectral" in drifts and "gated_spectral" in drifts:
-        lines.append("integrated loss, spectral vs gated spectral (gate at n/2), and frac(norm>1/2) of each:")
-        for n in ds.n.values:
-            for k in ds.k.values:
-                sel = {"n": n, "k": k}
-                lines.append(f"  n={int(n)} k={int(k)}: integrated loss spectral {float(il.sel(sel).sel(drift='spectral')):.3f}"
-                             f" | gated {float(il.sel(sel).sel(drift='gated_spectral')):.3f}"
-                             f" ; frac(norm>1/2) {float(frac.sel(sel).sel(drift='spectral')):.2f}"
-                             f" | {float(frac.sel(sel).sel(drift='gated_spectral')):.2f}")
-    return "\n".join(lines)
-
-
-def plot(ds: xr.Dataset, out: str) -> str:
-    """MSE(t) per drift for each (n, k) (first row of panels) with vertical lines at the Bayes
-    2k log(n/k), spectral n/2 and thresholding k^2 log(n/k^2) thresholds and the constant
-    1/2 - 1/(4n); histograms of sample norms per drift (second row). Writes ``out``; returns it."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = _done(ds)
-    pairs = [(n, k) for n in ds.n.values for k in ds.k.values]
-    fig, axes = plt.subplots(2, len(pairs), figsize=(3.6 * len(pairs), 6.5), squeeze=False)
-    mse = ds.mse.where(done).mean("seed")
-    for j, (n, k) in enumerate(pairs):
-        ax = axes[0, j]
-        for d in ds.drift.values:
-            ax.plot(ds.t.values, mse.sel(n=n, k=k, drift=d).values, marker=".", label=str(d))
-        for var, style in (("t_bayes", ":"), ("t_spectral", "--"), ("t_threshold", "-.")):
-            v = float(ds[var].sel(n=n, k=k))
-            if math.isfinite(v) and v > 0:
-                ax.axvline(v, color="k", ls=style, lw=0.8, label=var)
-        ax.axhline(float(ds.mse_constant.sel(n=n)), color="grey", lw=0.8, label="1/2 - 1/(4n)")
-        ax.set_xscale("log")
-        ax.set_ylim(0, 1.5)  # an undertrained network (or t beyond its training range T) can go far above
-        ax.set_title(f"n={int(n)} k={int(k)}", fontsize=9)
-        ax.set_xlabel("SL time t")
-        if j == 0:
-            ax.set_ylabel("MSE(t)")
-        ax2 = axes[1, j]
-        bins = np.linspace(0, 1.2, 25)
-        for d in ds.drift.values:
-            v = ds.sample_norm.sel(n=n, k=k, drift=d).where(done.sel(n=n, k=k)).values.ravel()
-            v = v[np.isfinite(v)]
-            if v.size:
-                ax2.hist(np.clip(v, 0, 1.2), bins=bins, histtype="step", label=str(d))
-        ax2.set_xlabel("||x_hat||_F")
-        if j == 0:
-            ax2.set_ylabel("samples")
-    axes[0, 0].legend(fontsize=6)
-    axes[1, 0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out

@@ -1,11 +1,12 @@
 """The sample-complexity study's numerics: data, training and evaluation of one cell, and the
-labelled layout of its results (science.md §2). No I/O and no Prefect here; ``tasks/`` wraps these.
+labelled layout of its results (science.md §2). No I/O and no Prefect here: the kind's adapter
+(``dsclab.studies.sample_complexity.KIND``) calls these from the generic stages of ``tasks.stages``.
 
 Results layout (the store's template):
 
 * dims ``d, n, seed, estimator`` (the cell axes), ``sampler, nfe`` (evaluations), ``t`` (score-error
   grid) and ``delta`` (quantile levels);
-* ``status (d, n, seed, estimator)`` int8: 0 pending, 1 done, 2 failed;
+* ``status (d, n, seed, estimator)`` int8, a :class:`dsclab.study.Status` (0 pending, 1 done, 2 failed);
 * ``train_seconds``, ``train_loss``, ``eval_seconds``, ``mmd_floor`` per cell;
 * ``score_l2``, ``score_l2_rel (..., t)``; ``score_quantile (..., t, delta)``;
 * ``sliced_w2``, ``mmd``, ``w2``, ``kl_gauss (..., sampler, nfe)``;
@@ -23,10 +24,12 @@ import xarray as xr
 
 import dsclab
 from dsclab import distributions, immse, noise
+from dsclab.errors import NonFiniteSamples
 from dsclab.metrics import SAMPLE_METRICS, mmd, score_errors
 from dsclab.samplers import SAMPLERS, GaussianNoise, steps_for_nfe
 from dsclab.seeds import derive_seed
-from dsclab.spec import Cell, StudySpec
+from dsclab.studies.sample_complexity.spec import Cell, StudySpec
+from dsclab.study import Status
 from dsclab.train import TrainConfig, TrainResult, group_memory_bytes, train_group
 
 CELL_DIMS = ("d", "n", "seed", "estimator")
@@ -74,9 +77,9 @@ def template(spec: StudySpec) -> xr.Dataset:
         "logsnr": np.array(spec.evaluation.logsnr, dtype=np.float64),
     }
     sizes = {k: len(v) for k, v in coords.items()}
-    data = {"status": (CELL_DIMS, np.zeros([sizes[k] for k in CELL_DIMS], dtype=np.int8),
-                       {"long_name": "cell status", "flag_values": [0, 1, 2],
-                        "flag_meanings": "pending done failed"})}
+    data = {"status": (CELL_DIMS, np.full([sizes[k] for k in CELL_DIMS], Status.PENDING, dtype=np.int8),
+                       {"long_name": "cell status", "flag_values": [int(s) for s in Status],
+                        "flag_meanings": " ".join(s.name.lower() for s in Status)})}
     for name, (extra, long_name, units) in VARIABLES.items():
         dims = CELL_DIMS + extra
         data[name] = (dims, np.full([sizes[k] for k in dims], np.nan), {"long_name": long_name, "units": units})
@@ -161,7 +164,7 @@ def evaluate(spec: StudySpec, cell: Cell, score_hat, result: TrainResult | None 
             with torch.no_grad():
                 y = SAMPLERS[name](score_hat, x, ts, noise=GaussianNoise(x.shape, gs)).to(torch.float64)
             if not torch.isfinite(y).all():
-                raise FloatingPointError(f"sampler {name} at nfe={nfe} produced non-finite samples")
+                raise NonFiniteSamples(f"sampler {name} at nfe={nfe} produced non-finite samples")
             for k in names:
                 vals[k][i, j] = SAMPLE_METRICS[k](y, target, g)
     nll = immse_eval(spec, cell, score_hat, dist)

@@ -1,0 +1,55 @@
+"""The computational-gap figure: MSE(t) per drift against the thresholds, and the law of the
+sample norms (variables: ``dsclab.studies.computational_gap.numerics``)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import xarray as xr
+
+from dsclab.study import Status
+
+
+def plot(ds: xr.Dataset, out: str) -> str:
+    """MSE(t) per drift for each (n, k) (first row of panels) with vertical lines at the Bayes
+    2k log(n/k), spectral n/2 and thresholding k^2 log(n/k^2) thresholds and the constant
+    1/2 - 1/(4n); histograms of sample norms per drift (second row). Writes ``out``; returns it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = ds["status"] == Status.DONE
+    pairs = [(n, k) for n in ds.n.values for k in ds.k.values]
+    fig, axes = plt.subplots(2, len(pairs), figsize=(3.6 * len(pairs), 6.5), squeeze=False)
+    mse = ds.mse.where(done).mean("seed")
+    for j, (n, k) in enumerate(pairs):
+        ax = axes[0, j]
+        for d in ds.drift.values:
+            ax.plot(ds.t.values, mse.sel(n=n, k=k, drift=d).values, marker=".", label=str(d))
+        for var, style in (("t_bayes", ":"), ("t_spectral", "--"), ("t_threshold", "-.")):
+            v = float(ds[var].sel(n=n, k=k))
+            if math.isfinite(v) and v > 0:
+                ax.axvline(v, color="k", ls=style, lw=0.8, label=var)
+        ax.axhline(float(ds.mse_constant.sel(n=n)), color="grey", lw=0.8, label="1/2 - 1/(4n)")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.5)  # an undertrained network (or t beyond its training range T) can go far above
+        ax.set_title(f"n={int(n)} k={int(k)}", fontsize=9)
+        ax.set_xlabel("SL time t")
+        if j == 0:
+            ax.set_ylabel("MSE(t)")
+        ax2 = axes[1, j]
+        bins = np.linspace(0, 1.2, 25)
+        for d in ds.drift.values:
+            v = ds.sample_norm.sel(n=n, k=k, drift=d).where(done.sel(n=n, k=k)).values.ravel()
+            v = v[np.isfinite(v)]
+            if v.size:
+                ax2.hist(np.clip(v, 0, 1.2), bins=bins, histtype="step", label=str(d))
+        ax2.set_xlabel("||x_hat||_F")
+        if j == 0:
+            ax2.set_ylabel("samples")
+    axes[0, 0].legend(fontsize=6)
+    axes[1, 0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out

@@ -1,0 +1,97 @@
+"""The computational-gap spec (science.md §5, Montanari–Vu 2025): the grid n x k x seed, the drifts
+evaluated in every cell, training of the network drift and evaluation settings; and the cell
+model. Axes are validated by ``dsclab.axes`` (n, k, t sorted ascending; seeds sorted; drifts in
+the order given)."""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from dsclab import axes
+from dsclab.axes import PositiveInts, PositiveTimes, Seeds
+from dsclab.spec import StudyBase, _Frozen
+
+CELL_DIMS = ("n", "k", "seed")
+# study drift name -> (dsclab.spike.DRIFTS factory, its parameters)
+STUDY_DRIFTS: dict[str, tuple[str, dict]] = {
+    "bayes": ("bayes", {}),
+    "spectral": ("spectral", {}),
+    "gated_spectral": ("gated", {"inner": "spectral", "test": "spectral"}),
+    "power_iteration": ("power_iteration", {}),
+    "threshold": ("threshold", {}),
+    "constant": ("constant", {}),
+    "network": ("network", {}),
+    "fixed_sample": ("fixed_sample", {}),
+}
+
+
+class GapTrainSpec(_Frozen):
+    """Training of the network drift (``dsclab.spike.train_network``)."""
+
+    steps: int = Field(300, gt=0, description="Adam steps (cosine decay)")
+    batch_size: int = Field(32, gt=0, description="matrices per step")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    width: int = Field(16, gt=0, description="channels of the equivariant layers")
+    depth: int = Field(3, ge=1, description="equivariant layers")
+    n_train: int = Field(2000, gt=0, description="training draws of mu_bar")
+    device: str = Field("cpu", description="cpu, cuda or auto")
+
+
+class GapEvalSpec(_Frozen):
+    """How each cell is evaluated."""
+
+    t: PositiveTimes = Field([1, 2, 4, 8, 16, 32, 64, 128, 256], description="SL times of the MSE curve")
+    n_mse: int = Field(200, ge=2, description="fresh (x, z) per t for the MSE")
+    n_int: int = Field(100, ge=2, description="samples of the integrated loss")
+    int_steps: int = Field(32, gt=0, description="trapezoid steps of the integrated loss on [0, T]")
+    n_samples: int = Field(100, ge=2, description="samples drawn with each drift")
+    delta: float = Field(0.5, gt=0, description="SL Euler step")
+    T_mult: float = Field(4.0, gt=0, description="sampler horizon T = T_mult * n")
+    bayes_max_terms: float = Field(5e4, gt=0, description="Bayes runs only where C(n,k) 2^(k-1) <= this")
+
+
+class ComputationalGapSpec(StudyBase):
+    """A computational-gap study: the grid n x k x seed; every cell evaluates every drift."""
+
+    kind: Literal["computational_gap"] = Field("computational_gap", description="study kind (selects the flow)")
+    n: PositiveInts = Field(..., description="matrix sizes (d = n^2)")
+    k: PositiveInts = Field(..., description="sparsities; each below every n")
+    seed: Seeds = Field([0], description="seeds (training data, initialisation, evaluation)")
+    drift: list[str] = Field(list(STUDY_DRIFTS), description="drifts evaluated in every cell")
+    train: GapTrainSpec = GapTrainSpec()
+    evaluation: GapEvalSpec = GapEvalSpec()
+
+    @field_validator("drift")
+    @classmethod
+    def _drift(cls, v):
+        return axes.names(v, STUDY_DRIFTS, "drift")
+
+    @model_validator(mode="after")
+    def _grid(self):
+        if max(self.k) >= min(self.n):
+            raise ValueError(f"k: {max(self.k)} must be below every n (smallest n is {min(self.n)})")
+        for n in self.n:
+            if not math.isclose(self.evaluation.T_mult * n / self.evaluation.delta,
+                                round(self.evaluation.T_mult * n / self.evaluation.delta), abs_tol=1e-9):
+                raise ValueError(f"T = {self.evaluation.T_mult} * {n} is not a multiple of delta")
+        axes.grid_size(len(self.n) * len(self.k) * len(self.seed), self.max_cells)
+        return self
+
+    @property
+    def trains(self) -> bool:
+        return "network" in self.drift
+
+    def cells(self) -> list["GapCell"]:
+        return [GapCell(n=n, k=k, seed=s, key=self.key(n=n, k=k, seed=s))
+                for n in self.n for k in self.k for s in self.seed]
+
+
+class GapCell(_Frozen):
+    """One cell: a matrix size n, a sparsity k and a seed; ``key`` hashes them with the spec's numerics."""
+
+    n: int
+    k: int
+    seed: int
+    key: str

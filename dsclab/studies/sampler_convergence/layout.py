@@ -1,0 +1,90 @@
+"""Store layout of the sampler-convergence study: dims, coordinates, variables with units and
+long names.
+
+Cell dims (target, d, score); one task per cell computes every sampler x NFE (and every seed
+where sampled). The product target's 1-D curves do not depend on d: one task per score computes
+them and the d cells multiply. Variables:
+
+* ``kl (target, d, sampler, nfe, score)`` nats, exact (NaN where not exact: by declaration,
+  ``spec.kl_exact``, never from a caught exception);
+* ``kl_mass_defect (target, d, sampler, nfe, score)``: product_mixture only;
+* ``sliced_w2``, ``mmd (target, d, sampler, nfe, score, seed)``: sampled cells (mixture
+  target, trained score; every cell with ``sample_all``) up to ``sampling.max_nfe``, +inf
+  where the sampler's output was not finite, NaN elsewhere;
+* ``sliced_w2_floor``, ``mmd_floor (target, d, score, seed)``: every cell (they depend on
+  (target, d, seed) only and repeat along score);
+* ``score_l2 (target, d, score, seed, t)``: E||s_hat - s||^2 on fresh x ~ q_t (0 for exact,
+  eta^2 d for perturbed, measured for trained);
+* ``train_seconds (target, d, score, seed)`` (0 for the closed-form scores);
+* ``seconds (target, d, score)``: wall time of the cell.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+import dsclab
+from dsclab.study import Status
+from dsclab.studies.sampler_convergence.spec import CELL_DIMS, SamplerConvergenceSpec
+
+
+VARIABLES = {
+    # name: (dims, long name, units)
+    "kl": (("target", "d", "sampler", "nfe", "score"),
+           "exact KL(sampler output || q_t_min) (NaN where not exact)", "nats"),
+    "kl_mass_defect": (("target", "d", "sampler", "nfe", "score"),
+                       "1 - output mass on the quadrature grid (product_mixture; > 1e-4: KL rough)", "1"),
+    "sliced_w2": (("target", "d", "sampler", "nfe", "score", "seed"),
+                  "sliced W2 of samples to fresh q_t_min draws (+inf: non-finite output)", "1"),
+    "mmd": (("target", "d", "sampler", "nfe", "score", "seed"),
+            "RBF MMD of samples to fresh q_t_min draws (+inf: non-finite output)", "1"),
+    "sliced_w2_floor": (("target", "d", "score", "seed"), "sliced W2 between two independent q_t_min draws", "1"),
+    "mmd_floor": (("target", "d", "score", "seed"), "RBF MMD between two independent q_t_min draws", "1"),
+    "score_l2": (("target", "d", "score", "seed", "t"), "score error E||s_hat - s||^2 on x ~ q_t", "1"),
+    "train_seconds": (("target", "d", "score", "seed"),
+                      "training wall time of the score (share of the seeds' ensemble; 0: closed form)", "s"),
+    "seconds": (("target", "d", "score"), "wall time of the cell", "s"),
+}
+
+COORD_ATTRS = {
+    "target": {"long_name": "target law"},
+    "d": {"long_name": "dimension"},
+    "score": {"long_name": "score kind (exact, perturbed = exact + eta (1,...,1), trained)"},
+    "sampler": {"long_name": "sampler"},
+    "nfe": {"long_name": "score evaluations per sample"},
+    "seed": {"long_name": "seed (Monte Carlo: samples, training)"},
+    "t": {"long_name": "OU time of the score error", "units": "1"},
+}
+
+
+def template(spec: SamplerConvergenceSpec) -> xr.Dataset:
+    """The empty store: dims, coordinates, attributes; floats NaN, status pending."""
+    coords = {
+        "target": np.array(spec.target, dtype=str), "d": np.array(spec.d, dtype=np.int64),
+        "score": np.array(spec.score, dtype=str), "sampler": np.array(spec.sampler, dtype=str),
+        "nfe": np.array(spec.nfe, dtype=np.int64), "seed": np.array(spec.seed, dtype=np.int64),
+        "t": np.array(spec.sampling.score_t, dtype=np.float64),
+    }
+    sizes = {k: len(v) for k, v in coords.items()}
+    shape = lambda dims: [sizes[k] for k in dims]
+    data = {"status": (CELL_DIMS, np.full(shape(CELL_DIMS), Status.PENDING.value, dtype=np.int8),
+                       {"long_name": "cell status", "flag_values": [s.value for s in Status],
+                        "flag_meanings": " ".join(s.name.lower() for s in Status)})}
+    for name, (dims, long_name, units) in VARIABLES.items():
+        data[name] = (dims, np.full(shape(dims), np.nan), {"long_name": long_name, "units": units})
+    ds = xr.Dataset(data, coords=coords)
+    for k, a in COORD_ATTRS.items():
+        ds[k].attrs.update(a)
+    ds.attrs.update({
+        "study": "sampler_convergence", "name": spec.name,
+        "spec": json.dumps(spec.model_dump(mode="json"), sort_keys=True),
+        "spec_hash": spec.hash, "dsclab_version": dsclab.__version__,
+        "conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise); reverse SDE from "
+                       f"{'q_T' if spec.start == 'exact' else 'N(0, I)'} at T={spec.T} to t_min={spec.t_min} "
+                       f"on the '{spec.schedule}' grid; NFE = score evaluations per sample",
+        "kl_route": "gaussian: exact Gaussian propagation; product_mixture: d x 1-D quadrature KL; "
+                    "trained score and mixture target: no exact KL (sliced_w2, mmd from samples)",
+    })
+    return ds

@@ -1,0 +1,139 @@
+"""One score-learning cell: its training data, its training and its evaluation (numerics only: no
+Prefect, no store).
+
+Common random numbers: the clean data and the per-row times depend on (d, seed) only, the noise
+on (d, seed, data_mode), the initialisation and minibatches on (d, seed, model), and all
+evaluation draws on (d, seed), so ratios between estimators or data modes of one
+(d, n, seed, model) are paired. Every seed comes from :func:`dsclab.seeds.derive_seed`.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import torch
+import xarray as xr
+
+from dsclab import bootstrap as bs
+from dsclab import noise
+from dsclab.distributions.gaussian import GaussianMixture
+from dsclab.errors import NonFiniteSamples, TrainingDiverged
+from dsclab.metrics import score_errors, sliced_w2
+from dsclab.samplers import SAMPLERS, GaussianNoise, steps_for_nfe
+from dsclab.seeds import derive_seed
+
+from .spec import ScoreLearningSpec, SLCell
+
+_DATA_CACHE: dict[tuple, bs.NoisedData] = {}
+_DATA_LOCK = threading.Lock()
+_DATA_CACHE_SIZE = 2
+
+
+def training_data(spec: ScoreLearningSpec, d: int, seed: int, data_mode: str) -> bs.NoisedData:
+    """The fixed training set of every cell with this (d, seed, data_mode), at max(n) rows; a cell
+    uses the first n. Clean points and row times depend on (d, seed) only. The last few sets are
+    kept in memory (float32), so cells sharing one (the flow runs them together) draw it once."""
+    key = (spec.hash, d, seed, data_mode)
+    with _DATA_LOCK:
+        if key in _DATA_CACHE:
+            return _DATA_CACHE[key]
+    data = draw_training_data(spec, d, seed, data_mode)
+    data = bs.NoisedData(data.x0.float(), data.times, data.xt.float(), data.prev.float(), data.t_prev)
+    with _DATA_LOCK:
+        _DATA_CACHE[key] = data
+        while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
+            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
+    return data
+
+
+def draw_training_data(spec: ScoreLearningSpec, d: int, seed: int, data_mode: str) -> bs.NoisedData:
+    """Draw the training set of (d, seed, data_mode) at max(n) rows (float64, not cached)."""
+    law = spec.law(d)
+    dist_key = spec.distribution.model_dump(mode="json")
+    g = torch.Generator().manual_seed(derive_seed("sl-x0", dist_key, d, seed))
+    x0 = law.sample(max(spec.n), g)
+    tr = spec.train
+    gt = torch.Generator().manual_seed(derive_seed("sl-times", d, seed))
+    times = bs.row_times(max(spec.n), tr.K, tr.t_min, tr.T, gt)
+    gz = torch.Generator().manual_seed(derive_seed("sl-noise", dist_key, d, seed, data_mode))
+    return bs.DATA_MODES[data_mode](x0, times, gz)
+
+
+def fit_config(spec: ScoreLearningSpec) -> bs.FitConfig:
+    tr, b = spec.train, spec.bsm
+    return bs.FitConfig(steps=tr.steps, batch_size=tr.batch_size, lr=tr.lr, t_c=b.t_c, lag=b.lag, mix=b.mix)
+
+
+def train_cell(spec: ScoreLearningSpec, cell: SLCell, data: bs.NoisedData | None = None) -> bs.FitResult:
+    """Fit the cell's network on the first n rows of its training set; a loss that becomes NaN or
+    infinite raises :class:`dsclab.errors.TrainingDiverged` (the cell is marked failed)."""
+    data = (data or training_data(spec, cell.d, cell.seed, cell.data_mode)).head(cell.n)
+    g_init = torch.Generator().manual_seed(derive_seed("sl-init", cell.d, cell.seed, cell.model))
+    model = bs.HYPOTHESES[cell.model](cell.d, width=spec.train.width, depth=spec.train.depth, generator=g_init)
+    g = torch.Generator().manual_seed(derive_seed("sl-batches", cell.d, cell.seed, cell.model))
+    try:
+        return bs.fit(model, data, cell.estimator, fit_config(spec), g, law=spec.law(cell.d))
+    except bs.TrainingDiverged as e:
+        raise TrainingDiverged(str(e)) from e
+
+
+def mode_tv(law: GaussianMixture, y: torch.Tensor, t: float) -> float:
+    """1/2 sum_j |mean_y r_j(y, t) - pi_j| (a lower bound on TV(law of y, q_t) by data processing)."""
+    r = law.responsibilities(y.to(torch.float64), t).mean(dim=0)
+    return float(0.5 * (r - law.weights).abs().sum())
+
+
+def evaluate(spec: ScoreLearningSpec, cell: SLCell, model, result: bs.FitResult | None = None) -> xr.Dataset:
+    """All metrics of one trained cell as a Dataset over (t, delta) (the variables of
+    :mod:`.layout`); samples that are not finite raise :class:`dsclab.errors.NonFiniteSamples`."""
+    ev, tr = spec.evaluation, spec.train
+    t0 = time.perf_counter()
+    law = spec.law(cell.d)
+    g = torch.Generator().manual_seed(derive_seed("sl-eval", spec.distribution.model_dump(mode="json"), cell.d, cell.seed))
+    errs = score_errors(model.score, law, ev.t, ev.n_score, ev.delta, g)
+    tv, tv1, tvo = (np.full(len(ev.t), np.nan) for _ in range(3))
+    for i, t in enumerate(ev.t):
+        x = law.sample(ev.n_var, g, t=t)
+        t_prev = t / tr.ratio
+        state = g.get_state()
+        kw = dict(estimator=cell.estimator, t_c=spec.bsm.t_c, mix=spec.bsm.mix)
+        h_hat = law.score if cell.estimator == "bsm_oracle" else model.score  # the h_hat the cell trained with
+        v, v1 = bs.conditional_variance(bs.target_draws(law, x, t, t_prev, ev.n_draws, g, score_prev=h_hat, **kw))
+        g.set_state(state)  # the oracle uses the same posterior draws (paired)
+        vo, _ = bs.conditional_variance(bs.target_draws(law, x, t, t_prev, ev.n_draws, g, score_prev=law.score,
+                                                        dtype=torch.float64, **kw))
+        tv[i], tv1[i], tvo[i] = float(v.mean()), float(v1.mean()), float(vo.mean())
+    T, t_min = tr.T, tr.t_min
+    ts = noise.time_grid(T, t_min, steps_for_nfe(ev.sampler, ev.nfe), ev.schedule)
+    gs = torch.Generator().manual_seed(derive_seed("sl-sample", cell.key))
+    y0 = law.sample(ev.n_samples, gs, t=T).to(torch.float32)
+    with torch.no_grad():
+        y = SAMPLERS[ev.sampler](model.score, y0, ts, noise=GaussianNoise(y0.shape, gs)).to(torch.float64)
+    if not torch.isfinite(y).all():
+        raise NonFiniteSamples(f"sampler {ev.sampler} produced non-finite samples")
+    target, target2 = law.sample(ev.n_samples, g, t=t_min), law.sample(ev.n_samples, g, t=t_min)
+    ds = xr.Dataset(
+        {
+            "score_l2": (("t",), errs["l2"]),
+            "score_l2_rel": (("t",), errs["l2_rel"]),
+            "score_quantile": (("t", "delta"), errs["quantile"]),
+            "target_var": (("t",), tv), "target_var_1": (("t",), tv1), "target_var_oracle": (("t",), tvo),
+            "sliced_w2": ((), sliced_w2(y, target, g)),
+            "sliced_w2_floor": ((), sliced_w2(target2, target, g)),
+            "mode_tv": ((), mode_tv(law, y, t_min)),
+            "mode_tv_floor": ((), mode_tv(law, target2, t_min)),
+            "n_params": ((), float(bs.n_parameters(model))),
+            "train_seconds": ((), result.seconds if result else np.nan),
+            "train_loss": ((), result.loss if result else np.nan),
+        },
+        coords={"t": list(ev.t), "delta": list(ev.delta)},
+    )
+    ds["eval_seconds"] = ((), time.perf_counter() - t0)
+    return ds
+
+
+def run_cell(spec: ScoreLearningSpec, cell: SLCell) -> xr.Dataset:
+    """Train and evaluate one cell; raises on numerical failure (the task marks the cell failed)."""
+    res = train_cell(spec, cell)
+    return evaluate(spec, cell, res.model, res)

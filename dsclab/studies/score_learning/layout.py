@@ -1,0 +1,93 @@
+"""The score-learning store layout: dims, coordinates, variables (units, long names), attributes.
+
+Variables (dims: the cell dims :data:`.spec.CELL_DIMS`, plus):
+
+* ``score_l2``, ``score_l2_rel (t)``, ``score_quantile (t, delta)``: score errors on fresh x ~ q_t
+  (``dsclab.metrics.score_errors``);
+* ``target_var (t)``: Monte Carlo conditional variance tr Cov[T | X_t = x] of the cell
+  estimator's regression target T at fixed x (averaged over x ~ q_t), with the trained network
+  as h_hat in the BSM target (:func:`dsclab.bootstrap.target_draws`), the previous time being
+  t / r (the training grid's step at t); ``target_var_1 (t)``: its first coordinate (the one the
+  structured class learns); ``target_var_oracle (t)``: the same with the exact score as h_hat;
+* ``sliced_w2``: sliced W2 between samples of the trained score (``evaluation.sampler`` at
+  ``evaluation.nfe``, started from exact draws of q_T so that only the score and the
+  discretisation err) and fresh draws of q_{t_min}; ``sliced_w2_floor`` between two target draws;
+* ``mode_tv``: 1/2 sum_j |mean_y r_j(y) - pi_j| with r_j the exact responsibilities of the
+  data law at t_min: the total variation between the component-label laws, a lower bound on
+  TV(samples, q_{t_min}) by data processing (a TV-type sampling error); ``mode_tv_floor`` for a
+  target draw;
+* ``train_seconds``, ``train_loss``, ``eval_seconds``, ``n_params``.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+import dsclab
+from dsclab.study import Status
+
+from .spec import CELL_DIMS, ScoreLearningSpec
+
+VARIABLES = {
+    # name: (extra dims, long name, units)
+    "score_l2": (("t",), "L2 score error E||s_hat - s||^2", "1"),
+    "score_l2_rel": (("t",), "relative L2 score error E||s_hat - s||^2 / E||s||^2", "1"),
+    "score_quantile": (("t", "delta"), "(1 - delta)-quantile of ||s_hat - s||", "1"),
+    "target_var": (("t",), "conditional variance tr Cov[T | X_t] of the regression target (trained h_hat in BSM)", "1"),
+    "target_var_1": (("t",), "conditional variance of coordinate 1 of the regression target", "1"),
+    "target_var_oracle": (("t",), "conditional variance of the regression target with the exact score as h_hat", "1"),
+    "sliced_w2": ((), "sliced W2 of samples to q_t_min", "1"),
+    "sliced_w2_floor": ((), "sliced W2 between two independent draws of q_t_min", "1"),
+    "mode_tv": ((), "TV between component-label laws of samples and q_t_min (lower bound on TV)", "1"),
+    "mode_tv_floor": ((), "mode_tv of an independent draw of q_t_min", "1"),
+    "train_seconds": ((), "training wall time", "s"),
+    "train_loss": ((), "final training loss (mean per pair, last 10% of steps)", "1"),
+    "eval_seconds": ((), "evaluation wall time", "s"),
+    "n_params": ((), "parameters of the network", "1"),
+}
+
+COORD_ATTRS = {
+    "d": {"long_name": "dimension"},
+    "n": {"long_name": "training sample size (clean points)"},
+    "seed": {"long_name": "seed"},
+    "estimator": {"long_name": "score estimator"},
+    "data_mode": {"long_name": "training data mode (noised points per clean point)"},
+    "model": {"long_name": "hypothesis class"},
+    "t": {"long_name": "OU time", "units": "1"},
+    "delta": {"long_name": "quantile level delta"},
+}
+
+
+def template(spec: ScoreLearningSpec) -> xr.Dataset:
+    """The empty store: every dim, coordinate and attribute; floats NaN, status pending."""
+    ev = spec.evaluation
+    coords = {
+        "d": np.array(spec.d, dtype=np.int64), "n": np.array(spec.n, dtype=np.int64),
+        "seed": np.array(spec.seed, dtype=np.int64), "estimator": np.array(spec.estimator, dtype=str),
+        "data_mode": np.array(spec.data_mode, dtype=str), "model": np.array(spec.model, dtype=str),
+        "t": np.array(ev.t, dtype=np.float64), "delta": np.array(ev.delta, dtype=np.float64),
+    }
+    sizes = {k: len(v) for k, v in coords.items()}
+    shape = lambda dims: [sizes[k] for k in dims]
+    data = {"status": (CELL_DIMS, np.full(shape(CELL_DIMS), Status.PENDING, dtype=np.int8),
+                       {"long_name": "cell status", "flag_values": [int(s) for s in Status],
+                        "flag_meanings": " ".join(s.name.lower() for s in Status)})}
+    for name, (extra, long_name, units) in VARIABLES.items():
+        dims = CELL_DIMS + extra
+        data[name] = (dims, np.full(shape(dims), np.nan), {"long_name": long_name, "units": units})
+    ds = xr.Dataset(data, coords=coords)
+    for k, a in COORD_ATTRS.items():
+        ds[k].attrs.update(a)
+    law = spec.law(3)
+    ds.attrs.update({
+        "study": "score_learning", "name": spec.name,
+        "spec": json.dumps(spec.model_dump(mode="json"), sort_keys=True),
+        "spec_hash": spec.hash, "dsclab_version": dsclab.__version__,
+        "conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise); training times "
+                       "t_min r^(k+u), r = (T/t_min)^(1/K) (dsclab.bootstrap)",
+        "grid_ratio": spec.train.ratio,
+        "min_weight": float(law.weights.min()),
+    })
+    return ds

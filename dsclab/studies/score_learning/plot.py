@@ -1,0 +1,99 @@
+"""The score-learning figure: one row per section of the report (:func:`.readout.sections`)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+from dsclab import scaling
+
+from .readout import band, done, ratio_table, sections, weighted_l2
+
+
+def _line_band(ax, x, da: xr.DataArray, label: str, **kw):
+    med, lo, hi = band(da)
+    kw.setdefault("marker", "o")
+    (line,) = ax.plot(x, med, label=label, **kw)
+    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+
+
+def _finish_axes(ax, xlabel: str, title: str):
+    ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9), ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
+def plot(ds: xr.Dataset, out: str) -> str:
+    """One row per section (:func:`.readout.sections`): error curves in n per d for each class and
+    n*(eps, d); bsm/dsm ratios per t (target variance, score error); trajectory/independent
+    ratios per t; L2, quantile (δ below / above η) and sampling errors against n. Bands: min–max
+    over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ds = ds.load()
+    rows = sections(ds) or ["none"]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(15, 4.0 * len(rows)), squeeze=False)
+    n = ds.n.values
+    for ax, row in zip(axes, rows):
+        if row == "dim":
+            err = weighted_l2(ds).isel(estimator=0, data_mode=0)
+            for j, m in enumerate(ds.model.values[:2]):
+                for k, d in enumerate(ds.d.values):
+                    _line_band(ax[j], n, err.sel(model=m, d=d).transpose("seed", "n"), f"d={int(d)}", color=f"C{k}")
+                _finish_axes(ax[j], "n", f"{m}: mean_t σ_t² score L2 error vs n")
+            for j, m in enumerate(ds.model.values):
+                levels = scaling.common_eps(err.sel(model=m).median("seed").transpose("d", "n"), levels=1)
+                if levels:
+                    ns = scaling.n_star_da(err.sel(model=m), levels[0])
+                    _line_band(ax[2], ds.d.values, ns.transpose("seed", "d"), f"{m}, eps={levels[0]:.3g}", color=f"C{j}")
+            _finish_axes(ax[2], "d", "n*(eps, d) per class")
+        elif row == "bsm":
+            ests = [e for e in ds.estimator.values if e != "dsm"]
+            t_c = json.loads(ds.attrs["spec"])["bsm"]["t_c"]
+            for j, var in enumerate(("target_var", "target_var_1", "score_l2")):
+                k = 0
+                for est in ests:
+                    for nn in n:
+                        sel = {"d": ds.d.values[0], "model": ds.model.values[0], "data_mode": ds.data_mode.values[0], "n": nn}
+                        r = ratio_table(ds, var, "estimator", est, "dsm", sel).transpose("seed", "t")
+                        _line_band(ax[j], ds.t.values, r, f"{est}, n={int(nn)}", color=f"C{k}",
+                                   linestyle="-" if est == "bsm" else "--")
+                        k += 1
+                ax[j].axhline(1.0, color="k", lw=0.8)
+                ax[j].axvline(t_c, color="0.5", ls=":")
+                _finish_axes(ax[j], "t", f"{var}: estimator / dsm ({ds.data_mode.values[0]}, {ds.model.values[0]})")
+        elif row == "traj":
+            for j, est in enumerate(ds.estimator.values[:3]):
+                for k, nn in enumerate(n):
+                    sel = {"d": ds.d.values[0], "model": ds.model.values[0], "estimator": est, "n": nn}
+                    r = ratio_table(ds, "score_l2", "data_mode", "trajectory", "independent", sel).transpose("seed", "t")
+                    _line_band(ax[j], ds.t.values, r, f"n={int(nn)}", color=f"C{k}")
+                ax[j].axhline(1.0, color="k", lw=0.8)
+                _finish_axes(ax[j], "t", f"score_l2: trajectory / independent ({est})")
+        elif row == "quantile":
+            sub = ds.isel(estimator=0, data_mode=0, model=0, d=0)
+            eta = float(ds.attrs.get("min_weight", np.nan))
+            for j, t in enumerate([ds.t.values[0], ds.t.values[len(ds.t) // 2]]):
+                _line_band(ax[j], n, done(sub, "score_l2").sel(t=t), "L2 error E||ŝ-s||²", color="C0")
+                for k, dl in enumerate(ds.delta.values):
+                    _line_band(ax[j], n, done(sub, "score_quantile").sel(t=t, delta=dl) ** 2,
+                               f"(quantile δ={dl:g} {'<' if dl < eta else '>'} η)²", color=f"C{k + 1}")
+                ax[j].axvline(1 / eta, color="0.5", ls=":", label="n = 1/η")
+                _finish_axes(ax[j], "n", f"score errors at t={float(t):g} (η={eta:.3g})")
+            _line_band(ax[2], n, done(sub, "sliced_w2"), "sliced W2", color="C0")
+            ax[2].axhline(float(done(sub, "sliced_w2_floor").median()), color="C0", ls="--", lw=0.8, label="sliced W2 floor")
+            _line_band(ax[2], n, done(sub, "mode_tv"), "mode TV (≤ TV)", color="C3")
+            ax[2].axhline(eta, color="C3", ls=":", lw=0.8, label="η")
+            ax[2].axvline(1 / eta, color="0.5", ls=":")
+            _finish_axes(ax[2], "n", "sampling error vs n")
+        else:
+            ax[0].text(0.5, 0.5, "no section for this grid", ha="center")
+    fig.suptitle(f"{ds.attrs.get('name', '')} (score_learning): bands = min–max over {ds.sizes['seed']} seeds")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,59 @@
+"""What the report (:mod:`.report`) and the figure (:mod:`.plot`) read from a score-learning store:
+the values of done cells, bands over seeds, the sigma_t^2-weighted L2 error, paired ratios, and
+which sections the grid supports."""
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from dsclab import noise
+from dsclab.study import Status
+
+
+def done(ds: xr.Dataset, var: str) -> xr.DataArray:
+    """``ds[var]`` at done cells, NaN elsewhere."""
+    return ds[var].where(ds["status"] == Status.DONE)
+
+
+def fmt(v: float, spec: str = ".3g") -> str:
+    return "nan" if not np.isfinite(v) else format(v, spec)
+
+
+def band(da: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    """Median, min and max over seeds."""
+    return da.median("seed"), da.min("seed"), da.max("seed")
+
+
+def band_text(da: xr.DataArray) -> str:
+    """'median [min, max]' over seeds of a DataArray with only the seed dim left."""
+    med, lo, hi = band(da)
+    return f"{fmt(float(med))} [{fmt(float(lo))}, {fmt(float(hi))}]"
+
+
+def weighted_l2(ds: xr.Dataset) -> xr.DataArray:
+    """mean over the t grid of sigma_t^2 score_l2(t): the L2 error in noise-prediction units (the
+    DSM weighting), so that no single noise level dominates; done cells only."""
+    w = xr.DataArray(noise.sigma2(ds.t.values.astype(np.float64)), dims="t", coords={"t": ds.t})
+    return (done(ds, "score_l2") * w).mean("t")
+
+
+def ratio_table(ds: xr.Dataset, var: str, dim: str, num: str, den: str, sel: dict) -> xr.DataArray:
+    """Per-seed ratio var[dim=num] / var[dim=den] of paired cells at ``sel``."""
+    da = done(ds, var).sel(sel)
+    return da.sel({dim: num}) / da.sel({dim: den})
+
+
+def sections(ds: xr.Dataset) -> list[str]:
+    """Which parts of the report the grid supports: ``dim`` (>= 2 values of d and of n), ``bsm``
+    (dsm and a bootstrapped estimator), ``traj`` (both data modes), ``quantile`` (>= 3 values of n,
+    not a d sweep; the first d, estimator, data mode and model)."""
+    out = []
+    if ds.sizes["d"] >= 2 and ds.sizes["n"] >= 2:
+        out.append("dim")
+    if "dsm" in ds.estimator.values and any(e != "dsm" for e in ds.estimator.values):
+        out.append("bsm")
+    if set(ds.data_mode.values) >= {"independent", "trajectory"}:
+        out.append("traj")
+    if ds.sizes["n"] >= 3 and "dim" not in out:
+        out.append("quantile")
+    return out

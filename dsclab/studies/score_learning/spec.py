@@ -1,0 +1,155 @@
+"""The score-learning spec and its cells.
+
+A cell is (d, n, seed, estimator, data_mode, model) (:data:`CELL_DIMS`). It trains one network of
+class ``model`` (:data:`dsclab.bootstrap.HYPOTHESES`) with ``estimator`` (``dsm`` | ``bsm`` |
+``bsm_oracle``) on a fixed training set of n clean points with K noised points each
+(``data_mode``: ``independent`` | ``trajectory``; :mod:`dsclab.bootstrap`), then evaluates it
+(:mod:`.cell`). Axes follow :mod:`dsclab.axes`: d, n, seeds, evaluation times and quantile levels
+are stored sorted ascending; estimators, data modes and models keep the order given.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from dsclab import axes, distributions, noise
+from dsclab import bootstrap as bs
+from dsclab.axes import PositiveInts, PositiveTimes, Seeds, UnitLevels
+from dsclab.distributions.gaussian import GaussianMixture
+from dsclab.samplers import SAMPLERS
+from dsclab.spec import DistributionSpec, StudyBase, _Frozen
+
+CELL_DIMS = ("d", "n", "seed", "estimator", "data_mode", "model")
+
+
+class SLTrainSpec(_Frozen):
+    """One network h(t, x) for all noise levels, trained jointly on a fixed set of n K pairs."""
+
+    steps: int = Field(1000, gt=0, description="optimiser steps per cell")
+    batch_size: int = Field(32, gt=0, description="rows (clean points) per step; each brings its K pairs")
+    lr: float = Field(2e-3, gt=0)
+    width: int = Field(64, gt=0, description="hidden width of the network (both classes)")
+    depth: int = Field(2, gt=0, description="hidden layers of the network (both classes)")
+    K: int = Field(16, ge=2, description="noised points (times) per clean point")
+    t_min: float = Field(0.01, gt=0, description="smallest training time")
+    T: float = Field(3.0, gt=0, description="largest training time")
+
+    @model_validator(mode="after")
+    def _range(self) -> "SLTrainSpec":
+        axes.below(self.t_min, self.T, "t_min", "T")
+        return self
+
+    @property
+    def ratio(self) -> float:
+        return bs.grid_ratio(self.K, self.t_min, self.T)
+
+
+class BsmSpec(_Frozen):
+    """Knobs of the ``bsm`` estimator (science.md §4)."""
+
+    t_c: float = Field(0.3, gt=0, description="DSM at t <= t_c, bootstrapped targets above")
+    lag: int = Field(0, ge=0, description="0: stop-gradient of the current network; L > 0: a copy refreshed every L steps")
+    mix: float = Field(0.0, ge=0, le=1, description="weight of DSM in the loss above t_c")
+
+
+class SLEvalSpec(_Frozen):
+    t: PositiveTimes = Field([0.02, 0.1, 0.3, 0.6, 1.0, 2.0], description="times of the score-error and target-variance grid")
+    delta: UnitLevels = Field([0.01, 0.1], description="quantile levels of the quantile score error")
+    n_score: int = Field(2000, gt=0, description="fresh points per t for score errors")
+    n_var: int = Field(128, ge=2, description="points x_t per t for the target variance")
+    n_draws: int = Field(64, ge=2, description="posterior draws per point for the target variance")
+    sampler: str = Field("exponential_integrator", description="sampler of the sliced-W2 evaluation")
+    nfe: int = Field(100, gt=0, description="score evaluations per sample")
+    schedule: str = Field("exp", description="time grid of the sampler")
+    n_samples: int = Field(1000, ge=2, description="generated samples")
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v):
+        return axes.name(v, SAMPLERS, "sampler")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v):
+        return axes.name(v, noise.SCHEDULES, "schedule")
+
+
+class SLCell(_Frozen):
+    d: int
+    n: int
+    seed: int
+    estimator: str
+    data_mode: str
+    model: str
+    key: str
+
+
+def _default_distribution() -> DistributionSpec:
+    return DistributionSpec(name="gaussian_mixture", params={"k": 2, "separation": 4.0, "std": 1.0})
+
+
+class ScoreLearningSpec(StudyBase):
+    """A score-learning study: the grid d x n x seed x estimator x data_mode x model."""
+
+    kind: Literal["score_learning"] = Field("score_learning", description="study kind (selects the flow)")
+    distribution: DistributionSpec = Field(default_factory=_default_distribution,
+                                           description="data law (a Gaussian mixture: exact scores and posteriors)")
+    d: PositiveInts = Field(..., description="dimensions")
+    n: PositiveInts = Field(..., description="training sample sizes (clean points; pairs = n K)")
+    seed: Seeds = Field([0], description="seeds")
+    estimator: list[str] = Field(["dsm"], description="dsm | bsm | bsm_oracle")
+    data_mode: list[str] = Field(["independent"], description="independent | trajectory")
+    model: list[str] = Field(["mlp"], description="mlp | structured")
+    train: SLTrainSpec = SLTrainSpec()
+    bsm: BsmSpec = BsmSpec()
+    evaluation: SLEvalSpec = SLEvalSpec()
+
+    @field_validator("estimator")
+    @classmethod
+    def _est(cls, v):
+        return axes.names(v, bs.ESTIMATORS, "estimator")
+
+    @field_validator("data_mode")
+    @classmethod
+    def _mode(cls, v):
+        return axes.names(v, bs.DATA_MODES, "data mode")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v):
+        return axes.names(v, bs.HYPOTHESES, "model")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ScoreLearningSpec":
+        law = distributions.make(self.distribution.name, 3, **self.distribution.params)
+        if not isinstance(law, GaussianMixture):
+            raise ValueError(f"distribution {self.distribution.name!r}: the target variance needs a Gaussian mixture")
+        if "structured" in self.model:
+            eye = torch.eye(3, dtype=torch.float64)
+            if not (torch.allclose(law.covs, eye.expand_as(law.covs)) and torch.all(law.means[:, 1:] == 0)):
+                raise ValueError("model 'structured' needs identity component covariances and means on e_1 "
+                                 "(x_0 = mean_j e_1 + N(0, I_d)), e.g. gaussian_mixture with std 1")
+        tr, ev = self.train, self.evaluation
+        bad = [t for t in ev.t if not tr.t_min <= t < tr.T]
+        if bad:
+            raise ValueError(f"evaluation.t {bad} outside the training range [{tr.t_min}, {tr.T})")
+        axes.grid_size(len(self.d) * len(self.n) * len(self.seed) * len(self.estimator) * len(self.data_mode)
+                       * len(self.model), self.max_cells)
+        return self
+
+    def cells(self) -> list[SLCell]:
+        out = []
+        for d in self.d:
+            for n in self.n:
+                for s in self.seed:
+                    for e in self.estimator:
+                        for m in self.data_mode:
+                            for h in self.model:
+                                idx = dict(d=d, n=n, seed=s, estimator=e, data_mode=m, model=h)
+                                out.append(SLCell(**idx, key=self.key(**idx)))
+        return out
+
+    def law(self, d: int) -> "GaussianMixture":
+        return distributions.make(self.distribution.name, d, **self.distribution.params)

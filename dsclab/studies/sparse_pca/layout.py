@@ -1,0 +1,113 @@
+"""The sparse-PCA store layout: every dimension, coordinate and variable (units and long names),
+and the closed forms filled when the store is created (:func:`reference`). Variables are
+described in :mod:`dsclab.studies.sparse_pca`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+import dsclab
+from dsclab import sparse_pca_estimators as spe
+from dsclab.study import Status
+from dsclab.studies.sparse_pca.spec import CELL_DIMS, SparsePCASpec
+
+PER_ESTIMATOR = {
+    "overlap": ("|<u_hat, u>| of the direction the score carries (network: top eigenvector of its samples' "
+                "covariance)", "1"),
+    "overlap_samples": ("|<v, u>|, v the top eigenvector of the covariance of samples drawn with the score", "1"),
+    "support_recovery": ("|top-k(|u_hat|) ∩ supp(u)| / k of the overlap direction", "1"),
+    "beta_hat": ("estimated spike strength along the overlap direction (baselines: u_hat^T S u_hat - 1 on the "
+                 "data; network: on its samples)", "1"),
+    "sliced_w2": ("sliced W2 of samples to q_t_min", "1"),
+    "kl_gauss": ("KL between Gaussian fits of samples and of q_t_min draws", "nats"),
+}
+PER_CELL = {
+    "sliced_w2_floor": ("sliced W2 between two independent q_t_min draws (metric floor)", "1"),
+    "kl_gauss_floor": ("KL between Gaussian fits of two independent q_t_min draws (metric floor)", "nats"),
+    "overlap_samples_floor": ("|<v, u>|, v the top eigenvector of the covariance of n_samples exact q_t_min "
+                              "draws: the ceiling of overlap_samples (and of the network's overlap)", "1"),
+    "train_seconds": ("training wall time of the network (its share of the batched ensemble)", "s"),
+    "train_loss": ("final DSM training loss of the network (mean per sample, last 10% of steps)", "1"),
+    "eval_seconds": ("evaluation wall time of the cell", "s"),
+}
+COORD_ATTRS = {
+    "d": {"long_name": "dimension"},
+    "k": {"long_name": "sparsity (nonzero entries of u)"},
+    "beta": {"long_name": "spike strength beta"},
+    "n": {"long_name": "training sample size"},
+    "seed": {"long_name": "seed"},
+    "estimator": {"long_name": "estimator of the spike / score"},
+    "t": {"long_name": "OU time", "units": "1"},
+    "i": {"long_name": "coordinate index of u and u_hat (NaN beyond d)"},
+}
+
+
+def reference(spec: SparsePCASpec) -> xr.Dataset:
+    """Closed forms per (d, k, beta): the classical sample sizes; per (d, k): C(d, k)."""
+    shape = (len(spec.d), len(spec.k), len(spec.beta))
+    out = {name: np.full(shape, np.nan) for name in ("it", "poly", "spectral")}
+    for a, d in enumerate(spec.d):
+        for b, k in enumerate(spec.k):
+            for c, beta in enumerate(spec.beta):
+                for name, v in spe.sample_sizes(d, k, beta).items():
+                    out[name][a, b, c] = v
+    bbp = np.array([[[spe.pca_n_half_bbp(d, b) for b in spec.beta] for _ in spec.k] for d in spec.d])
+    sup = np.array([[float(spe.n_supports(d, k)) for k in spec.k] for d in spec.d])
+    dims = ("d", "k", "beta")
+    return xr.Dataset({
+        "n_it": (dims, out["it"], {"long_name": "information-theoretic sample size k log(d/k) / beta^2", "units": "1"}),
+        "n_poly": (dims, out["poly"], {"long_name": "polynomial-time sample size k^2 log(d/k^2) / beta^2 "
+                                                     "(NaN where k^2 >= d)", "units": "1"}),
+        "n_spectral": (dims, out["spectral"], {"long_name": "spectral (BBP) sample size d / beta^2", "units": "1"}),
+        "n_half_pca_bbp": (dims, bbp, {"long_name": "n at which PCA's overlap reaches 1/2 in the proportional "
+                                                    "limit, d (1/beta + 4/beta^2) / 3 (BBP)", "units": "1"}),
+        "exhaustive_supports": (("d", "k"), sup, {
+            "long_name": "C(d, k), supports visited by exhaustive search",
+            "max_supports": spec.evaluation.exhaustive_max_supports}),
+    })
+
+
+def template(spec: SparsePCASpec) -> xr.Dataset:
+    """The empty store: dims, coordinates, attributes; floats NaN, status pending, closed forms filled."""
+    coords = {
+        "d": np.array(spec.d, dtype=np.int64), "k": np.array(spec.k, dtype=np.int64),
+        "beta": np.array(spec.beta, dtype=np.float64), "n": np.array(spec.n, dtype=np.int64),
+        "seed": np.array(spec.seed, dtype=np.int64), "estimator": np.array(spec.estimator, dtype=str),
+        "t": np.array(spec.evaluation.t, dtype=np.float64), "i": np.arange(max(spec.d), dtype=np.int64),
+    }
+    sizes = {k: len(v) for k, v in coords.items()}
+    shape = lambda dims: [sizes[k] for k in dims]
+    data = {"status": (CELL_DIMS, np.full(shape(CELL_DIMS), Status.PENDING, dtype=np.int8),
+                       {"long_name": "cell status", "flag_values": [int(s) for s in Status],
+                        "flag_meanings": " ".join(s.name.lower() for s in Status)})}
+    for name, (long_name, units) in PER_ESTIMATOR.items():
+        dims = CELL_DIMS + ("estimator",)
+        data[name] = (dims, np.full(shape(dims), np.nan), {"long_name": long_name, "units": units})
+    for name, (long_name, units) in {
+        "score_l2": ("L2 score error E||s_hat - s||^2 on fresh x ~ q_t", "1"),
+        "score_l2_rel": ("relative L2 score error E||s_hat - s||^2 / E||s||^2", "1"),
+    }.items():
+        dims = CELL_DIMS + ("estimator", "t")
+        data[name] = (dims, np.full(shape(dims), np.nan), {"long_name": long_name, "units": units})
+    for name, (long_name, units) in PER_CELL.items():
+        if name.startswith("train_") and not spec.trains:
+            continue  # no network, no training variables (a done cell never leaves a variable all NaN)
+        data[name] = (CELL_DIMS, np.full(shape(CELL_DIMS), np.nan), {"long_name": long_name, "units": units})
+    data["u"] = (CELL_DIMS + ("i",), np.full(shape(CELL_DIMS + ("i",)), np.nan),
+                 {"long_name": "the spike u of the cell (drawn once per (d, k, seed))", "units": "1"})
+    data["u_hat"] = (CELL_DIMS + ("estimator", "i"), np.full(shape(CELL_DIMS + ("estimator", "i")), np.nan),
+                     {"long_name": "unit direction of the overlap metric (sign arbitrary)", "units": "1"})
+    ds = xr.Dataset(data, coords=coords)
+    ds = ds.merge(reference(spec).assign_coords(d=coords["d"], k=coords["k"], beta=coords["beta"]))
+    for k, a in COORD_ATTRS.items():
+        ds[k].attrs.update(a)
+    ds.attrs.update({
+        "study": "sparse_pca", "name": spec.name,
+        "spec": json.dumps(spec.model_dump(mode="json"), sort_keys=True),
+        "spec_hash": spec.hash, "dsclab_version": dsclab.__version__,
+        "conventions": "x ~ N(0, I + beta u u^T), u k-sparse with entries +-1/sqrt(k); OU forward process "
+                       "X_t = e^-t X_0 + sigma_t Z (dsclab.noise)",
+    })
+    return ds

@@ -1,0 +1,218 @@
+"""The sparse-PCA numerics of one cell: the law and its data, the batched training of the
+networks, and the evaluation of every estimator (see :mod:`dsclab.studies.sparse_pca` for the
+design). Plain numerics: no Prefect, no store."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import xarray as xr
+
+from dsclab import noise
+from dsclab import sparse_pca_estimators as spe
+from dsclab.distributions.sparse_pca import SparsePCA
+from dsclab.errors import NonFiniteSamples
+from dsclab.metrics import gaussian_fit_kl
+from dsclab.samplers import SAMPLERS, steps_for_nfe
+from dsclab.seeds import derive_seed
+from dsclab.studies.sparse_pca.layout import PER_ESTIMATOR
+from dsclab.studies.sparse_pca.spec import NETWORK, ORACLE, SparsePCACell, SparsePCAEvalSpec, SparsePCASpec
+from dsclab.train import TrainConfig, TrainResult, train_group
+
+# -------------------------------------------------------------------------------------------
+# Data and training
+# -------------------------------------------------------------------------------------------
+
+def support_seed(d: int, k: int, seed: int) -> int:
+    """The seed u is drawn from: one u per (d, k, seed), shared by every beta and n."""
+    return derive_seed("sparse-pca-spike", d, k, seed)
+
+
+def law(d: int, k: int, beta: float, seed: int) -> SparsePCA:
+    """The law N(0, I_d + beta u u^T) of a cell, its u drawn from :func:`support_seed`."""
+    return SparsePCA(d, k, beta, support_seed(d, k, seed))
+
+
+def generate_data(spec: SparsePCASpec, d: int, k: int, beta: float, seed: int) -> np.ndarray:
+    """max(n) draws (float64) from the law of (d, k, beta, seed); a cell uses the first n."""
+    g = torch.Generator().manual_seed(derive_seed("sparse-pca-data", d, k, beta, seed))
+    return law(d, k, beta, seed).sample(max(spec.n), g).numpy()
+
+
+def train_config(spec: SparsePCASpec) -> TrainConfig:
+    return TrainConfig.of(spec.train)
+
+
+def train_cells(spec: SparsePCASpec, cells: list[SparsePCACell], data: dict[tuple, np.ndarray],
+                device: str = "cpu") -> list[TrainResult | None]:
+    """Train the network of each cell (cells share d) as one batched ensemble; ``data[(k, beta, seed)]``
+    is that law's full dataset. A diverged member gives ``None``."""
+    xs = [torch.as_tensor(data[(c.k, c.beta, c.seed)][: c.n], dtype=torch.float32) for c in cells]
+    return train_group(xs, [derive_seed("sparse-pca-train", c.key) for c in cells],
+                       estimators=["dsm"] * len(cells), config=train_config(spec), device=device)
+
+
+# -------------------------------------------------------------------------------------------
+# One cell
+# -------------------------------------------------------------------------------------------
+
+def _pad(v: torch.Tensor, size: int) -> np.ndarray:
+    out = np.full(size, np.nan)
+    out[: v.shape[0]] = v.to(torch.float64).numpy()
+    return out
+
+
+def estimate(name: str, x: torch.Tensor, k: int, max_supports: int) -> torch.Tensor:
+    """u_hat of baseline ``name`` on ``x (n, d)`` (``max_supports`` bounds exhaustive search)."""
+    if name == "exhaustive":
+        return spe.exhaustive(x, k, max_supports=max_supports)
+    return spe.BASELINES[name](x, k)
+
+
+class SlicedW2:
+    """Sliced W2 to a fixed target cloud with fixed directions (the target's sorted projections are
+    computed once per cell): the same number as ``dsclab.metrics.sliced_w2(y, target, g, n_proj)``
+    for equal cloud sizes and the same generator state."""
+
+    def __init__(self, target: torch.Tensor, generator: torch.Generator, n_proj: int = 128):
+        target = target.to(torch.float64)
+        th = torch.randn(target.shape[1], n_proj, generator=generator, dtype=torch.float64)
+        self.theta = th / th.norm(dim=0, keepdim=True)
+        self.sorted_target = torch.sort(target @ self.theta, dim=0).values
+
+    def __call__(self, y: torch.Tensor) -> float:
+        py = torch.sort(y.to(torch.float64) @ self.theta, dim=0).values
+        return float(((py - self.sorted_target) ** 2).mean().sqrt())
+
+
+# Samplers whose code discards the space-time Levy area H (``dw, _ = noise(...)``; heun never
+# calls noise): for them ReplayNoise does not draw it.
+IGNORE_LEVY_AREA = frozenset({"euler_maruyama", "exponential_integrator", "srk", "heun"})
+
+
+class ReplayNoise:
+    """The same (dW, H) sequence for every sampler run of a cell, in the samplers' noise convention
+    (``dsclab.samplers``: dW ~ N(0, h I) and H ~ N(0, h/12 I) independent, float32): drawn from
+    ``generator`` on the first pass and replayed afterwards (common random numbers across
+    estimators; the draws are most of the cost of sampling with a cheap score). With
+    ``levy_area=False`` (for the samplers of :data:`IGNORE_LEVY_AREA`) H is not drawn and a zero
+    tensor stands in for it. Call :meth:`rewind` before each run; a run on another grid raises."""
+
+    def __init__(self, shape, generator: torch.Generator, levy_area: bool = True):
+        self.shape, self.generator, self.levy_area = tuple(shape), generator, levy_area
+        self._draws, self._i, self._zero = [], 0, torch.zeros(tuple(shape), dtype=torch.float32)
+
+    def rewind(self) -> "ReplayNoise":
+        self._i = 0
+        return self
+
+    def __call__(self, t_from: float, t_to: float):
+        if self._i == len(self._draws):
+            h = float(t_from - t_to)
+            z = torch.randn(((2,) if self.levy_area else (1,)) + self.shape, generator=self.generator,
+                            dtype=torch.float32)
+            hh = math.sqrt(h / 12.0) * z[1] if self.levy_area else self._zero
+            self._draws.append(((t_from, t_to), (math.sqrt(h) * z[0], hh)))
+        (grid, draw), self._i = self._draws[self._i], self._i + 1
+        if grid != (t_from, t_to):
+            raise ValueError("ReplayNoise replays one grid; got another")
+        return draw
+
+
+def draw_samples(ev: SparsePCAEvalSpec, score, x0: torch.Tensor, noise_: ReplayNoise) -> torch.Tensor:
+    """Samples with ``score`` from the start ``x0`` (N(0, I) at ``ev.T``) down to ``ev.t_min`` with
+    ``ev.sampler`` at ``ev.nfe`` on the ``ev.schedule`` grid and the replayed Brownian path. The
+    sampler runs in float32 (Gaussian scores compute in float64 inside); float64 result."""
+    ts = noise.time_grid(ev.T, ev.t_min, steps_for_nfe(ev.sampler, ev.nfe), ev.schedule)
+    with torch.no_grad():
+        y = SAMPLERS[ev.sampler](score, x0.to(torch.float32), ts, noise=noise_.rewind()).to(torch.float64)
+    if not torch.isfinite(y).all():
+        raise NonFiniteSamples(f"sampler {ev.sampler} produced non-finite samples")
+    return y
+
+
+def evaluate(spec: SparsePCASpec, cell: SparsePCACell, x: np.ndarray, network=None,
+             result: TrainResult | None = None) -> xr.Dataset:
+    """Every estimator of the spec on the cell's first n rows of ``x`` (the full dataset).
+
+    ``network`` is the trained ``ScoreMLP`` (needed when ``network`` is an estimator; it runs in
+    float32, the Gaussian scores in float64). Every estimator sees the same score-error points
+    (fresh x ~ q_t, ``evaluation.n_score`` per t), the same sampler start and Brownian path, and
+    the same target draws and projections. Returns the cell's values over (estimator, t, i).
+    Raises on numerical failure (the task marks the cell failed); an infeasible exhaustive search
+    leaves that estimator's values NaN.
+    """
+    t0 = time.perf_counter()
+    ev = spec.evaluation
+    dist = law(cell.d, cell.k, cell.beta, cell.seed)
+    u, k, d = dist.u, cell.k, cell.d
+    xn = torch.as_tensor(x[: cell.n], dtype=torch.float64)
+    s = spe.sample_covariance(xn)
+    g = torch.Generator().manual_seed(derive_seed("sparse-pca-eval", cell.key))
+    exact = dist.score
+    points = []
+    for t in ev.t:
+        xt = dist.sample(ev.n_score, g, t=float(t))
+        points.append((float(t), xt, exact(xt, float(t))))
+    target = dist.sample(ev.n_samples, g, t=ev.t_min)
+    target2 = dist.sample(ev.n_samples, g, t=ev.t_min)
+    sw2 = SlicedW2(target, torch.Generator().manual_seed(derive_seed("sparse-pca-proj", cell.key)))
+    x0 = torch.randn(ev.n_samples, d, generator=g)
+    replay = ReplayNoise(x0.shape, g, levy_area=ev.sampler not in IGNORE_LEVY_AREA)
+    E, T, size = len(spec.estimator), len(ev.t), max(spec.d)
+    vals = {name: np.full(E, np.nan) for name in PER_ESTIMATOR}
+    l2, l2_rel = np.full((E, T), np.nan), np.full((E, T), np.nan)
+    u_hat_all = np.full((E, size), np.nan)
+    for j, name in enumerate(spec.estimator):
+        if name == NETWORK:
+            if network is None:
+                raise ValueError("the network estimator needs a trained network")
+            score, direction, dtype = network.score, None, torch.float32
+        elif name == ORACLE:
+            score, direction, b_hat, dtype = exact, u.clone(), cell.beta, torch.float64
+        else:
+            if name == "exhaustive" and not spe.exhaustive_feasible(d, k, ev.exhaustive_max_supports):
+                continue
+            direction = estimate(name, xn, k, ev.exhaustive_max_supports)
+            b_hat = spe.spike_strength(s, direction)
+            score, dtype = spe.spike_score(direction, b_hat), torch.float64
+        with torch.no_grad():
+            for i, (t, xt, st) in enumerate(points):
+                err = ((score(xt.to(dtype), t).to(torch.float64) - st) ** 2).sum(1)
+                l2[j, i], l2_rel[j, i] = err.mean().item(), err.mean().item() / (st ** 2).sum(1).mean().item()
+        y = draw_samples(ev, score, x0, replay)
+        v = spe.sample_direction(y)
+        if direction is None:  # the network: its direction is its samples' top eigenvector
+            direction = v
+            b_hat = spe.spike_strength(torch.cov(y.T), v)
+        vals["overlap"][j] = spe.overlap(direction, u)
+        vals["overlap_samples"][j] = spe.overlap(v, u)
+        vals["support_recovery"][j] = spe.support_recovery(direction, u, k)
+        vals["beta_hat"][j] = b_hat
+        vals["sliced_w2"][j] = sw2(y)
+        vals["kl_gauss"][j] = gaussian_fit_kl(y, target)
+        u_hat_all[j] = _pad(direction / direction.norm(), size)
+    floor = sw2(target2)
+    kl_floor = gaussian_fit_kl(target2, target)
+    ov_floor = spe.overlap(spe.sample_direction(target2), u)
+    ds = xr.Dataset(
+        {
+            **{name: (("estimator",), v) for name, v in vals.items()},
+            "score_l2": (("estimator", "t"), l2),
+            "score_l2_rel": (("estimator", "t"), l2_rel),
+            "sliced_w2_floor": ((), floor),
+            "kl_gauss_floor": ((), kl_floor),
+            "overlap_samples_floor": ((), ov_floor),
+            "u": (("i",), _pad(u, size)),
+            "u_hat": (("estimator", "i"), u_hat_all),
+        },
+        coords={"estimator": list(spec.estimator), "t": list(ev.t), "i": np.arange(size)},
+    )
+    if spec.trains:
+        ds["train_seconds"] = ((), result.seconds if result else np.nan)
+        ds["train_loss"] = ((), result.loss if result else np.nan)
+    ds["eval_seconds"] = ((), time.perf_counter() - t0)
+    return ds
+
