@@ -2,7 +2,8 @@
 not grow with d (Kumar–Nagaraj–Sarkar 2025; science.md §4). Numerics only: no I/O, no Prefect.
 
 The paper's exact BSM loss and experiments could not be read here; this module implements the
-construction science.md §4 adopts (documented at :func:`bsm_loss`).
+construction science.md §4 adopts (documented at ``dsclab.losses.bsm_loss``, with the other
+losses on stored pairs).
 
 Conventions (stated once)
 -------------------------
@@ -20,8 +21,9 @@ Conventions (stated once)
   path from x0_i (a Markov chain; prev[i, k] = xt[i, k-1]); ``independent`` — every (i, k) is an
   independent noising of x0_i, with its own predecessor on its own two-point path.
 * Networks are noise predictors eps_hat(x, t) (``dsclab.nets`` convention), score -eps_hat/sigma_t.
-  Losses return per-sample values ``(m,)`` in eps units (score units weighted by sigma_t^2);
-  the caller reduces.
+  The losses on these pairs (``dsclab.losses``: ``dsm_pair_loss``, ``BSMPairLoss``) return
+  per-sample values ``(m,)`` in eps units (score units weighted by sigma_t^2); the training loop
+  (``dsclab.train.fit``) reduces.
 * Targets of the regression, in score units: DSM  -(X_t - e^{-t} X_0) / sigma_t^2;
   BSM  e^{t - t'} h_hat(t', X_{t'}) (science.md §4, from the same path).
 """
@@ -37,9 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dsclab import noise
+from dsclab import noise, train
 from dsclab.distributions.gaussian import GaussianMixture
-from dsclab.losses import dsm_loss
+from dsclab.losses import BSMPairLoss, ExactScore, dsm_pair_loss
 from dsclab.nets import ScoreMLP, _init_linear
 
 # ------------------------------------------------------------------------------------------
@@ -191,68 +193,6 @@ def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# ------------------------------------------------------------------------------------------
-# Targets and losses
-# ------------------------------------------------------------------------------------------
-
-
-def bsm_target(score_prev: Callable, prev: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor) -> torch.Tensor:
-    """BSM regression target in score units: e^{t - t'} h_hat(t', X_{t'}) (science.md §4).
-
-    Exact when h_hat is the true score, by the bootstrapping identity
-    s_t(x) = e^{t - t'} E[s_{t'}(X_{t'}) | X_t = x] (t > t'): writing X_t = e^{-Delta} X_{t'} + W,
-    q_t(x) = E_W[e^{d Delta} q_{t'}(e^{Delta}(x - W))], and differentiating in x gives the identity.
-    ``t, t_prev`` are ``(m,)`` float64 with t > t_prev > 0.
-    """
-    s = score_prev(prev, t_prev)
-    return torch.exp(t - t_prev).to(s.dtype)[:, None] * s
-
-
-def dsm_pair_loss(model, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """DSM on stored pairs (x0, X_t): ``dsclab.losses.dsm_loss`` with Z = (X_t - e^{-t} x0)/sigma_t,
-    i.e. sigma_t^2 ||s_hat(t, X_t) + Z/sigma_t||^2 = ||eps_hat - Z||^2. Per sample ``(m,)``."""
-    z = (xt - noise.mean_coef(t).to(xt.dtype)[:, None] * x0) / noise.sigma(t).to(xt.dtype)[:, None]
-    return dsm_loss(model, x0, t, z)
-
-
-def bsm_loss(model, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, prev: torch.Tensor, t_prev: torch.Tensor,
-             *, target, t_c: float, mix: float = 0.0) -> torch.Tensor:
-    """Bootstrapped score matching, the form science.md §4 adopts. Per sample ``(m,)``, eps units:
-
-    * t <= t_c:  DSM, ||eps_hat(X_t, t) - Z||^2;
-    * t >  t_c:  (1 - mix) sigma_t^2 ||s_hat(t, X_t) - e^{t - t'} h_hat(t', X_{t'})||^2 + mix * DSM,
-      with (X_{t'}, X_t) consecutive points of the same forward path and h_hat = ``target.score``
-      under stop-gradient (``target`` is the network itself, a lagged copy, or :class:`ExactScore`).
-
-    The mixed per-sample loss is, up to a constant, sigma_t^2 ||s_hat - T_mix||^2 with the
-    effective target T_mix = mix T_dsm + (1 - mix) T_bsm (whose variance
-    :func:`target_draws` / :func:`gaussian_target_variance` measure).
-    """
-    per = dsm_pair_loss(model, x0, xt, t)
-    hi = t > t_c
-    if mix >= 1.0 or not bool(hi.any()):
-        return per
-    with torch.no_grad():
-        tgt = bsm_target(target.score, prev[hi], t[hi], t_prev[hi])
-    sig = noise.sigma(t[hi]).to(xt.dtype)[:, None]
-    s_hat = noise.score_from_eps(model(xt[hi], t[hi]), t[hi].to(xt.dtype))
-    b = ((sig * (s_hat - tgt)) ** 2).sum(dim=1)
-    out = per.clone()
-    out[hi] = mix * per[hi] + (1.0 - mix) * b
-    return out
-
-
-class ExactScore:
-    """The exact score of a known law as a BSM target (``h_hat = s``): ``bsm_oracle`` uses it to
-    isolate the variance of bootstrapped targets from the feedback of a learned h_hat."""
-
-    def __init__(self, law):
-        self.law = law
-
-    def score(self, x: torch.Tensor, t) -> torch.Tensor:
-        return self.law.score(x.to(torch.float64), t).to(x.dtype)
-
-
 ESTIMATORS = ("dsm", "bsm", "bsm_oracle")
 """``dsm``; ``bsm`` (h_hat = the network under stop-gradient, or a lagged copy); ``bsm_oracle``
 (h_hat = the exact score of the data law: a diagnostic, possible only for a known law)."""
@@ -273,10 +213,6 @@ class FitConfig:
     mix: float = 0.0       # BSM: weight of DSM above t_c
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
 @dataclass
 class FitResult:
     model: nn.Module
@@ -290,7 +226,11 @@ def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, g
 
     Each step draws ``batch_size`` rows with replacement and uses all K pairs of each row (in
     ``trajectory`` mode the pairs of a row are Markov-dependent). Deterministic for a generator.
-    ``law`` (with an exact ``score``) is needed by ``bsm_oracle`` only.
+    ``law`` (with an exact ``score``) is needed by ``bsm_oracle`` only. The loss is
+    ``dsclab.losses.dsm_pair_loss`` or ``BSMPairLoss`` (h_hat: the network under stop-gradient, a
+    lagged copy refreshed every ``lag`` steps, or ``ExactScore(law)``), minimised by the loop
+    ``dsclab.train.fit``; a loss that becomes NaN or infinite raises
+    :class:`dsclab.errors.TrainingDiverged`.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r} (known: {', '.join(ESTIMATORS)})")
@@ -300,31 +240,29 @@ def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, g
     d, K, n = data.x0.shape[1], data.K, data.n
     x0, xt, prev = (v.to(torch.float32) for v in (data.x0, data.xt, data.prev))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / config.steps)))
+    sched = train.cosine_decay(opt, config.steps)
     lagged = copy.deepcopy(model).eval() if (estimator == "bsm" and config.lag > 0) else None
-    tail, tail_sum = max(1, config.steps // 10), 0.0
-    for step in range(config.steps):
-        if lagged is not None and step % config.lag == 0:
-            lagged.load_state_dict(model.state_dict())
+    if estimator == "dsm":
+        loss = dsm_pair_loss
+    else:
+        target = ExactScore(law) if estimator == "bsm_oracle" else lagged if lagged is not None else model
+        loss = BSMPairLoss(target, t_c=config.t_c, mix=config.mix)
+
+    def draw(step: int) -> tuple:
         idx = torch.randint(0, n, (config.batch_size,), generator=generator)
         b0 = x0[idx][:, None, :].expand(-1, K, -1).reshape(-1, d)
-        bt, tt = xt[idx].reshape(-1, d), data.times[idx].reshape(-1)
+        pairs = (b0, xt[idx].reshape(-1, d), data.times[idx].reshape(-1))
         if estimator == "dsm":
-            per = dsm_pair_loss(model, b0, bt, tt)
-        else:
-            target = ExactScore(law) if estimator == "bsm_oracle" else lagged if lagged is not None else model
-            per = bsm_loss(model, b0, bt, tt, prev[idx].reshape(-1, d), data.t_prev[idx].reshape(-1),
-                           target=target, t_c=config.t_c, mix=config.mix)
-        loss = per.mean()
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step >= config.steps - tail:
-            tail_sum += loss.item()
-    return FitResult(model.eval(), tail_sum / tail, time.perf_counter() - t0)
+            return pairs
+        return pairs + (prev[idx].reshape(-1, d), data.t_prev[idx].reshape(-1))
+
+    def refresh(step: int) -> None:
+        if step % config.lag == 0:
+            lagged.load_state_dict(model.state_dict())
+
+    trace = train.fit(model, loss, draw, steps=config.steps, optimizer=opt, scheduler=sched,
+                      before_step=refresh if lagged is not None else None)
+    return FitResult(model.eval(), trace.tail_mean(), time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,17 +1,42 @@
-"""Score-matching losses. Each returns per-sample values of shape (m,); the caller reduces.
+"""Losses of the training loop (``dsclab.train.fit``). Each returns per-sample values; the caller reduces.
 
-A loss takes the model, a batch of clean data ``x0 (m, d)``, times ``t (m,)`` and standard
-normal noise ``z (m, d)`` (randomness is passed in) and forms X_t = e^{-t} x0 + sigma_t z.
+A loss is called as ``loss(model, *batch)`` (:class:`PerSampleLoss`): ``batch`` is what the run's
+draw function returns for one step (the loss's ``batch`` attribute names its tensors), and the
+result has shape ``(m,)``, or ``(M, m)`` for an ensemble of M members (:class:`EnsembleLoss`).
+Randomness is passed in, never drawn here.
+
+* Score matching on fresh noise (``ESTIMATORS``): a loss takes the model, a batch of clean data
+  ``x0 (m, d)``, times ``t (m,)`` and standard normal noise ``z (m, d)`` and forms
+  X_t = e^{-t} x0 + sigma_t z. ``ESTIMATORS`` is a :class:`dsclab.registry.Registry`: another
+  installed package adds a loss through the entry-point group ``dsclab.estimators``.
+* Stored pairs (x0, X_t) of a ``dsclab.bootstrap.NoisedData`` (its conventions):
+  :func:`dsm_pair_loss`, and :class:`BSMPairLoss` (BSM; with :class:`ExactScore` as its target,
+  BSM-oracle). These networks are noise predictors eps_hat(x, t) (``dsclab.nets``), values in eps
+  units (score units weighted by sigma_t^2).
+* The drift loss of the spike network (``dsclab.spike``): :func:`drift_matching_loss`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
 from dsclab import noise
+from dsclab.registry import Needs, Registry, declare
 
 
+class PerSampleLoss(Protocol):
+    """The signature of a loss of ``dsclab.train.fit``: ``loss(model, *batch)`` -> per-sample
+    values ``(m,)`` (or ``(M, m)``, one row per member of an ensemble). ``batch``, an attribute
+    of the built-in losses, names the tensors the draw function must return, in order."""
+
+    batch: tuple[str, ...]
+
+    def __call__(self, model, *batch: torch.Tensor) -> torch.Tensor: ...
+
+
+@declare(batch=("x0", "t", "z"))
 def dsm_loss(model, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Denoising score matching, weighted by sigma_t^2 (science.md §2).
 
@@ -31,4 +56,111 @@ def sample_times(m: int, t_min: float, T: float, generator: torch.Generator, dev
     return t_min * (T / t_min) ** u
 
 
-ESTIMATORS: dict[str, Callable] = {"dsm": dsm_loss}
+ESTIMATORS: Registry[Callable] = Registry("dsclab.estimators", "estimator", check=Needs("estimator"),
+                                          builtins={"dsm": dsm_loss})
+
+
+class EnsembleLoss:
+    """A per-sample loss of a batched ensemble (``dsclab.nets.EnsembleMLP``: flat rows grouped by
+    member) on a batch laid out ``(M, m, ...)`` (member m's rows in slice m): the rows are
+    flattened to ``(M m, ...)`` for ``loss`` and its values returned as ``(M, m)``."""
+
+    def __init__(self, loss: Callable[..., torch.Tensor]):
+        self.loss = loss
+        self.batch = getattr(loss, "batch", None)
+
+    def __call__(self, model, *batch: torch.Tensor) -> torch.Tensor:
+        M, m = batch[0].shape[:2]
+        return self.loss(model, *(b.reshape((M * m,) + tuple(b.shape[2:])) for b in batch)).reshape(M, m)
+
+
+# ------------------------------------------------------------------------------------------
+# Stored pairs (dsclab.bootstrap): DSM, BSM, BSM-oracle
+# ------------------------------------------------------------------------------------------
+
+
+def bsm_target(score_prev: Callable, prev: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor) -> torch.Tensor:
+    """BSM regression target in score units: e^{t - t'} h_hat(t', X_{t'}) (science.md §4).
+
+    Exact when h_hat is the true score, by the bootstrapping identity
+    s_t(x) = e^{t - t'} E[s_{t'}(X_{t'}) | X_t = x] (t > t'): writing X_t = e^{-Delta} X_{t'} + W,
+    q_t(x) = E_W[e^{d Delta} q_{t'}(e^{Delta}(x - W))], and differentiating in x gives the identity.
+    ``t, t_prev`` are ``(m,)`` float64 with t > t_prev > 0.
+    """
+    s = score_prev(prev, t_prev)
+    return torch.exp(t - t_prev).to(s.dtype)[:, None] * s
+
+
+@declare(batch=("x0", "xt", "t"))
+def dsm_pair_loss(model, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """DSM on stored pairs (x0, X_t): :func:`dsm_loss` with Z = (X_t - e^{-t} x0)/sigma_t,
+    i.e. sigma_t^2 ||s_hat(t, X_t) + Z/sigma_t||^2 = ||eps_hat - Z||^2. Per sample ``(m,)``."""
+    z = (xt - noise.mean_coef(t).to(xt.dtype)[:, None] * x0) / noise.sigma(t).to(xt.dtype)[:, None]
+    return dsm_loss(model, x0, t, z)
+
+
+def bsm_loss(model, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, prev: torch.Tensor, t_prev: torch.Tensor,
+             *, target, t_c: float, mix: float = 0.0) -> torch.Tensor:
+    """Bootstrapped score matching, the form science.md §4 adopts. Per sample ``(m,)``, eps units:
+
+    * t <= t_c:  DSM, ||eps_hat(X_t, t) - Z||^2;
+    * t >  t_c:  (1 - mix) sigma_t^2 ||s_hat(t, X_t) - e^{t - t'} h_hat(t', X_{t'})||^2 + mix * DSM,
+      with (X_{t'}, X_t) consecutive points of the same forward path and h_hat = ``target.score``
+      under stop-gradient (``target`` is the network itself, a lagged copy, or :class:`ExactScore`).
+
+    The mixed per-sample loss is, up to a constant, sigma_t^2 ||s_hat - T_mix||^2 with the
+    effective target T_mix = mix T_dsm + (1 - mix) T_bsm (whose variance
+    ``dsclab.bootstrap.target_draws`` / ``gaussian_target_variance`` measure).
+    """
+    per = dsm_pair_loss(model, x0, xt, t)
+    hi = t > t_c
+    if mix >= 1.0 or not bool(hi.any()):
+        return per
+    with torch.no_grad():
+        tgt = bsm_target(target.score, prev[hi], t[hi], t_prev[hi])
+    sig = noise.sigma(t[hi]).to(xt.dtype)[:, None]
+    s_hat = noise.score_from_eps(model(xt[hi], t[hi]), t[hi].to(xt.dtype))
+    b = ((sig * (s_hat - tgt)) ** 2).sum(dim=1)
+    out = per.clone()
+    out[hi] = mix * per[hi] + (1.0 - mix) * b
+    return out
+
+
+class BSMPairLoss:
+    """:func:`bsm_loss` as a loss object: ``(model, x0, xt, t, prev, t_prev) -> (m,)`` with the
+    target h_hat (``target.score``: the network itself, a lagged copy, or :class:`ExactScore` for
+    BSM-oracle), the switch time ``t_c`` and the DSM weight ``mix`` fixed."""
+
+    batch = ("x0", "xt", "t", "prev", "t_prev")
+
+    def __init__(self, target, *, t_c: float, mix: float = 0.0):
+        self.target, self.t_c, self.mix = target, t_c, mix
+
+    def __call__(self, model, x0, xt, t, prev, t_prev) -> torch.Tensor:
+        return bsm_loss(model, x0, xt, t, prev, t_prev, target=self.target, t_c=self.t_c, mix=self.mix)
+
+
+class ExactScore:
+    """The exact score of a known law as a BSM target (``h_hat = s``): ``bsm_oracle`` uses it to
+    isolate the variance of bootstrapped targets from the feedback of a learned h_hat."""
+
+    def __init__(self, law):
+        self.law = law
+
+    def score(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self.law.score(x.to(torch.float64), t).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------
+# The spike network's drift loss (dsclab.spike)
+# ------------------------------------------------------------------------------------------
+
+
+@declare(batch=("y", "t", "x"))
+def drift_matching_loss(model, y: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """||m_theta(y_t, t) - x||^2 per matrix, ``(B,)``, in the network's dtype: ``y (B, n, n)`` the
+    observation y_t = t x + W_t of the clean matrix ``x (B, n, n)`` at SL times ``t (B,)``
+    (``dsclab.spike`` conventions); x is moved to the prediction's device and dtype. Its
+    minimiser is the Bayes drift E[x | y_t]."""
+    pred = model(y, t)
+    return (pred - x.to(device=pred.device, dtype=pred.dtype)).pow(2).sum(dim=(1, 2))

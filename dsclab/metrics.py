@@ -7,7 +7,9 @@ Score errors compare an estimate s_hat with the exact score s on fresh points x 
                     the (1 - delta) quantile of ||s_hat_t(x) - s_t(x)|| (Gupta et al. 2023).
 
 Sample distances take two point clouds ``x (m, d)`` and ``y (m', d)``. Randomness (projection
-directions) comes from a passed generator.
+directions) comes from a passed generator. ``SAMPLE_METRICS`` (a :class:`dsclab.registry.Registry`,
+entry-point group ``dsclab.metrics``) holds them with one signature, ``(x, y, generator) -> float``,
+each declaring its ``long_name`` and ``units`` beside it (:func:`dsclab.registry.declare`).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+
+from dsclab.registry import Needs, Registry, declare, nonempty_text, text
 
 
 def score_errors(score_hat: Callable, dist, ts: Sequence[float], m: int, deltas: Sequence[float],
@@ -125,9 +129,32 @@ def gaussian_fit_kl(x: torch.Tensor, y: torch.Tensor) -> float:
     return gaussian_kl(*fit(x), *fit(y))
 
 
-SAMPLE_METRICS: dict[str, Callable] = {
-    "sliced_w2": lambda x, y, g: sliced_w2(x, y, g),
-    "mmd": lambda x, y, g: mmd(x, y),
-    "w2": lambda x, y, g: w2_exact(x, y),
-    "kl_gauss": lambda x, y, g: gaussian_fit_kl(x, y),
-}
+@declare(long_name="sliced W2 distance (256 random directions)", units="1")
+def _sliced_w2(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
+    """:func:`sliced_w2` with the metric signature."""
+    return sliced_w2(x, y, generator)
+
+
+@declare(long_name="RBF MMD (median bandwidth of y)", units="1")
+def _mmd(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
+    """:func:`mmd` with the metric signature."""
+    return mmd(x, y)
+
+
+@declare(long_name="exact W2 distance (optimal transport)", units="1")
+def _w2(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
+    """:func:`w2_exact` with the metric signature."""
+    return w2_exact(x, y)
+
+
+@declare(long_name="KL between Gaussian fits, KL(N_x || N_y)", units="nats")
+def _kl_gauss(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
+    """:func:`gaussian_fit_kl` with the metric signature."""
+    return gaussian_fit_kl(x, y)
+
+
+SAMPLE_METRICS: Registry[Callable] = Registry(
+    "dsclab.metrics", "metric",
+    check=Needs("metric", long_name=(nonempty_text, "a non-empty string"),
+                units=(text, "a string (CF units, '1' for a pure number)")),
+    builtins={"sliced_w2": _sliced_w2, "mmd": _mmd, "w2": _w2, "kl_gauss": _kl_gauss})

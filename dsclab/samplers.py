@@ -15,17 +15,23 @@
   (:class:`BrownianNoise`) can be reused across step counts. Each sampler calls ``noise`` exactly
   once per step (the probability-flow ``heun`` never calls it).
 
-``NFE_PER_STEP[name]`` gives the score evaluations one step costs; samplers are compared per NFE.
-``SAMPLER_ORDERS[name]`` gives the claimed (strong, weak) orders for the reverse SDE (additive
-noise, smooth score); for ``heun`` it is the ODE order of the probability-flow ODE.
+Facts about a sampler are declared beside it (``@declare``, :mod:`dsclab.registry`):
+``nfe_per_step``, the score evaluations one step costs (samplers are compared per NFE);
+``order``, the claimed (strong, weak) orders for the reverse SDE (additive noise, smooth score;
+for ``heun`` the ODE order of the probability-flow ODE); ``levy_area``, whether the step uses H.
+``SAMPLERS`` is a :class:`dsclab.registry.Registry` (entry-point group ``dsclab.samplers``; a
+plugin sampler must declare ``nfe_per_step`` and ``order``), and ``NFE_PER_STEP[name]`` and
+``SAMPLER_ORDERS[name]`` are read-only views of those facts over it.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from dsclab.registry import Needs, Registry, declare, positive_int, positive_pair
 
 Score = Callable[[torch.Tensor, float], torch.Tensor]
 Noise = Callable[[float, float], tuple[torch.Tensor, torch.Tensor]]
@@ -222,6 +228,7 @@ class BrownianNoise:
 # One-stage baselines
 # ------------------------------------------------------------------------------------------
 
+@declare(nfe_per_step=1, order=(1.0, 1.0), levy_area=False)  # additive noise: strong order 1
 def sample_euler_maruyama(score: Score, x: torch.Tensor, ts, *, noise: Noise) -> torch.Tensor:
     """Euler–Maruyama on the reverse SDE (science.md §0, §3 baseline; 1 NFE per step).
 
@@ -234,6 +241,7 @@ def sample_euler_maruyama(score: Score, x: torch.Tensor, ts, *, noise: Noise) ->
     return x
 
 
+@declare(nfe_per_step=1, order=(1.0, 1.0), levy_area=False)
 def sample_exponential_integrator(score: Score, x: torch.Tensor, ts, *, noise: Noise) -> torch.Tensor:
     """Exponential integrator (DDPM-type; science.md §3 baseline; 1 NFE per step).
 
@@ -259,6 +267,7 @@ def _phi2_h(h: float) -> float:
     return (math.expm1(h) - h) / h
 
 
+@declare(nfe_per_step=2, order=(1.0, 2.0), levy_area=False)
 def sample_srk(score: Score, x: torch.Tensor, ts, *, noise: Noise) -> torch.Tensor:
     """Stochastic exponential Runge–Kutta, 2 stages (science.md §3 "adopted SRK"; 2 NFE per step).
 
@@ -389,11 +398,13 @@ def sample_additive_srk(score: Score, x: torch.Tensor, ts, *, noise: Noise,
     return x
 
 
+@declare(nfe_per_step=SRA1.stages, order=(SRA1.strong_order, SRA1.weak_order), levy_area=True)
 def sample_sra1(score: Score, x: torch.Tensor, ts, *, noise: Noise) -> torch.Tensor:
     """SRA1 (Rößler 2010) on the reverse SDE: :data:`SRA1` stepped by :func:`sample_additive_srk`."""
     return sample_additive_srk(score, x, ts, noise=noise, tableau=SRA1)
 
 
+@declare(nfe_per_step=SHARK.stages, order=(SHARK.strong_order, SHARK.weak_order), levy_area=True)
 def sample_shark(score: Score, x: torch.Tensor, ts, *, noise: Noise) -> torch.Tensor:
     """ShARK (Foster et al. 2023) on the reverse SDE: :data:`SHARK` stepped by :func:`sample_additive_srk`."""
     return sample_additive_srk(score, x, ts, noise=noise, tableau=SHARK)
@@ -403,6 +414,7 @@ def sample_shark(score: Score, x: torch.Tensor, ts, *, noise: Noise) -> torch.Te
 # Deterministic reference: Heun on the probability-flow ODE
 # ------------------------------------------------------------------------------------------
 
+@declare(nfe_per_step=2, order=(2.0, 2.0), levy_area=False)  # ODE order of the flow
 def sample_heun(score: Score, x: torch.Tensor, ts, *, noise: Noise | None = None) -> torch.Tensor:
     """Heun (explicit trapezoidal, ODE order 2) on the probability-flow ODE; 2 NFE per step.
 
@@ -419,33 +431,22 @@ def sample_heun(score: Score, x: torch.Tensor, ts, *, noise: Noise | None = None
     return x
 
 
-SAMPLERS: dict[str, Callable] = {
-    "euler_maruyama": sample_euler_maruyama,
-    "exponential_integrator": sample_exponential_integrator,
-    "srk": sample_srk,
-    "sra1": sample_sra1,
-    "shark": sample_shark,
-    "heun": sample_heun,
-}
+SAMPLERS: Registry[Callable] = Registry(
+    "dsclab.samplers", "sampler",
+    check=Needs("sampler", nfe_per_step=(positive_int, "a positive integer: score evaluations per step"),
+                order=(positive_pair, "a pair (strong, weak) of positive orders")),
+    builtins={
+        "euler_maruyama": sample_euler_maruyama,
+        "exponential_integrator": sample_exponential_integrator,
+        "srk": sample_srk,
+        "sra1": sample_sra1,
+        "shark": sample_shark,
+        "heun": sample_heun,
+    })
 
-NFE_PER_STEP: dict[str, int] = {
-    "euler_maruyama": 1,
-    "exponential_integrator": 1,
-    "srk": 2,
-    "sra1": SRA1.stages,
-    "shark": SHARK.stages,
-    "heun": 2,
-}
-
+NFE_PER_STEP: Mapping[str, int] = SAMPLERS.facts("nfe_per_step")
 # (strong, weak) order claimed for the reverse SDE; heun: (ODE order, ODE order) of the flow.
-SAMPLER_ORDERS: dict[str, tuple[float, float]] = {
-    "euler_maruyama": (1.0, 1.0),  # additive noise: strong order 1
-    "exponential_integrator": (1.0, 1.0),
-    "srk": (1.0, 2.0),
-    "sra1": (SRA1.strong_order, SRA1.weak_order),
-    "shark": (SHARK.strong_order, SHARK.weak_order),
-    "heun": (2.0, 2.0),
-}
+SAMPLER_ORDERS: Mapping[str, tuple[float, float]] = SAMPLERS.facts("order")
 
 
 def steps_for_nfe(name: str, nfe: int) -> int:

@@ -1,4 +1,13 @@
-"""Training loops.
+"""Training: the one loop (:func:`fit`) and the score-network trainers built on it.
+
+:func:`fit` runs a budget of optimiser steps on a model, driven by a *loss object* (per-sample
+values, ``dsclab.losses``) and a *draw function* (the step's batch, from generators the caller
+seeded). It owns what every training run shares: the step (zero_grad, backward, optional
+gradient clipping, optimiser and schedule steps), the arithmetic of the loss (autocast), the
+non-finite check, and the record of the loss (:class:`Trace`). Its callers build the model,
+the optimiser, the schedule and the draws: ``train_score`` and ``train_ensemble`` here,
+``dsclab.bootstrap.fit`` (stored pairs, DSM / BSM), ``dsclab.spike.train_network`` (the
+equivariant network's drift loss).
 
 ``train_score`` fits one score network to n points with Adam for a budget of optimiser steps.
 Everything random (initialisation, minibatches, times, noise) comes from generators seeded by
@@ -6,7 +15,7 @@ the ``seed`` argument, so a run is reproducible on a given device. ``train_group
 point the pipeline calls with a group of cells that share d.
 
 Minibatches, times and noise are drawn ``DRAW_STEPS`` optimiser steps at a time
-(:func:`_draw_chunk`: a few large RNG calls instead of four small ones per step), in the same
+(:class:`ScoreDraws`: a few large RNG calls instead of four small ones per step), in the same
 order by ``train_score`` and by every member of ``train_ensemble``, which is what makes a
 member's draws equal to those of training it alone. Adam is PyTorch's fused implementation
 (one kernel for all parameters; ``benchmarks/train_throughput.py`` measured it).
@@ -16,11 +25,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
+from torch import nn
 
-from dsclab.losses import ESTIMATORS, sample_times
+from dsclab.errors import TrainingDiverged
+from dsclab.losses import ESTIMATORS, EnsembleLoss, sample_times
 from dsclab.nets import EnsembleMLP, ScoreMLP
 
 
@@ -30,11 +42,132 @@ PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.
 """Training-step arithmetic: the autocast dtype, or None for plain float32."""
 
 
-def _step_arithmetic(precision: str, device: torch.device):
-    """The context in which a training step's loss is computed (its backward, outside it, runs
-    each operation in the dtype autocast chose for it)."""
-    dtype = PRECISIONS[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+# ------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------
+
+
+def _sequential_mean(values: list[float], count: int) -> float:
+    """(((0 + v_1) + v_2) + ...) / count in float64, the summation order of the trainers' tail
+    losses (``sum`` is not used: from Python 3.12 it compensates, another rounding)."""
+    total = 0.0
+    for v in values:
+        total += v
+    return total / count
+
+
+@dataclass
+class Trace:
+    """What :func:`fit` records.
+
+    ``losses``: the reduced loss of every step, float64 on the CPU: ``(steps,)`` for one model
+    (the mean of its per-sample values), ``(steps, M)`` for an ensemble (member m: the mean of its
+    row). ``diverged``: ``(M,)`` bool, the members masked for a non-finite loss (ensembles only;
+    None for one model, which raises instead).
+    """
+
+    losses: torch.Tensor
+    diverged: torch.Tensor | None = None
+
+    @property
+    def tail(self) -> int:
+        """The last 10% of steps (at least one)."""
+        return max(1, self.losses.shape[0] // 10)
+
+    def tail_mean(self) -> float | list[float]:
+        """Mean loss over the last :attr:`tail` steps, summed in step order in float64: one float
+        for one model, one per member for an ensemble (a diverged member's is not meaningful)."""
+        rows = self.losses[-self.tail:].tolist()
+        if self.losses.ndim == 1:
+            return _sequential_mean(rows, self.tail)
+        return [_sequential_mean(list(col), self.tail) for col in zip(*rows)]
+
+
+def clip_members_(parameters, max_norm: float) -> None:
+    """Per-member gradient clipping of an ensemble whose parameters stack their M members along
+    dim 0 (``dsclab.nets.EnsembleMLP``): member m's gradient is scaled by
+    min(1, max_norm / (||g_m|| + 1e-6)), ||g_m|| its 2-norm over all its parameter slices, the
+    rule of ``torch.nn.utils.clip_grad_norm_`` applied to each member alone. No host sync."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # (P, M)
+    coef = (max_norm / (torch.linalg.vector_norm(norms, dim=0) + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)))
+
+
+def fit(model: nn.Module, loss: Callable[..., torch.Tensor], draw: Callable[[int], tuple], *, steps: int,
+        optimizer: torch.optim.Optimizer, scheduler=None, autocast: torch.dtype | None = None,
+        clip: float | None = None, before_step: Callable[[int], None] | None = None) -> Trace:
+    """Run ``steps`` optimiser steps of ``model`` on ``loss(model, *draw(step))``.
+
+    * ``loss`` returns per-sample values (``dsclab.losses.PerSampleLoss``): shape ``(m,)`` for one
+      model, whose step minimises their mean; ``(M, m)`` for an ensemble of M members, whose step
+      minimises the sum over members of each row's mean (member m's gradient is its own loss's).
+    * ``draw(step)`` returns the loss's batch for that step; it is called once per step, in step
+      order, so the draws of a run are those of its generators in sequence. ``before_step(step)``,
+      if given, runs first (a lagged target's refresh).
+    * The loss is evaluated under ``torch.autocast(device, autocast)`` when ``autocast`` is a
+      dtype; the backward pass runs outside it. ``clip`` (default off) bounds the gradient's
+      2-norm before the optimiser step: ``clip_grad_norm_`` for one model, per member
+      (:func:`clip_members_`) for an ensemble.
+    * A non-finite loss raises :class:`dsclab.errors.TrainingDiverged` for one model (before that
+      step's update). In an ensemble it masks the member from then on: its loss no longer enters
+      the objective, whatever its backward still produces stays in its own parameter slice (the
+      members share no parameters), the others are undisturbed, and :attr:`Trace.diverged`
+      reports it.
+    * Each step ends with ``optimizer.step()`` and ``scheduler.step()`` (if given). The losses are
+      recorded on the model's device (no host sync per step beyond one model's finiteness check)
+      and returned on the CPU as a :class:`Trace`.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    device = next(model.parameters()).device
+    arithmetic = contextlib.nullcontext() if autocast is None else torch.autocast(device.type, dtype=autocast)
+    losses: torch.Tensor | None = None  # (steps,) or (steps, M), allocated at step 0
+    bad: torch.Tensor | None = None     # (M,): the masked members of an ensemble
+    for step in range(steps):
+        if before_step is not None:
+            before_step(step)
+        batch = draw(step)
+        with arithmetic:
+            per = loss(model, *batch)
+        if per.ndim == 1:
+            value = per.mean()
+            if not torch.isfinite(value):
+                raise TrainingDiverged(f"loss is {value.item()} at step {step}")
+            objective = value
+        else:
+            value = per.mean(1)
+            if bad is None:
+                bad = torch.zeros(value.shape, dtype=torch.bool, device=value.device)
+            bad |= ~torch.isfinite(value)
+            objective = torch.where(bad, torch.zeros_like(value), value).sum()
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        if clip is not None:
+            if bad is None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            else:
+                clip_members_(model.parameters(), clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if losses is None:
+            losses = torch.empty((steps,) + tuple(value.shape), dtype=torch.float64, device=value.device)
+        losses[step] = value.detach()
+    return Trace(losses.cpu(), None if bad is None else bad.cpu())
+
+
+def cosine_decay(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate lr_0 (1 + cos(pi k / steps)) / 2 at step k: cosine decay to 0 over ``steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
+
+
+# ------------------------------------------------------------------------------------------
+# Score networks on point clouds (DSM)
+# ------------------------------------------------------------------------------------------
 
 
 def _draw_chunk(x: torch.Tensor, k: int, bs: int, t_min: float, T: float, g: torch.Generator):
@@ -48,15 +181,42 @@ def _draw_chunk(x: torch.Tensor, k: int, bs: int, t_min: float, T: float, g: tor
     return x[idx].reshape(k, bs, d), t, z
 
 
-def _adam(params, lr: float, steps: int, device: torch.device):
+class ScoreDraws:
+    """The draw function of DSM training on data sets ``xs`` (each ``(n_m, d)``, on the training
+    device), one generator each: step k's minibatch (with replacement), times and noise, drawn
+    ``DRAW_STEPS`` steps at a time by :func:`_draw_chunk`. With ``members`` the batch is laid
+    out ``(M, bs, ...)``, member m's rows from ``xs[m]`` and ``gens[m]`` (for
+    ``dsclab.losses.EnsembleLoss``); otherwise ``xs`` holds one data set and the batch is
+    ``x0 (bs, d)``, ``t (bs,)`` float64, ``z (bs, d)``."""
+
+    def __init__(self, xs: list[torch.Tensor], gens: list[torch.Generator], *, steps: int, batch_size: int,
+                 t_min: float, T: float, members: bool):
+        if not members and len(xs) != 1:
+            raise ValueError("one data set unless members=True")
+        self.xs, self.gens, self.steps, self.bs = xs, gens, steps, batch_size
+        self.t_min, self.T, self.members = t_min, T, members
+        self.X0 = self.Ts = self.Zs = None  # the current chunk of draws
+
+    def __call__(self, step: int):
+        if step % DRAW_STEPS == 0:
+            k_steps = min(DRAW_STEPS, self.steps - step)
+            if not self.members:
+                self.X0, self.Ts, self.Zs = _draw_chunk(self.xs[0], k_steps, self.bs, self.t_min, self.T, self.gens[0])
+            else:  # each member's draws, laid out (step, member, row)
+                M, d, dev = len(self.xs), self.xs[0].shape[1], self.xs[0].device
+                self.X0 = torch.empty(k_steps, M, self.bs, d, device=dev)
+                self.Ts = torch.empty(k_steps, M, self.bs, dtype=torch.float64, device=dev)
+                self.Zs = torch.empty(k_steps, M, self.bs, d, device=dev)
+                for m, (x, g) in enumerate(zip(self.xs, self.gens)):
+                    self.X0[:, m], self.Ts[:, m], self.Zs[:, m] = _draw_chunk(x, k_steps, self.bs, self.t_min, self.T, g)
+        k = step % DRAW_STEPS
+        return self.X0[k], self.Ts[k], self.Zs[k]
+
+
+def _adam(params, lr: float, steps: int):
     """Adam (fused kernel) with cosine decay of the learning rate to 0 over ``steps``."""
     opt = torch.optim.Adam(params, lr=lr, fused=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
-    return opt, sched
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    return opt, cosine_decay(opt, steps)
 
 
 @dataclass(frozen=True)
@@ -110,7 +270,8 @@ def resolve_device(device: str) -> torch.device:
 
 def train_score(x: torch.Tensor, *, estimator: str = "dsm", config: TrainConfig = TrainConfig(),
                 seed: int = 0, device: str | torch.device = "cpu") -> TrainResult:
-    """Fit a ``ScoreMLP`` to the rows of ``x (n, d)``; deterministic for ``seed`` on a device."""
+    """Fit a ``ScoreMLP`` to the rows of ``x (n, d)``; deterministic for ``seed`` on a device.
+    A loss that becomes NaN or infinite raises :class:`dsclab.errors.TrainingDiverged`."""
     dev = resolve_device(device) if isinstance(device, str) else device
     loss_fn = ESTIMATORS[estimator]
     t0 = time.perf_counter()
@@ -118,25 +279,13 @@ def train_score(x: torch.Tensor, *, estimator: str = "dsm", config: TrainConfig 
     model = ScoreMLP(x.shape[1], width=config.width, depth=config.depth, generator=g_init).to(dev)
     g = torch.Generator(device=dev).manual_seed(seed + 1)
     x = x.to(dev, torch.float32)
-    opt, sched = _adam(model.parameters(), config.lr, config.steps, dev)
-    arithmetic = _step_arithmetic(config.precision, dev)
-    bs = config.batch_size  # minibatches are drawn with replacement, whatever n is
-    tail, tail_sum = max(1, config.steps // 10), 0.0
-    for step in range(config.steps):
-        if step % DRAW_STEPS == 0:
-            X0, Ts, Zs = _draw_chunk(x, min(DRAW_STEPS, config.steps - step), bs, config.t_min, config.T, g)
-        k = step % DRAW_STEPS
-        with arithmetic:
-            loss = loss_fn(model, X0[k], Ts[k], Zs[k]).mean()
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step >= config.steps - tail:
-            tail_sum += loss.item()
-    return TrainResult(model.cpu().eval(), tail_sum / tail, time.perf_counter() - t0)
+    opt, sched = _adam(model.parameters(), config.lr, config.steps)
+    # minibatches are drawn with replacement, whatever n is
+    draw = ScoreDraws([x], [g], steps=config.steps, batch_size=config.batch_size, t_min=config.t_min, T=config.T,
+                      members=False)
+    trace = fit(model, loss_fn, draw, steps=config.steps, optimizer=opt, scheduler=sched,
+                autocast=PRECISIONS[config.precision])
+    return TrainResult(model.cpu().eval(), trace.tail_mean(), time.perf_counter() - t0)
 
 
 def _members_init(d: int, seeds: list[int], config: TrainConfig) -> list[ScoreMLP]:
@@ -155,47 +304,24 @@ def train_ensemble(datasets: list[torch.Tensor], seeds: list[int], *, estimator:
     non-finite is returned as ``None`` and does not disturb the others.
     """
     dev = resolve_device(device) if isinstance(device, str) else device
-    loss_fn = ESTIMATORS[estimator]
+    loss_fn = EnsembleLoss(ESTIMATORS[estimator])
     t0 = time.perf_counter()
     d = datasets[0].shape[1]
-    M, bs = len(datasets), config.batch_size
+    M = len(datasets)
     members = _members_init(d, seeds, config)
     net = EnsembleMLP(members).to(dev)
     gens = [torch.Generator(device=dev).manual_seed(s + 1) for s in seeds]
     xs = [x.to(dev, torch.float32) for x in datasets]
-    opt, sched = _adam(net.parameters(), config.lr, config.steps, dev)
-    arithmetic = _step_arithmetic(config.precision, dev)
-    tail = max(1, config.steps // 10)
-    tail_sum = torch.zeros(M, dtype=torch.float64, device=dev)
-    bad = torch.zeros(M, dtype=torch.bool, device=dev)
-    for step in range(config.steps):
-        if step % DRAW_STEPS == 0:  # each member's draws, laid out (step, member, row)
-            k_steps = min(DRAW_STEPS, config.steps - step)
-            X0 = torch.empty(k_steps, M, bs, d, device=dev)
-            Ts = torch.empty(k_steps, M, bs, dtype=torch.float64, device=dev)
-            Zs = torch.empty(k_steps, M, bs, d, device=dev)
-            for m, (x, g) in enumerate(zip(xs, gens)):
-                X0[:, m], Ts[:, m], Zs[:, m] = _draw_chunk(x, k_steps, bs, config.t_min, config.T, g)
-        k = step % DRAW_STEPS
-        with arithmetic:
-            per = loss_fn(net, X0[k].reshape(M * bs, d), Ts[k].reshape(M * bs), Zs[k].reshape(M * bs, d))
-        per = per.reshape(M, bs).mean(1)
-        bad |= ~torch.isfinite(per)
-        opt.zero_grad(set_to_none=True)
-        torch.where(bad, torch.zeros_like(per), per).sum().backward()
-        opt.step()
-        sched.step()
-        if step >= config.steps - tail:
-            tail_sum += per.detach().to(torch.float64)
+    opt, sched = _adam(net.parameters(), config.lr, config.steps)
+    draw = ScoreDraws(xs, gens, steps=config.steps, batch_size=config.batch_size, t_min=config.t_min, T=config.T,
+                      members=True)
+    trace = fit(net, loss_fn, draw, steps=config.steps, optimizer=opt, scheduler=sched,
+                autocast=PRECISIONS[config.precision])
+    losses = trace.tail_mean()
     net = net.cpu()
     seconds = (time.perf_counter() - t0) / M  # the group's wall time, shared equally
-    out: list[TrainResult | None] = []
-    for m in range(M):
-        if bool(bad[m]):
-            out.append(None)
-        else:
-            out.append(TrainResult(net.member(m, members[m]).eval(), float(tail_sum[m]) / tail, seconds))
-    return out
+    return [None if bool(trace.diverged[m]) else TrainResult(net.member(m, members[m]).eval(), losses[m], seconds)
+            for m in range(M)]
 
 
 def group_memory_bytes(members: int, d: int, config: TrainConfig) -> int:

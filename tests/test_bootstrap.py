@@ -13,7 +13,7 @@ import xarray as xr
 
 import storage
 from dsclab import bootstrap as bs
-from dsclab import distributions, noise, scaling
+from dsclab import distributions, losses, noise, scaling
 from dsclab.spec import SpecError, parse_spec
 from dsclab.studies.score_learning.cell import draw_training_data
 from dsclab.studies.score_learning.plot import plot as sl_plot
@@ -87,7 +87,7 @@ def test_bsm_targets_with_the_exact_score_are_unbiased(mode):
         per_row = r.reshape(n, K - 1, 2, 4).sum(1)
         return per_row.mean(0), per_row.std(0) / math.sqrt(n)
 
-    mean, se = moments(bs.bsm_target(law.score, prev, t, tp))
+    mean, se = moments(losses.bsm_target(law.score, prev, t, tp))
     assert (mean.abs() <= Z * se).all(), mean / se
     # negative control: dropping the factor e^{t - t'} biases the target detectably
     bad, se_bad = moments(law.score(prev, tp))
@@ -199,12 +199,12 @@ def test_losses_per_sample_and_bsm_reduces_to_dsm_below_t_c():
     xt, prev = data.xt.reshape(-1, 3).float(), data.prev.reshape(-1, 3).float()
     t, tp = data.times.reshape(-1), data.t_prev.reshape(-1)
     b0 = x0[:, None].expand(-1, 3, -1).reshape(-1, 3).float()
-    dsm = bs.dsm_pair_loss(net, b0, xt, t)
+    dsm = losses.dsm_pair_loss(net, b0, xt, t)
     z = (xt.double() - torch.exp(-t)[:, None] * b0.double()) / noise.sigma(t)[:, None]
     torch.testing.assert_close(dsm.double(), ((net(xt, t).double() - z) ** 2).sum(1), rtol=1e-4, atol=1e-4)
     assert dsm.shape == (120,)
     t_c = float(t.median())
-    bsm = bs.bsm_loss(net, b0, xt, t, prev, tp, target=net, t_c=t_c, mix=0.25)
+    bsm = losses.bsm_loss(net, b0, xt, t, prev, tp, target=net, t_c=t_c, mix=0.25)
     lo = t <= t_c
     torch.testing.assert_close(bsm[lo], dsm[lo])
     # above t_c: 0.25 DSM + 0.75 sigma_t^2 ||s_hat - e^{Delta} s_hat(t', prev)||^2

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dsclab import distributions
-from dsclab.metrics import gaussian_fit_kl, gaussian_kl, mmd, quantile_error, score_errors, sliced_w2, w2_exact
+from dsclab.registry import RegistryError, declare
+from dsclab.metrics import SAMPLE_METRICS, gaussian_fit_kl, gaussian_kl, mmd, quantile_error, score_errors, sliced_w2, w2_exact
 
 
 def test_quantile_error_matches_numpy():
@@ -76,3 +77,33 @@ def test_gaussian_fit_kl_large_sample():
     # KL(N(0,I) || N(1, 4I)) = 0.5 * (2/4 + 2/4 - 2 + 2 log 4)
     want = 0.5 * (0.5 + 0.5 - 2 + 2 * math.log(4.0))
     assert gaussian_fit_kl(x, y) == pytest.approx(want, abs=0.01)
+
+
+def test_metrics_declare_long_name_and_units():
+    """Each registered metric carries its long name and units; the metric functions give the numbers
+    of the functions they wrap (same draws: the generator only matters to sliced W2)."""
+    assert list(SAMPLE_METRICS) == list(SAMPLE_METRICS.builtin_names) == ["sliced_w2", "mmd", "w2", "kl_gauss"]
+    assert dict(SAMPLE_METRICS.facts("units")) == {"sliced_w2": "1", "mmd": "1", "w2": "1", "kl_gauss": "nats"}
+    assert all(SAMPLE_METRICS[k].long_name for k in SAMPLE_METRICS)
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(200, 3, generator=g), 0.5 + torch.randn(200, 3, generator=g)
+    assert SAMPLE_METRICS["mmd"](x, y, g) == mmd(x, y) and SAMPLE_METRICS["w2"](x, y, g) == w2_exact(x, y)
+    assert SAMPLE_METRICS["kl_gauss"](x, y, g) == gaussian_fit_kl(x, y)
+    assert SAMPLE_METRICS["sliced_w2"](x, y, torch.Generator().manual_seed(4)) == \
+        sliced_w2(x, y, torch.Generator().manual_seed(4))
+
+
+def test_plugin_metric_without_units_is_refused():
+    @declare(long_name="mean distance")
+    def mean_distance(x, y, generator):
+        return float((x.mean(0) - y.mean(0)).norm())
+
+    with pytest.raises(RegistryError) as e:
+        SAMPLE_METRICS.register("mean_distance", mean_distance)
+    assert "\n" not in str(e.value) and "metric 'mean_distance'" in str(e.value) and "units" in str(e.value)
+    SAMPLE_METRICS.register("mean_distance", declare(units="1")(mean_distance))
+    try:
+        assert SAMPLE_METRICS.facts("long_name")["mean_distance"] == "mean distance"
+    finally:
+        SAMPLE_METRICS.unregister("mean_distance")
+    assert "mean_distance" not in SAMPLE_METRICS

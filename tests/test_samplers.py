@@ -19,6 +19,7 @@ from dsclab import noise, samplers
 from dsclab.distributions import GaussianMixture, make
 from dsclab.exact_kl import mixture1d, product_sampler_kl, sampler_kl_1d
 from dsclab.gaussian_exact import gaussian_kl, gaussian_score, sampler_kl, sampler_law, target_law
+from dsclab.registry import RegistryError, declare
 from dsclab.samplers import NFE_PER_STEP, SAMPLERS, BrownianNoise, GaussianNoise
 
 T, T_MIN, SCHED = 5.0, 1e-3, "exp"
@@ -56,6 +57,50 @@ def test_registry_complete():
         assert name in SAMPLERS and name in NFE_PER_STEP and name in samplers.SAMPLER_ORDERS
     assert NFE_PER_STEP["srk"] == NFE_PER_STEP["heun"] == NFE_PER_STEP["sra1"] == NFE_PER_STEP["shark"] == 2
     assert samplers.steps_for_nfe("srk", 64) == 32 and samplers.steps_for_nfe("euler_maruyama", 64) == 64
+
+
+def test_facts_are_declared_on_the_samplers():
+    """NFE_PER_STEP and SAMPLER_ORDERS are views of the attributes declared on each sampler; the
+    declared ``levy_area`` is what a one-step probe shows (the output moves with H iff it is used)."""
+    assert list(SAMPLERS) == list(SAMPLERS.builtin_names) == [
+        "euler_maruyama", "exponential_integrator", "srk", "sra1", "shark", "heun"]
+    assert dict(NFE_PER_STEP) == {"euler_maruyama": 1, "exponential_integrator": 1, "srk": 2, "sra1": 2,
+                                  "shark": 2, "heun": 2}
+    assert samplers.SAMPLER_ORDERS["srk"] == (1.0, 2.0) and samplers.SAMPLER_ORDERS["shark"] == (1.5, 2.0)
+    x, z = torch.full((1, 1), 0.3, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    for name, fn in SAMPLERS.items():
+        assert NFE_PER_STEP[name] == fn.nfe_per_step and samplers.SAMPLER_ORDERS[name] == fn.order
+        outs = [fn(lambda y, t: -torch.tanh(y) - y, x, np.array([1.0, 0.5]), noise=lambda a, b, h=h: (z + 0.1, h))
+                for h in (z, z + 1.0)]
+        assert (not torch.equal(*outs)) == fn.levy_area, name
+    with pytest.raises(TypeError):
+        NFE_PER_STEP["srk"] = 3  # read-only
+
+
+def test_plugin_sampler_declares_its_facts():
+    """A sampler added at run time (as an entry point would add it) appears in the views with its
+    declared facts; one that does not declare nfe_per_step is refused with one line."""
+    @declare(nfe_per_step=3, order=(1.0, 1.0))
+    def sample_triple_em(score, x, ts, *, noise):
+        return samplers.sample_euler_maruyama(score, x, ts, noise=noise)
+
+    SAMPLERS.register("triple_em", sample_triple_em)
+    try:
+        assert NFE_PER_STEP["triple_em"] == 3 and samplers.steps_for_nfe("triple_em", 30) == 10
+        assert samplers.SAMPLER_ORDERS["triple_em"] == (1.0, 1.0)
+    finally:
+        SAMPLERS.unregister("triple_em")
+    assert "triple_em" not in NFE_PER_STEP
+
+    def sample_undeclared(score, x, ts, *, noise):
+        return x
+
+    with pytest.raises(RegistryError) as e:
+        SAMPLERS.register("undeclared", sample_undeclared)
+    assert "\n" not in str(e.value) and "sampler 'undeclared'" in str(e.value) and "nfe_per_step" in str(e.value)
+    assert "undeclared" not in SAMPLERS
+    with pytest.raises(RegistryError, match="declares nfe_per_step=0"):
+        SAMPLERS.register("zero", declare(nfe_per_step=0, order=(1.0, 1.0))(sample_undeclared))
 
 
 def test_tableau_validation():

@@ -1,11 +1,17 @@
-"""Training: determinism, and batched ensembles equal separate training (issue 9)."""
+"""Training: determinism, batched ensembles equal separate training (issue 9), and the one loop
+(``dsclab.train.fit``) against hand-computed steps."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from dsclab import errors
 from dsclab.distributions import make
-from dsclab.train import TrainConfig, group_memory_bytes, train_ensemble, train_group, train_score
+from dsclab.errors import TrainingDiverged
+from dsclab.losses import EnsembleLoss, dsm_loss
+from dsclab.train import (Trace, TrainConfig, fit, group_memory_bytes, train_ensemble, train_group,
+                          train_score)
 
 CFG = TrainConfig(steps=40, batch_size=64, width=32, depth=2)
 
@@ -97,3 +103,176 @@ def test_bfloat16_step_changes_the_arithmetic_not_the_fit():
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="unknown precision 'float16'"):
         TrainConfig(precision="float16")
+
+
+# ------------------------------------------------------------------------------------------
+# The loop itself (dsclab.train.fit), against hand-computed updates
+# ------------------------------------------------------------------------------------------
+
+class _Linear(torch.nn.Module):
+    """f(x) = <w, x>, float64; ``members`` stacks M independent w along dim 0 (rows grouped by
+    member, the layout of ``EnsembleMLP``)."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.as_tensor(w, dtype=torch.float64).clone())
+
+    def forward(self, x):
+        if self.w.ndim == 1:
+            return x @ self.w
+        M = self.w.shape[0]
+        return (x.reshape(M, -1, x.shape[-1]) @ self.w[:, :, None]).reshape(-1)
+
+
+def _quadratic(model, x, y):
+    """Per-sample (<w, x_i> - y_i)^2, shape (m,)."""
+    return (model(x) - y) ** 2
+
+
+def _batches(steps, m=5, d=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(m, d, generator=g, dtype=torch.float64), torch.randn(m, generator=g, dtype=torch.float64))
+            for _ in range(steps)]
+
+
+def _sgd(model, lr=0.1):
+    """Plain SGD with lr_k = lr 2^-k (checks that the schedule steps once per step, after it)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 ** k)
+
+
+def _by_hand(w, batches, lr=0.1, clip=None):
+    """w_{k+1} = w_k - lr 2^-k g_k, g_k = (2/m) X_k^T (X_k w_k - y_k) (scaled by
+    min(1, clip / (||g_k|| + 1e-6)) when clipping); returns the iterates and the losses."""
+    w = np.asarray(w, dtype=np.float64)
+    ws, losses = [w], []
+    for k, (x, y) in enumerate(batches):
+        X, Y = x.numpy(), y.numpy()
+        r = X @ w - Y
+        losses.append(np.mean(r ** 2))
+        g = 2.0 / len(Y) * X.T @ r
+        if clip is not None:
+            g = g * min(1.0, clip / (np.linalg.norm(g) + 1e-6))
+        w = w - lr * 0.5 ** k * g
+        ws.append(w)
+    return ws, losses
+
+
+def test_loop_takes_the_hand_computed_sgd_steps_and_records_the_losses():
+    batches = _batches(4)
+    w0 = [0.3, -0.2, 0.5]
+    model = _Linear(w0)
+    opt, sched = _sgd(model)
+    calls = []
+
+    def draw(step):
+        calls.append(("draw", step))
+        return batches[step]
+
+    trace = fit(model, _quadratic, draw, steps=4, optimizer=opt, scheduler=sched,
+                before_step=lambda step: calls.append(("before", step)))
+    ws, losses = _by_hand(w0, batches)
+    np.testing.assert_allclose(model.w.detach().numpy(), ws[-1], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(trace.losses.numpy(), losses, rtol=1e-13)
+    assert trace.losses.dtype == torch.float64 and trace.diverged is None
+    assert calls == [(w, k) for k in range(4) for w in ("before", "draw")]
+    # the tail (last 10%, at least one step) and its mean
+    assert trace.tail == 1 and trace.tail_mean() == trace.losses[-1].item()
+
+
+def test_tail_mean_is_the_mean_of_the_last_tenth():
+    t = Trace(torch.arange(1.0, 41.0, dtype=torch.float64))              # tail 4: 37..40
+    assert t.tail == 4 and t.tail_mean() == 38.5
+    e = Trace(torch.arange(1.0, 41.0, dtype=torch.float64).reshape(20, 2), torch.zeros(2, dtype=torch.bool))
+    assert e.tail == 2 and e.tail_mean() == [(37 + 39) / 2, (38 + 40) / 2]
+
+
+def test_nan_raises_for_one_model_after_exactly_the_steps_before_it():
+    batches = _batches(5)
+    batches[2][1][3] = float("nan")
+    model = _Linear([0.3, -0.2, 0.5])
+    opt, sched = _sgd(model)
+    with pytest.raises(TrainingDiverged, match="at step 2"):
+        fit(model, _quadratic, lambda s: batches[s], steps=5, optimizer=opt, scheduler=sched)
+    ws, _ = _by_hand([0.3, -0.2, 0.5], batches[:2])
+    np.testing.assert_allclose(model.w.detach().numpy(), ws[-1], rtol=1e-13, atol=1e-15)
+    assert issubclass(TrainingDiverged, errors.NumericalFailure)
+
+
+def test_nan_masks_exactly_that_member_and_the_others_equal_their_separate_training():
+    M, steps, nan_step = 3, 6, 3
+    per_member = [_batches(steps, seed=s) for s in range(M)]
+    per_member[1][nan_step][0][2, 1] = float("nan")
+    w0 = torch.tensor([[0.3, -0.2, 0.5], [0.1, 0.4, -0.3], [-0.5, 0.2, 0.2]], dtype=torch.float64)
+    ens = _Linear(w0)
+    opt, sched = _sgd(ens)
+
+    def draw(step):  # (M, m, ...): member m's batch in slice m
+        return tuple(torch.stack([per_member[m][step][i] for m in range(M)]) for i in range(2))
+
+    trace = fit(ens, EnsembleLoss(_quadratic), draw, steps=steps, optimizer=opt, scheduler=sched)
+    assert trace.diverged.tolist() == [False, True, False]
+    assert trace.losses.shape == (steps, M) and math.isnan(trace.losses[nan_step, 1])
+    for m in range(M):
+        ws, losses = _by_hand(w0[m], per_member[m][:nan_step] if m == 1 else per_member[m])
+        if m != 1:
+            np.testing.assert_allclose(ens.w[m].detach().numpy(), ws[-1], rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(trace.losses[:len(losses), m].numpy(), losses, rtol=1e-13)
+
+
+def test_clipping_bounds_the_gradient_norm_per_model_and_per_member():
+    batches = [(10.0 * x, y) for x, y in _batches(3)]  # large gradients: clipping is active
+    w0 = [0.3, -0.2, 0.5]
+    model = _Linear(w0)
+    opt, sched = _sgd(model)
+    fit(model, _quadratic, lambda s: batches[s], steps=3, optimizer=opt, scheduler=sched, clip=0.5)
+    ws, _ = _by_hand(w0, batches, clip=0.5)
+    np.testing.assert_allclose(model.w.detach().numpy(), ws[-1], rtol=1e-12, atol=1e-15)
+    steps = np.diff(np.stack(ws), axis=0)
+    assert all(np.linalg.norm(s) <= 0.1 * 0.5 ** k * 0.5 * (1 + 1e-12) for k, s in enumerate(steps))
+    unclipped, _ = _by_hand(w0, batches)
+    assert np.abs(unclipped[1] - ws[1]).max() > 0.1  # the bound was binding
+    # ensemble: member 0's large gradient is clipped alone, member 1's small one is untouched
+    ens = _Linear(torch.tensor([w0, w0], dtype=torch.float64))
+    small = _batches(3, seed=9)
+    small = [(0.01 * x, 0.01 * y) for x, y in small]
+    opt, sched = _sgd(ens)
+    draw = lambda s: (torch.stack([batches[s][0], small[s][0]]), torch.stack([batches[s][1], small[s][1]]))
+    fit(ens, EnsembleLoss(_quadratic), draw, steps=3, optimizer=opt, scheduler=sched, clip=0.5)
+    np.testing.assert_allclose(ens.w[0].detach().numpy(), ws[-1], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(ens.w[1].detach().numpy(), _by_hand(w0, small)[0][-1], rtol=1e-12, atol=1e-15)
+
+
+def test_the_loss_runs_under_autocast_and_the_backward_outside_it():
+    seen = []
+
+    def loss(model, x, y):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return _quadratic(model, x, y)
+
+    model = _Linear([0.3, -0.2, 0.5])
+    opt, sched = _sgd(model)
+    batches = _batches(2)
+    fit(model, loss, lambda s: batches[s], steps=2, optimizer=opt, scheduler=sched, autocast=torch.bfloat16)
+    fit(model, loss, lambda s: batches[s], steps=1, optimizer=opt)
+    assert seen[:2] == [(True, torch.bfloat16)] * 2 and seen[2][0] is False
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_ensemble_loss_is_each_members_own_loss():
+    """``EnsembleLoss(dsm_loss)`` on an ``EnsembleMLP`` with draws laid out (M, m, ...) equals
+    ``dsm_loss`` of each member alone on its slice."""
+    from dsclab.nets import EnsembleMLP, ScoreMLP
+
+    g = torch.Generator().manual_seed(3)
+    members = [ScoreMLP(2, width=8, depth=2, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    with torch.no_grad():
+        for net in members:
+            net.out.weight.normal_(generator=g)
+    ens = EnsembleMLP(members)
+    x0, z = torch.randn(3, 7, 2, generator=g), torch.randn(3, 7, 2, generator=g)
+    t = 0.1 + torch.rand(3, 7, generator=g, dtype=torch.float64)
+    per = EnsembleLoss(dsm_loss)(ens, x0, t, z)
+    assert per.shape == (3, 7)
+    want = torch.stack([dsm_loss(net, x0[m], t[m], z[m]) for m, net in enumerate(members)])
+    torch.testing.assert_close(per, want, rtol=1e-5, atol=1e-6)

@@ -3,7 +3,8 @@
 A family is a function ``(d, **params) -> distribution``; a distribution has ``d``,
 ``sample(m, generator, t=0.0)``, ``score(x, t)``, ``denoise(x, t)`` and ``log_prob(x, t)`` for the
 exact law q_t of the OU forward process (see ``dsclab.noise``). Resolve a name once, at the
-config boundary, with :func:`make`.
+config boundary, with :func:`make`. ``DISTRIBUTIONS`` is a :class:`dsclab.registry.Registry`:
+another installed package adds a family through the entry-point group ``dsclab.distributions``.
 """
 from __future__ import annotations
 
@@ -12,22 +13,21 @@ from collections.abc import Callable
 from dsclab.distributions.gaussian import GaussianMixture, gaussian, gaussian_mixture
 from dsclab.distributions.rademacher import Rademacher, rademacher
 from dsclab.distributions.sparse_pca import SparsePCA, sparse_pca
+from dsclab.registry import Needs, Registry
 
-DISTRIBUTIONS: dict[str, Callable] = {
-    "gaussian": gaussian,
-    "gaussian_mixture": gaussian_mixture,
-    "rademacher": rademacher,
-    "sparse_pca": sparse_pca,
-}
+DISTRIBUTIONS: Registry[Callable] = Registry(
+    "dsclab.distributions", "distribution", check=Needs("distribution"), builtins={
+        "gaussian": gaussian,
+        "gaussian_mixture": gaussian_mixture,
+        "rademacher": rademacher,
+        "sparse_pca": sparse_pca,
+    })
 
 
 def make(name: str, d: int, **params):
-    """Build family ``name`` in dimension d with its keyword parameters."""
-    try:
-        family = DISTRIBUTIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown distribution {name!r} (known: {', '.join(sorted(DISTRIBUTIONS))})") from None
-    return family(d, **params)
+    """Build family ``name`` in dimension d with its keyword parameters (ValueError with one line
+    listing the known families for an unknown name)."""
+    return DISTRIBUTIONS.resolve(name)(d, **params)
 
 
 __all__ = ["DISTRIBUTIONS", "GaussianMixture", "Rademacher", "SparsePCA", "gaussian", "gaussian_mixture", "make", "rademacher", "sparse_pca"]

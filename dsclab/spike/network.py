@@ -26,7 +26,9 @@ import math
 import torch
 from torch import nn
 
+from dsclab.losses import drift_matching_loss
 from dsclab.spike.model import observe, sym, t_vector
+from dsclab.train import fit
 
 
 class EquivariantLayer(nn.Module):
@@ -133,26 +135,23 @@ def train_network(net: SpikeNet, samples: torch.Tensor, generator: torch.Generat
       which the excess loss over the Bayes drift is twice the sampler's path KL (see
       ``metrics.integrated_loss``), so this objective is the integrated loss divided by T_max.
     * Adam with learning rate ``lr`` and cosine decay to 0 over ``steps``; returns the per-step
-      batch losses.
+      batch losses. The loss is ``dsclab.losses.drift_matching_loss``, minimised by the loop
+      ``dsclab.train.fit``: a loss that becomes NaN or infinite raises
+      :class:`dsclab.errors.TrainingDiverged`.
     """
     T_max = float(net.t_scale if T_max is None else T_max)
     net = net.to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
     N = samples.shape[0]
-    history = []
-    for _ in range(steps):
+
+    def draw(step: int):
         idx = torch.randint(0, N, (batch,), generator=generator)
         x = samples[idx].to(torch.float64)
         t = torch.rand(batch, generator=generator, dtype=torch.float64) * T_max
         z = torch.randn(x.shape, generator=generator, dtype=torch.float64)
-        y = observe(x, t, z=z)
-        pred = net(y.to(device), t.to(device))
-        loss = (pred - x.to(device=device, dtype=pred.dtype)).pow(2).sum(dim=(1, 2)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        history.append(float(loss.detach()))
+        return observe(x, t, z=z).to(device), t.to(device), x
+
+    trace = fit(net, drift_matching_loss, draw, steps=steps, optimizer=opt, scheduler=sched)
     net.eval()
-    return history
+    return trace.losses.tolist()

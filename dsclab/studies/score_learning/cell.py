@@ -18,7 +18,7 @@ import xarray as xr
 from dsclab import bootstrap as bs
 from dsclab import noise
 from dsclab.distributions.gaussian import GaussianMixture
-from dsclab.errors import NonFiniteSamples, TrainingDiverged
+from dsclab.errors import NonFiniteSamples
 from dsclab.metrics import score_errors, sliced_w2
 from dsclab.samplers import SAMPLERS, GaussianNoise, steps_for_nfe
 from dsclab.seeds import derive_seed
@@ -72,10 +72,7 @@ def train_cell(spec: ScoreLearningSpec, cell: SLCell, data: bs.NoisedData | None
     g_init = torch.Generator().manual_seed(derive_seed("sl-init", cell.d, cell.seed, cell.model))
     model = bs.HYPOTHESES[cell.model](cell.d, width=spec.train.width, depth=spec.train.depth, generator=g_init)
     g = torch.Generator().manual_seed(derive_seed("sl-batches", cell.d, cell.seed, cell.model))
-    try:
-        return bs.fit(model, data, cell.estimator, fit_config(spec), g, law=spec.law(cell.d))
-    except bs.TrainingDiverged as e:
-        raise TrainingDiverged(str(e)) from e
+    return bs.fit(model, data, cell.estimator, fit_config(spec), g, law=spec.law(cell.d))
 
 
 def mode_tv(law: GaussianMixture, y: torch.Tensor, t: float) -> float:

@@ -64,7 +64,7 @@ def reference(spec: SparsePCASpec) -> xr.Dataset:
         "n_half_pca_bbp": (dims, bbp, {"long_name": "n at which PCA's overlap reaches 1/2 in the proportional "
                                                     "limit, d (1/beta + 4/beta^2) / 3 (BBP)", "units": "1"}),
         "exhaustive_supports": (("d", "k"), sup, {
-            "long_name": "C(d, k), supports visited by exhaustive search",
+            "long_name": "C(d, k), supports visited by exhaustive search", "units": "1",
             "max_supports": spec.evaluation.exhaustive_max_supports}),
     })
 
