@@ -1,8 +1,10 @@
-# Both entry points create (or reuse) .venv and install exactly requirements.lock.
+# Both entry points create (or reuse) .venv and install exactly requirements.lock, dsclab and the
+# example plugin (examples/dsclab-example-plugin: a data family and a study kind through entry points).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+PLUGIN := examples/dsclab-example-plugin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PYTHONUNBUFFERED := 1
 
@@ -10,10 +12,11 @@ export PYTHONUNBUFFERED := 1
 
 venv: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml $(PLUGIN)/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e $(PLUGIN)
 	@touch $@
 
 demo: $(STAMP)
