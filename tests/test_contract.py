@@ -1,0 +1,194 @@
+"""The study contract (``dsclab/study.py``): one suite, parametrized over every registered study
+kind — the built-in ones and those of installed plugins alike (the example plugin under
+``examples/`` adds ``denoiser_gap``). Each kind's test-sized ``small`` preset:
+
+* declares its layout (template attributes, cell axes, units and long names) and plans every
+  pending cell exactly once;
+* runs through its Prefect flow to a complete store, which is — for the built-in kinds — the
+  store the code made before the study layer was introduced, value for value
+  (``tests/golden/<kind>.zarr.zip``, wall times excepted: this refactoring changed no number);
+* reruns with 0 cells computed and the store unchanged; yields a report, a plot and a table;
+* is refused in one line with exit code 2 and nothing written when a value is bad;
+* runs on a Dask cluster (2 worker processes) to the same numbers.
+
+Regenerate the golden stores only for a change that is meant to change numbers (and bump the
+dsclab version): ``python tests/test_contract.py regenerate``.
+"""
+import io
+import json
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import xarray as xr
+import yaml
+
+import dsclab
+import storage
+from dsclab.study import KINDS, Status
+
+NAMES = sorted(KINDS)
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def without_wall_times(ds: xr.Dataset) -> xr.Dataset:
+    return ds.drop_vars([v for v in ds.data_vars if "seconds" in v]).load()
+
+
+def golden(name: str, tmp_path: Path) -> xr.Dataset | None:
+    """The golden store of kind ``name`` (unzipped into tmp_path), or None for a kind without one."""
+    z = GOLDEN / f"{name}.zarr.zip"
+    if not z.exists():
+        return None
+    out = tmp_path / f"golden-{name}.zarr"
+    zipfile.ZipFile(z).extractall(out)
+    return xr.open_zarr(out)
+
+
+def small(name: str):
+    kind = KINDS[name]
+    return kind, kind.parse(kind.small)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layout_and_plan(name):
+    kind, spec = small(name)
+    assert kind.name == name and spec.kind == name
+    tpl = kind.template(spec)
+    assert tpl.attrs["study"] == name and tpl.attrs["spec_hash"] == spec.hash
+    assert tpl.attrs["dsclab_version"] == dsclab.__version__
+    assert json.loads(tpl.attrs["spec"]) == spec.model_dump(mode="json")
+    assert tpl["status"].dims == tuple(kind.cell_dims) and (tpl["status"] == Status.PENDING).all()
+    for v, da in tpl.data_vars.items():
+        if da.dtype.kind == "f":
+            assert "long_name" in da.attrs and "units" in da.attrs, v
+    cells = kind.cells(spec)
+    indices = {tuple(kind.index(c).items()) for c in cells}
+    assert len(indices) == len(cells) == tpl["status"].size  # one region per cell, every region a cell
+    assert len({c.key for c in cells}) == len(cells)
+    for c in cells:
+        assert tpl["status"].sel(kind.index(c)).size == 1
+    planned, evaluated = [], []
+    for g in kind.plan(spec, cells):
+        planned += [c.key for c in g.cells]
+        for batch in g.eval_batches():
+            assert {c.key for c in batch} <= {c.key for c in g.cells}
+            evaluated += [c.key for c in batch]
+    assert sorted(planned) == sorted(evaluated) == sorted(c.key for c in cells)
+    assert kind.plan(spec, []) == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_small_preset_through_the_flow(harness, tmp_path, name):
+    from flows.study import run_flow
+
+    kind, spec = small(name)
+    path = str(tmp_path / "s.zarr")
+    cells = len(kind.cells(spec))
+    out = run_flow(kind, spec, path)
+    assert out == {"store": path, "cells": cells, "done": cells, "failed": 0, "computed": cells,
+                   "plot": storage.plot_path(path)}
+    ds = xr.open_zarr(path).load()
+    assert (ds["status"] == Status.DONE).all() and ds.attrs["study"] == name
+    ref = golden(name, tmp_path)
+    if ref is not None:
+        xr.testing.assert_identical(without_wall_times(ds), without_wall_times(ref))
+
+    text = kind.report(ds)
+    assert isinstance(text, str) and text.strip()
+    png = kind.plot(ds, str(tmp_path / "plot.png"))
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = kind.table(ds)
+    assert len(table) > 0
+
+    again = run_flow(kind, spec, path)
+    assert again["computed"] == 0 and again["done"] == cells
+    xr.testing.assert_identical(xr.open_zarr(path).load(), ds)
+
+
+def bad_specs(data: dict) -> list[tuple[dict, str]]:
+    """(bad spec, field the message must name): values every kind refuses."""
+    out = [({**data, "workers": 0}, "workers"), ({**data, "no_such_field": 1}, "no_such_field")]
+    if "seed" in data:
+        out.append(({**data, "seed": [0, 0]}, "seed"))
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_spec_refused_in_one_line_nothing_written(tmp_path, monkeypatch, capsys, name):
+    from dsclab.cli import main
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # no temporary server; nothing may reach it
+    kind = KINDS[name]
+    for i, (data, field) in enumerate(bad_specs(dict(kind.small))):
+        f = tmp_path / f"bad{i}.yaml"
+        f.write_text(yaml.safe_dump(data))
+        store = tmp_path / f"bad{i}.zarr"
+        assert main(["run", str(f), "--store", str(store)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"dsclab: error: {field}"), err
+        assert not store.exists()
+        assert not Path(storage.files_url(str(store))).exists()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, resources={"GPU": 1},
+                      dashboard_address=None, local_directory=str(tmp_path_factory.mktemp("dask"))) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_small_preset_on_dask(harness, dask_cluster, tmp_path, name):
+    from flows.runners import RunnerSpec
+    from flows.study import run_flow
+
+    kind, spec = small(name)
+    path = str(tmp_path / "dask.zarr")
+    out = run_flow(kind, spec, path, RunnerSpec(kind="dask", address=dask_cluster))
+    assert out["done"] == out["cells"] == len(kind.cells(spec)) and out["failed"] == 0
+    ds = xr.open_zarr(path)
+    ref = golden(name, tmp_path)
+    if ref is None:  # a plugin kind: the same numbers as threads in this process
+        run_flow(kind, spec, str(tmp_path / "threads.zarr"))
+        ref = xr.open_zarr(str(tmp_path / "threads.zarr"))
+    xr.testing.assert_identical(without_wall_times(ds), without_wall_times(ref))
+
+
+def regenerate() -> None:  # pragma: no cover - run by hand: python tests/test_contract.py regenerate
+    import tempfile
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from dsclab.study import BUILTIN
+    from flows.study import run_flow
+
+    with prefect_test_harness(server_startup_timeout=120), tempfile.TemporaryDirectory() as tmp:
+        for name in BUILTIN:
+            kind, spec = small(name)
+            path = Path(tmp) / f"{name}.zarr"
+            run_flow(kind, spec, str(path))
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+                for f in sorted(path.rglob("*")):
+                    if f.is_file():
+                        z.write(f, f.relative_to(path).as_posix())
+            (GOLDEN / f"{name}.zarr.zip").write_bytes(buf.getvalue())
+            shutil.rmtree(path)
+            print(f"wrote {GOLDEN / f'{name}.zarr.zip'}")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["regenerate"]:
+    regenerate()
