@@ -145,3 +145,37 @@ def test_study_on_a_url_store(harness, tmp_path, scheme):
     from storage.check import check_store
 
     assert check_store(url) == []  # `dsclab check` reads URL stores too
+
+
+def test_a_non_numerical_error_fails_the_run_and_leaves_its_cell_pending(harness, tmp_path, monkeypatch, capsys):
+    """A bug-like exception (here a KeyError) in one cell's evaluation is not a numerical failure:
+    the cell is neither marked failed nor given NaN values, it stays pending; the other cell
+    completes; `dsclab run` ends with exit 1 and a last line naming the error; once the bug is
+    gone a rerun computes exactly that cell."""
+    real = sc.evaluate
+
+    def buggy(spec, cell, score_hat, result=None):
+        if cell.n == 80:
+            raise KeyError("no variable 'x' (a shape bug)")
+        return real(spec, cell, score_hat, result)
+
+    monkeypatch.setattr(sc, "evaluate", buggy)
+    grid = {**TINY, "name": "bug", "n": [40, 80]}
+    f = tmp_path / "spec.yaml"
+    f.write_text(yaml.safe_dump(grid))
+    store = str(tmp_path / "bug.zarr")
+    capsys.readouterr()
+    assert cli.main(["run", str(f), "--store", store]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("dsclab: error: 1 task(s) of study 'bug' raised errors that are not numerical") and \
+        "KeyError" in last, last
+    st = storage.read_status(store).sel(d=2, seed=0, estimator="dsm")
+    assert [int(v) for v in st.values] == [storage.DONE, storage.PENDING]
+    assert storage.failures(store) == []
+    assert np.isnan(xr.open_zarr(store).score_l2.sel(n=80).values).all()
+
+    monkeypatch.setattr(sc, "evaluate", real)
+    from flows.study import sample_complexity
+
+    out = sample_complexity(spec=parse_spec(grid), store=store)
+    assert out["computed"] == 1 and out["done"] == 2 and out["failed"] == 0
