@@ -127,6 +127,11 @@ def check_store(path: str, template: xr.Dataset) -> bool:
         raise StoreError(
             f"store {path} was made from another spec (hash {have}, this spec {want}); "
             "use --store to choose another path, or rename the study")
+    missing = sorted(set(template.data_vars) - set(ds.data_vars))
+    if missing:
+        raise StoreError(
+            f"store {path} lacks the variable(s) {', '.join(missing)} that this dsclab writes (a store of an "
+            "earlier layout); use --store to choose another path")
     return True
 
 

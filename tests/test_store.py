@@ -68,6 +68,12 @@ def test_reopen_same_spec_keeps_values_and_refuses_other_spec(tmp_path):
     with pytest.raises(storage.StoreError, match=r"made by dsclab .* differ from this dsclab 99\.0's"):
         storage.create_or_open(path, newer, sc.CELL_DIMS)
     assert_identical(storage.open_results(path).load(), before)
+    # the same spec whose layout gained a variable (a store of an earlier layout): refused, unchanged
+    grown = sc.template(spec())
+    grown["new_metric"] = grown["train_loss"].copy()
+    with pytest.raises(storage.StoreError, match="lacks the variable.s. new_metric"):
+        storage.create_or_open(path, grown, sc.CELL_DIMS)
+    assert_identical(storage.open_results(path).load(), before)
 
 
 def test_store_path_that_is_a_file_is_refused(tmp_path):
