@@ -16,7 +16,8 @@ from common import record  # noqa: E402
 
 from dsclab import noise  # noqa: E402
 from dsclab.nets import ScoreMLP  # noqa: E402
-from dsclab.samplers import NFE_PER_STEP, SAMPLERS, GaussianNoise, steps_for_nfe  # noqa: E402
+from dsclab.noise_sources import GaussianNoise  # noqa: E402
+from dsclab.samplers import NFE_PER_STEP, SAMPLERS, steps_for_nfe  # noqa: E402
 
 
 def main() -> None:

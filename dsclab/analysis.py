@@ -1,22 +1,29 @@
-"""Fits and read-offs of error curves, shared by the studies' reports (numpy / xarray in, no I/O).
+"""Fits and read-offs of curves, shared by the studies' reports (numpy / xarray in, no I/O): the
+one place for power-law fits, crossings of a level (n*(eps), NFE to a KL level, n_half of an
+overlap), exponents of crossings and bands.
 
-Conventions (stated once). An error curve is ``y (N,)`` on an increasing positive grid
-``x (N,)`` (NFE, sample size n, ...); replicates (seeds) stack as ``Y (S, N)``. Curves are
-compared on log-log axes: between grid points log y is interpolated linearly in log x, which is
-exact for power laws y = C x^a. Only finite positive values enter a fit or an interpolation.
+Conventions (stated once). A curve is ``y (N,)`` on an increasing positive grid ``x (N,)`` (NFE,
+sample size n, ...); replicates (seeds) stack as ``Y (S, N)``. Error curves are compared on
+log-log axes: between grid points log y is interpolated linearly in log x, which is exact for
+power laws y = C x^a. Only finite positive values enter a fit.
 
 * :func:`fit_power_law` -- least squares of log y on log x over an x range (the range where the
   asymptotic rate holds is the caller's choice and is reported with the fit);
 * :func:`bootstrap_power_law` -- the fit of the replicate-mean curve with a percentile band from
   resampling the replicates (seeds) with replacement;
-* :func:`crossing` -- the smallest x at which a decreasing curve reaches a level (first crossing
-  from above, log-log interpolated), with left/right censoring flags, and the power-law
-  extrapolation of a right-censored crossing along a fit;
+* :func:`crossing` -- where a curve crosses a level on its grid (a :class:`Crossing`, with
+  left/right censoring): a decreasing error curve falling to the level or an increasing one rising
+  past it, its first point past the level or the point from which it stays past, interpolated in
+  log x and log or linear y; a right-censored crossing is extrapolated along a power-law fit;
+* :func:`crossing_exponent`, :func:`exponent_band` -- the exponent b of a crossing that grows
+  like c d^b (n*(eps, d) in d), censored crossings left out; :func:`common_levels` -- levels
+  every curve of a family crosses on the grid;
 * :func:`slope_table`, :func:`crossing_table` -- the same applied along one dim of an
-  ``xr.DataArray``, over all its other dims.
+  ``xr.DataArray``, over all its other dims (:func:`crossing_values` reads one field of a table).
 
-Nothing here knows what x is: the sampler study uses x = NFE, the sample-complexity analysis
-x = n (n*(eps, d) is :func:`crossing` with x = n).
+Nothing here knows what x is: the sampler study uses x = NFE (the NFE to reach a KL level), the
+score-learning study x = n (n*(eps, d), the smallest n with error <= eps), the sparse-PCA study
+x = n (n_half, the n from which the overlap stays above 1/2).
 """
 from __future__ import annotations
 
@@ -28,7 +35,8 @@ import numpy as np
 import xarray as xr
 
 __all__ = ["PowerFit", "SlopeBand", "Crossing", "fit_power_law", "bootstrap_power_law", "crossing",
-           "slope_table", "crossing_table"]
+           "crossing_exponent", "exponent_band", "common_levels", "slope_table", "crossing_table",
+           "crossing_values"]
 
 
 @dataclass(frozen=True)
@@ -129,17 +137,23 @@ def bootstrap_power_law(x, Y, *, x_range: Sequence[float] | None = None, n_boot:
 
 @dataclass(frozen=True)
 class Crossing:
-    """Where a decreasing curve reaches ``level``.
+    """Where a curve crosses ``level`` on its grid (:func:`crossing`).
 
-    ``value``: the crossing, log-log interpolated between the bracketing grid points;
-    ``x[0]`` when the first point is already at or below the level (``censored == "left"``:
-    the true crossing is <= x[0]); nan when no grid point reaches it (``censored == "right"``:
-    the crossing is > ``bound`` = the largest x of the curve); ``extrapolated``: for a
-    right-censored crossing, where the fitted power law (if one was given) reaches the level.
+    ``censored``:
+
+    * ``""`` -- ``value`` is the crossing, interpolated between the last grid point before it and
+      ``bound``, the first grid point past the level;
+    * ``"left"`` -- the first grid point (of those not skipped) is already past the level: the
+      true crossing is <= ``bound`` = that point's x, and ``value`` = ``bound``;
+    * ``"right"`` -- the last grid point (of those not skipped) is not past the level: the
+      crossing is > ``bound`` = that point's x, ``value`` is nan, and ``extrapolated`` is where
+      the fitted power law (if one was given) reaches the level beyond the grid;
+    * ``"unknown"`` -- a missing value decides it (``missing="unknown"``): ``value`` and
+      ``bound`` are nan.
     """
 
     value: float
-    censored: str  # "", "left" or "right"
+    censored: str  # "", "left", "right" or "unknown"
     bound: float
     extrapolated: float = math.nan
 
@@ -159,37 +173,124 @@ class Crossing:
         return f"{self.value:.{digits}f}"
 
 
-def crossing(x, y, level: float, *, fit: PowerFit | None = None) -> Crossing:
-    """Smallest x at which the curve y(x) reaches ``level`` from above (see :class:`Crossing`).
+UNKNOWN = Crossing(math.nan, "unknown", math.nan)
+_OPTIONS = {"direction": ("down", "up"), "y_scale": ("log", "linear"), "rule": ("first", "stays"),
+            "missing": ("skip", "unknown")}
 
-    Non-finite or non-positive values are skipped (a diverged point at small x counts as above
-    the level). The crossing is the first grid point i with y_i <= level; between it and the
-    previous valid point j the value is exp(lx_j + (log level - ly_j)/(ly_i - ly_j) (lx_i - lx_j)).
+
+def crossing(x, y, level: float, *, direction: str = "down", y_scale: str = "log", rule: str = "first",
+             missing: str = "skip", fit: PowerFit | None = None) -> Crossing:
+    """Where the curve y(x) crosses ``level`` (see :class:`Crossing`); ``x`` increasing.
+
+    ``direction``: ``"down"``, a decreasing curve (an error) is past the level where y <= level;
+    ``"up"``, an increasing curve (an overlap) is past it where y > level (a point at the level
+    has not crossed it). Only finite values are ever past the level.
+
+    ``rule``: ``"first"``, the crossing is at the first grid point past the level; ``"stays"``,
+    at the first point from which every later point is past the level (the last point must be).
+
+    ``y_scale``: between the point j before the crossing and the point i past it, the crossing
+    is x_j^{1-f} x_i^f (linear in log x) with f = (g(level) - g(y_j)) / (g(y_i) - g(y_j)), g =
+    log (``"log"``: exact for power laws) or the identity (``"linear"``); f = 1 (x_i) when
+    g(y_i) = g(y_j), or on a log scale when y_i or y_j <= 0.
+
+    ``missing`` -- what a non-finite value (or, on a log scale, a value <= 0 with ``"skip"``) does:
+
+    * ``"skip"``: the point is left out (a diverged point at small x counts as above the level);
+      every point left out: right-censored at the last grid point;
+    * ``"unknown"``: a non-finite value makes the crossing unknown when it lies before the first
+      point past the level (rule ``"first"``), or anywhere (rule ``"stays"``, conservatively);
+      finite values <= 0 are kept (on a log scale the crossing is then at the grid point).
+
     A right-censored crossing is extrapolated along ``fit`` when one is given, only beyond the
     grid (an extrapolation that lands inside the grid is discarded).
     """
+    for name, value in (("direction", direction), ("y_scale", y_scale), ("rule", rule), ("missing", missing)):
+        if value not in _OPTIONS[name]:
+            raise ValueError(f"{name} must be one of {_OPTIONS[name]}, got {value!r}")
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if not np.all(np.diff(x) > 0):
         raise ValueError("x must be increasing")
-    valid = np.isfinite(y) & (y > 0)
-    if not valid.any():
-        return Crossing(math.nan, "right", float(x[-1]), math.nan)
-    prev = None
-    for i in np.flatnonzero(valid):
-        if y[i] <= level:
-            if prev is None:
-                return Crossing(float(x[i]), "left", float(x[i]))
-            l0, l1 = math.log(y[prev]), math.log(y[i])
-            lx0, lx1 = math.log(x[prev]), math.log(x[i])
-            f = 1.0 if l0 == l1 else (l0 - math.log(level)) / (l0 - l1)
-            return Crossing(float(math.exp(lx0 + f * (lx1 - lx0))), "", float(x[i]))
-        prev = i
-    last = float(x[valid][-1])
-    ext = fit.solve(level) if fit is not None else math.nan
-    if not (np.isfinite(ext) and ext > last):
-        ext = math.nan
-    return Crossing(math.nan, "right", last, ext)
+    finite = np.isfinite(y)
+    if missing == "skip":
+        keep = np.flatnonzero(finite & (y > 0) if y_scale == "log" else finite)
+        if keep.size == 0:
+            return Crossing(math.nan, "right", float(x[-1]), math.nan)
+    else:
+        if rule == "stays" and not finite.all():
+            return UNKNOWN
+        keep = np.arange(y.size)
+    yk = y[keep]
+    past = finite[keep] & ((yk <= level) if direction == "down" else (yk > level))
+    if rule == "first":
+        hits = np.flatnonzero(past)
+        k = int(hits[0]) if hits.size else None
+        if missing == "unknown" and not finite[: keep[k] if k is not None else y.size].all():
+            return UNKNOWN  # a missing value before the first point past the level
+    else:
+        k = None
+        if past[-1]:
+            k = past.size - 1
+            while k > 0 and past[k - 1]:
+                k -= 1
+    if k is None:
+        last = float(x[keep[-1]])
+        ext = fit.solve(level) if fit is not None else math.nan
+        if not (np.isfinite(ext) and ext > last):
+            ext = math.nan
+        return Crossing(math.nan, "right", last, ext)
+    i = keep[k]
+    if k == 0:
+        return Crossing(float(x[i]), "left", float(x[i]))
+    j = keep[k - 1]
+    yj, yi = float(y[j]), float(y[i])
+    if y_scale == "log":
+        if yi <= 0 or yj <= 0:
+            f = 1.0
+        else:
+            g0, g1 = math.log(yj), math.log(yi)
+            f = 1.0 if g0 == g1 else (g0 - math.log(level)) / (g0 - g1)
+    else:
+        f = 1.0 if yi == yj else (level - yj) / (yi - yj)
+    lx0, lx1 = math.log(x[j]), math.log(x[i])
+    return Crossing(float(math.exp(lx0 + f * (lx1 - lx0))), "", float(x[i]))
+
+
+def crossing_exponent(x, crossings) -> float:
+    """Exponent b of a crossing growing like c x^b (e.g. n*(eps, d) in d; ``x`` distinct): least
+    squares of log value on log x (:func:`fit_power_law`) over the crossings that are not
+    censored; nan with fewer than 2 of them."""
+    v = np.array([c.value if c.censored == "" else math.nan for c in crossings], dtype=np.float64)
+    return fit_power_law(x, v).slope
+
+
+def exponent_band(table: xr.DataArray, dim: str = "d", seed_dim: str = "seed") -> tuple[float, float, float]:
+    """(min, median, max) over ``seed_dim`` of the per-seed :func:`crossing_exponent` along
+    ``dim`` of a :func:`crossing_table` over (dim, seed_dim); nan where no seed has one."""
+    vals = [crossing_exponent(table[dim].values, table.sel({seed_dim: s}).transpose(dim).values)
+            for s in table[seed_dim].values]
+    vals = np.array([v for v in vals if np.isfinite(v)])
+    if vals.size == 0:
+        return (math.nan, math.nan, math.nan)
+    return float(vals.min()), float(np.median(vals)), float(vals.max())
+
+
+def common_levels(curves: xr.DataArray, dim: str = "n", levels: int = 3) -> list[float]:
+    """Levels that every decreasing curve of ``curves`` (along ``dim``, over its other dims)
+    crosses on the grid: ``levels`` geometric points strictly between the largest final value and
+    the smallest initial value. Curves with a non-finite value are left out; empty if there is no
+    common range (then some curve never reaches the others' levels)."""
+    flat = np.moveaxis(np.asarray(curves.values, dtype=np.float64), curves.get_axis_num(dim), -1)
+    flat = flat.reshape(-1, curves.sizes[dim])
+    flat = flat[np.isfinite(flat).all(axis=1)]
+    if flat.size == 0:
+        return []
+    lo = float(np.max(np.min(flat, axis=1)))   # every curve gets at least this low
+    hi = float(np.min(flat[:, 0]))             # every curve starts at least this high
+    if not lo < hi:
+        return []
+    return [float(v) for v in np.geomspace(hi, lo, levels + 2)[1:-1]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,10 +330,11 @@ def slope_table(da: xr.DataArray, x_dim: str, *, seed_dim: str | None = None,
                       attrs={"x_dim": x_dim, "x_range": list(x_range) if x_range else "all", "level": level})
 
 
-def crossing_table(da: xr.DataArray, x_dim: str, level: float, *,
-                   fits: xr.Dataset | None = None) -> xr.DataArray:
+def crossing_table(da: xr.DataArray, x_dim: str, level: float, *, fits: xr.Dataset | None = None,
+                   **options) -> xr.DataArray:
     """:func:`crossing` of ``da`` along ``x_dim`` over its other dims, as an object array of
-    :class:`Crossing` (``fits`` from :func:`slope_table` on the same dims enables extrapolation)."""
+    :class:`Crossing` (``options`` are :func:`crossing`'s; ``fits`` from :func:`slope_table` on
+    the same dims enables extrapolation). Coordinates not along ``x_dim`` are kept."""
     da = da.load()
     rest = [d for d in da.dims if d != x_dim]
     arr = da.transpose(*rest, x_dim).values
@@ -248,5 +350,13 @@ def crossing_table(da: xr.DataArray, x_dim: str, level: float, *,
             pts = float(f.points)
             fit = PowerFit(float(f.slope), float(f.intercept), float(f.x_min), float(f.x_max),
                            int(pts) if np.isfinite(pts) else 0)
-        out[i] = crossing(x, curve, level, fit=fit)
-    return xr.DataArray(out.reshape([da.sizes[d] for d in rest]), dims=rest, coords={d: da[d].values for d in rest})
+        out[i] = crossing(x, curve, level, fit=fit, **options)
+    coords = {k: c for k, c in da.coords.items() if x_dim not in c.dims}
+    return xr.DataArray(out.reshape([da.sizes[d] for d in rest]), dims=rest, coords=coords)
+
+
+def crossing_values(table: xr.DataArray, field: str = "value") -> xr.DataArray:
+    """One float field of every :class:`Crossing` of a :func:`crossing_table` (default the
+    interpolated value: nan where right-censored or unknown, x[0] where left-censored)."""
+    flat = np.array([getattr(c, field) for c in table.values.ravel()], dtype=np.float64)
+    return table.copy(data=flat.reshape(table.shape))

@@ -55,19 +55,37 @@ def quantile_error(norms: torch.Tensor | np.ndarray, deltas: Sequence[float]) ->
     return np.array(out)
 
 
+class SlicedW2:
+    """Sliced 2-Wasserstein distance to a fixed cloud ``y (m', d)`` along fixed directions:
+    ``n_proj`` unit directions theta drawn from ``generator`` (float64 normals, normalised) and
+    the sorted projections of ``y`` are computed once; calling it on ``x (m, d)`` gives
+
+        SW2(x, y) = sqrt( mean over theta and quantiles of (x_(i) . theta - y_(i) . theta)^2 ),
+
+    the root mean over the directions of the 1-D squared W2 between the projections (quantile
+    coupling of the sorted projections). Clouds of different sizes are resampled to the larger
+    size by quantile interpolation. One object scores many clouds against one target with the same
+    directions (common random numbers)."""
+
+    def __init__(self, y: torch.Tensor, generator: torch.Generator, n_proj: int = 256):
+        y = y.to(torch.float64)
+        th = torch.randn(y.shape[1], n_proj, generator=generator, dtype=torch.float64)
+        self.theta = th / th.norm(dim=0, keepdim=True)
+        self.sorted_y, _ = torch.sort(y @ self.theta, dim=0)
+
+    def __call__(self, x: torch.Tensor) -> float:
+        px, _ = torch.sort(x.to(torch.float64) @ self.theta, dim=0)
+        py = self.sorted_y
+        if px.shape[0] != py.shape[0]:
+            q = torch.linspace(0, 1, max(px.shape[0], py.shape[0]), dtype=torch.float64)
+            px, py = (torch.quantile(p, q, dim=0) for p in (px, py))
+        return float(((px - py) ** 2).mean().sqrt())
+
+
 def sliced_w2(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, n_proj: int = 256) -> float:
-    """Sliced 2-Wasserstein distance: sqrt of the mean over random unit directions of the 1-D
-    squared W2 between projections (quantile coupling; the clouds are resampled to equal size
-    by quantile interpolation if they differ)."""
-    x, y = x.to(torch.float64), y.to(torch.float64)
-    th = torch.randn(x.shape[1], n_proj, generator=generator, dtype=torch.float64)
-    th = th / th.norm(dim=0, keepdim=True)
-    px, _ = torch.sort(x @ th, dim=0)
-    py, _ = torch.sort(y @ th, dim=0)
-    if px.shape[0] != py.shape[0]:
-        q = torch.linspace(0, 1, max(px.shape[0], py.shape[0]), dtype=torch.float64)
-        px, py = (torch.quantile(p, q, dim=0) for p in (px, py))
-    return float(((px - py) ** 2).mean().sqrt())
+    """Sliced 2-Wasserstein distance between ``x`` and ``y`` along ``n_proj`` random unit
+    directions drawn from ``generator`` (:class:`SlicedW2`)."""
+    return SlicedW2(y, generator, n_proj)(x)
 
 
 def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

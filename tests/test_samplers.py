@@ -15,24 +15,19 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from dsclab import noise, samplers
+from dsclab import noise, noise_sources, samplers
 from dsclab.distributions import GaussianMixture, make
 from dsclab.exact_kl import mixture1d, product_sampler_kl, sampler_kl_1d
 from dsclab.gaussian_exact import gaussian_kl, gaussian_score, sampler_kl, sampler_law, target_law
 from dsclab.registry import RegistryError, declare
-from dsclab.samplers import NFE_PER_STEP, SAMPLERS, BrownianNoise, GaussianNoise
+from dsclab.noise_sources import BrownianNoise, GaussianNoise
+from dsclab.samplers import NFE_PER_STEP, SAMPLERS
 
 T, T_MIN, SCHED = 5.0, 1e-3, "exp"
 SDE_SAMPLERS = ["euler_maruyama", "exponential_integrator", "srk", "sra1", "shark"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The exact propagation does thousands of tiny matmuls; intra-op threads only add overhead.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (tests/conftest.py)
 
 
 def grid(name: str, nfe: int, t_max: float = T, t_min: float = T_MIN):
@@ -347,7 +342,7 @@ def test_bridge_split_law():
     w = math.sqrt(delta) * torch.randn(m, generator=g, dtype=torch.float64)
     hh = math.sqrt(delta / 12) * torch.randn(m, generator=g, dtype=torch.float64)
     z = torch.randn(2, m, generator=g, dtype=torch.float64)
-    wl, hl, wr, hr = samplers.bridge_split(w, hh, delta, a, z)
+    wl, hl, wr, hr = noise_sources.bridge_split(w, hh, delta, a, z)
     tol = 5 * math.sqrt(2 / m)
     for v, ref in ((wl, a), (wr, delta - a), (hl, a / 12), (hr, (delta - a) / 12)):
         assert abs(float(v.var()) / ref - 1) < tol

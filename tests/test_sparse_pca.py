@@ -8,23 +8,16 @@ import pytest
 import torch
 import xarray as xr
 
-import storage
 from dsclab import sparse_pca_estimators as spe
 from dsclab.studies.sparse_pca import numerics, report
 from dsclab.studies.sparse_pca.plot import plot
 from dsclab.studies.sparse_pca.spec import ESTIMATOR_NAMES, SparsePCAEvalSpec, SparsePCASpec
 from dsclab.distributions.sparse_pca import sparse_pca, spike_direction
-from dsclab.metrics import sliced_w2
+from dsclab.metrics import SlicedW2, sliced_w2
 from dsclab.spec import SpecError, parse_spec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: intra-op threads only add synchronisation (and spin badly on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (tests/conftest.py)
 
 
 # ------------------------------------------------------------------------------------------
@@ -144,7 +137,7 @@ def test_null_overlap_of_trained_networks_is_one_over_d():
     v = []
     for r in res:
         x0 = torch.randn(300, d, generator=g)
-        y = numerics.draw_samples(ev, r.model.score, x0, numerics.ReplayNoise(x0.shape, g))
+        y = numerics.draw_samples(ev, r.model.score, x0, numerics.replay_noise(ev, x0.shape, g))
         v.append(spe.overlap(spe.sample_direction(y), dist.u) ** 2)
     v = np.asarray(v)
     assert abs(v.mean() - 1 / d) < 5 * v.std(ddof=1) / math.sqrt(R), (v.mean(), 1 / d)
@@ -157,18 +150,22 @@ def test_sample_sizes_and_crossing():
     assert math.isnan(spe.sample_sizes(32, 8, 1.0)["poly"])                  # k^2 >= d
     assert spe.sample_sizes(32, 4, 3.0)["it"] == pytest.approx(4 * math.log(8) / 9)
     ns = [4, 8, 16, 32]
-    assert report.crossing(ns, [0.1, 0.3, 0.7, 0.9]) == (pytest.approx(8 * 2 ** 0.5), "")  # halfway in log n
-    assert report.crossing(ns, [0.6, 0.4, 0.7, 0.9])[0] == pytest.approx(8 * 2 ** (1 / 3))  # stays above from 16
-    assert report.crossing(ns, [0.6, 0.7, 0.8, 0.9]) == (4.0, "<=")
-    assert report.crossing(ns, [0.1, 0.2, 0.6, 0.4]) == (32.0, ">")
+    assert report.n_half(ns, [0.1, 0.3, 0.7, 0.9]) == (pytest.approx(8 * 2 ** 0.5), "")  # halfway in log n
+    assert report.n_half(ns, [0.6, 0.4, 0.7, 0.9])[0] == pytest.approx(8 * 2 ** (1 / 3))  # stays above from 16
+    assert report.n_half(ns, [0.6, 0.7, 0.8, 0.9]) == (4.0, "<=")
+    assert report.n_half(ns, [0.1, 0.2, 0.6, 0.4]) == (32.0, ">")
+    assert report.n_half(ns, [0.1, 0.5, 0.7, 0.9]) == (pytest.approx(8.0), "")   # at the level at 8, above after
+    n, flag = report.n_half(ns, [0.1, math.nan, 0.7, 0.9])                        # a missing value: unknown
+    assert math.isnan(n) and flag == ">"
     assert report.position(8.0, 2.0, 32.0) == pytest.approx(0.5)
 
 
 def test_cached_sliced_w2_equals_metrics_sliced_w2():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(300, 5, generator=g, dtype=torch.float64), torch.randn(300, 5, generator=g, dtype=torch.float64)
-    fast = numerics.SlicedW2(b, torch.Generator().manual_seed(1), n_proj=64)(a)
-    assert fast == pytest.approx(sliced_w2(a, b, torch.Generator().manual_seed(1), n_proj=64), rel=1e-12)
+    cached = SlicedW2(b, torch.Generator().manual_seed(1), n_proj=64)
+    fast = [cached(a), cached(a)]  # the directions are fixed: the same number on every call
+    assert fast == [pytest.approx(sliced_w2(a, b, torch.Generator().manual_seed(1), n_proj=64), rel=1e-12)] * 2
 
 
 def test_spec_refuses_bad_grids_in_one_line():
@@ -190,24 +187,12 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def test_flow_complete_store_report_then_resume_computes_nothing(harness, tmp_path):
+def test_flow_complete_store_report_then_resume_computes_nothing(study_run, tmp_path):
     from flows.study import sparse_pca as flow
 
-    spec = parse_spec(TINY, SparsePCASpec)
-    path = str(tmp_path / "tiny.zarr")
-    out = flow(spec=spec, store=path)
-    assert out == {"store": path, "cells": 8, "done": 8, "failed": 0, "computed": 8,
-                   "plot": storage.plot_path(path)}
-    ds = xr.open_zarr(path)
-    assert (ds.status == storage.DONE).all() and ds.attrs["study"] == "sparse_pca"
+    run = study_run(flow, parse_spec(TINY, SparsePCASpec))
+    ds = run.complete(cells=8)
+    assert ds.attrs["study"] == "sparse_pca"
     assert ds.overlap.dims == ("d", "k", "beta", "n", "seed", "estimator")
     for var in ["overlap", "overlap_samples", "support_recovery", "beta_hat", "sliced_w2", "kl_gauss", "score_l2",
                 "sliced_w2_floor", "kl_gauss_floor", "overlap_samples_floor", "train_loss"]:
@@ -220,16 +205,13 @@ def test_flow_complete_store_report_then_resume_computes_nothing(harness, tmp_pa
     assert np.array_equal(u, ds.u.sel(d=12, k=2, beta=0.0, n=6, seed=1).values)
     assert float(ds.n_spectral.sel(d=12, k=2, beta=4.0)) == pytest.approx(12 / 16)
     from storage.check import check_store
-    assert check_store(path) == []   # `dsclab check`: status and values agree cell by cell
-    before = ds.load()
+    assert check_store(run.path) == []   # `dsclab check`: status and values agree cell by cell
 
-    out2 = flow(spec=spec, store=path)
-    assert out2["computed"] == 0 and out2["done"] == 8
-    xr.testing.assert_identical(xr.open_zarr(path).load(), before)
+    run.rerun_computes_nothing(ds)
 
-    text = report.report(before)
+    text = report.report(ds)
     assert "[d=12 k=2 beta=4]" in text and "closing note" in text and "null (beta = 0)" in text
-    png = plot(before, str(tmp_path / "p.png"))
+    png = plot(ds, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 0 and png.endswith("p.png")
 
 

@@ -9,28 +9,21 @@ import pytest
 import torch
 import xarray as xr
 
-import storage
 from storage.check import check_store
 from dsclab import analysis, noise
 from dsclab.studies.sampler_convergence.cell import run_cell
 from dsclab.studies.sampler_convergence.exact import product_kl_1d
 from dsclab.studies.sampler_convergence.plot import plot
 from dsclab.studies.sampler_convergence.report import report
-from dsclab.studies.sampler_convergence.schemes import uses_levy_area
 from dsclab.studies.sampler_convergence.spec import TARGETS, SamplerConvergenceSpec
 from dsclab.studies.sampler_convergence.targets import exact_score, make_target
 from dsclab.exact_kl import default_grid, mixture1d, sampler_kl_1d
 from dsclab.gaussian_exact import sampler_kl
-from dsclab.samplers import SAMPLERS, steps_for_nfe
+from dsclab.samplers import SAMPLERS, steps_for_nfe, uses_levy_area
 from dsclab.spec import SpecError, parse_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # exact propagation: thousands of tiny matmuls
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (tests/conftest.py)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,25 +173,12 @@ def test_product_kl_is_d_times_library_1d_kl():
 # a tiny study through the real flow
 # ----------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def test_tiny_study_through_flow(harness, tmp_path):
+def test_tiny_study_through_flow(study_run, tmp_path):
     from flows.study import sampler_convergence
 
     spec = _spec()
-    path = str(tmp_path / "tiny_srk.zarr")
-    out = sampler_convergence(spec=spec, store=path)
-    assert out == {"store": path, "cells": 18, "done": 18, "failed": 0, "computed": 18,
-                   "plot": storage.plot_path(path)}
-
-    ds = xr.open_zarr(path)
-    assert (ds.status == storage.DONE).all()
+    run = study_run(sampler_convergence, spec, "tiny_srk.zarr")
+    ds = run.complete(cells=18)
     assert ds.attrs["study"] == "sampler_convergence" and ds.kl.attrs["units"] == "nats"
     assert ds.kl.dims == ("target", "d", "sampler", "nfe", "score")
     assert ds.sliced_w2.dims == ("target", "d", "sampler", "nfe", "score", "seed")
@@ -215,7 +195,7 @@ def test_tiny_study_through_flow(harness, tmp_path):
     assert (ds.score_l2.sel(score="perturbed") == spec.eta ** 2 * ds.d).all()
     assert (ds.score_l2.sel(score="exact") == 0).all() and (ds.score_l2.sel(score="trained") > 0).all()
     assert (ds.train_seconds.sel(score="trained") > 0).all() and (ds.train_seconds.sel(score="exact") == 0).all()
-    assert check_store(path) == []  # `dsclab check`: every done cell's chunks written, status agrees
+    assert check_store(run.path) == []  # `dsclab check`: every done cell's chunks written, status agrees
     # product target: KL = d x the 1-D KL, so it scales exactly with d
     prod = ds.kl.sel(target="product_mixture", score=["exact", "perturbed"])
     assert np.allclose(prod.sel(d=3) / prod.sel(d=2), 1.5, rtol=1e-12)
@@ -230,7 +210,4 @@ def test_tiny_study_through_flow(harness, tmp_path):
     png = plot(ds, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 10_000 and png.endswith("p.png")
 
-    before = xr.open_zarr(path).load()
-    out2 = sampler_convergence(spec=spec, store=path)
-    assert out2["computed"] == 0 and out2["done"] == 18
-    xr.testing.assert_identical(xr.open_zarr(path).load(), before)
+    run.rerun_computes_nothing(ds)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dsclab.metrics import mmd, sliced_w2
-from dsclab.samplers import SAMPLERS
+from dsclab.metrics import SlicedW2, mmd
+from dsclab.noise_sources import BlockGaussianNoise
+from dsclab.samplers import SAMPLERS, uses_levy_area
 from dsclab.seeds import derive_seed
-from dsclab.studies.sampler_convergence.schemes import IncrementNoise, grid, uses_levy_area
+from dsclab.studies.sampler_convergence.schemes import grid
 from dsclab.studies.sampler_convergence.spec import SamplerConvergenceSpec, SrkCell
 from dsclab.studies.sampler_convergence.targets import Score, exact_score
 
@@ -43,12 +44,10 @@ class Reference:
         self.x0 = (dist.sample(m, g, t=spec.T) if spec.start == "exact"
                    else torch.randn(m, cell.d, generator=g, dtype=torch.float64))
         self.ref, ref2 = dist.sample(m, g, t=spec.t_min), dist.sample(m, g, t=spec.t_min)
-        self.proj, self.n_proj = derive_seed("srk-proj", tp, cell.d, seed), spec.sampling.n_proj
+        self.sliced_w2 = SlicedW2(self.ref, torch.Generator().manual_seed(derive_seed("srk-proj", tp, cell.d, seed)),
+                                  n_proj=spec.sampling.n_proj)
         self.bandwidth = _bandwidth(self.ref)
         self.sliced_w2_floor, self.mmd_floor = self.sliced_w2(ref2), self.mmd(ref2)
-
-    def sliced_w2(self, y: torch.Tensor) -> float:
-        return sliced_w2(y, self.ref, torch.Generator().manual_seed(self.proj), n_proj=self.n_proj)
 
     def mmd(self, y: torch.Tensor) -> float:
         return mmd(y, self.ref, bandwidth=self.bandwidth)
@@ -69,13 +68,13 @@ def sampled_curves(spec: SamplerConvergenceSpec, cell: SrkCell, score: Score, re
     S, N = len(spec.sampler), len(spec.nfe)
     out = {"sliced_w2": np.full((S, N, R), np.nan), "mmd": np.full((S, N, R), np.nan)}
     for i, name in enumerate(spec.sampler):
-        need_area = uses_levy_area(SAMPLERS[name])
+        levy_area = uses_levy_area(SAMPLERS[name])
         for j, nfe in enumerate(spec.nfe):
             if sp.max_nfe is not None and nfe > sp.max_nfe:
                 continue
             gens = [torch.Generator().manual_seed(derive_seed("srk-noise", tp, cell.d, seed, name, nfe))
                     for seed in spec.seed]
-            src = IncrementNoise((m, cell.d), gens, dtype=dtype, need_area=need_area)
+            src = BlockGaussianNoise((m, cell.d), gens, dtype=dtype, levy_area=levy_area)
             with torch.no_grad():
                 y = SAMPLERS[name](score, x0, grid(spec, name, nfe), noise=src).to(torch.float64)
             for r in range(R):

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import xarray as xr
 
-from dsclab import scaling
+from dsclab import analysis
 
-from .readout import band, done, ratio_table, sections, weighted_l2
+from .readout import band, done, n_star, ratio_table, sections, weighted_l2
 
 
 def _line_band(ax, x, da: xr.DataArray, label: str, **kw):
@@ -46,9 +46,9 @@ def plot(ds: xr.Dataset, out: str) -> str:
                     _line_band(ax[j], n, err.sel(model=m, d=d).transpose("seed", "n"), f"d={int(d)}", color=f"C{k}")
                 _finish_axes(ax[j], "n", f"{m}: mean_t σ_t² score L2 error vs n")
             for j, m in enumerate(ds.model.values):
-                levels = scaling.common_eps(err.sel(model=m).median("seed").transpose("d", "n"), levels=1)
+                levels = analysis.common_levels(err.sel(model=m).median("seed").transpose("d", "n"), levels=1)
                 if levels:
-                    ns = scaling.n_star_da(err.sel(model=m), levels[0])
+                    ns = analysis.crossing_values(n_star(err.sel(model=m), levels[0]))
                     _line_band(ax[2], ds.d.values, ns.transpose("seed", "d"), f"{m}, eps={levels[0]:.3g}", color=f"C{j}")
             _finish_axes(ax[2], "d", "n*(eps, d) per class")
         elif row == "bsm":

@@ -1,12 +1,12 @@
 """What the report (:mod:`.report`) and the figure (:mod:`.plot`) read from a score-learning store:
-the values of done cells, bands over seeds, the sigma_t^2-weighted L2 error, paired ratios, and
-which sections the grid supports."""
+the values of done cells, bands over seeds, the sigma_t^2-weighted L2 error, n*(eps), paired
+ratios, and which sections the grid supports."""
 from __future__ import annotations
 
 import numpy as np
 import xarray as xr
 
-from dsclab import noise
+from dsclab import analysis, noise
 from dsclab.study import Status
 
 
@@ -35,6 +35,13 @@ def weighted_l2(ds: xr.Dataset) -> xr.DataArray:
     DSM weighting), so that no single noise level dominates; done cells only."""
     w = xr.DataArray(noise.sigma2(ds.t.values.astype(np.float64)), dims="t", coords={"t": ds.t})
     return (done(ds, "score_l2") * w).mean("t")
+
+
+def n_star(err: xr.DataArray, eps: float) -> xr.DataArray:
+    """n*(eps): the smallest n with err <= eps, log-log interpolated, per index of ``err``'s other
+    dims (a table of ``analysis.Crossing``): left-censored at the smallest n, right-censored
+    when never reached, unknown when a missing value comes before the crossing."""
+    return analysis.crossing_table(err, "n", eps, missing="unknown")
 
 
 def ratio_table(ds: xr.Dataset, var: str, dim: str, num: str, den: str, sel: dict) -> xr.DataArray:

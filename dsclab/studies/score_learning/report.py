@@ -23,27 +23,26 @@ import torch
 import xarray as xr
 
 from dsclab import bootstrap as bs
-from dsclab import distributions, scaling
+from dsclab import analysis, distributions
 from dsclab.study import Status
 
-from .readout import band_text, done, fmt, ratio_table, sections, weighted_l2
+from .readout import band_text, done, fmt, n_star, ratio_table, sections, weighted_l2
 
 
 def _nstar_lines(err: xr.DataArray, ds: xr.Dataset, eps: float) -> tuple[list[str], float, tuple]:
     """n*(eps, d) (median over seeds [min, max]) and its exponent in d, for one model."""
-    n_min = float(ds.n.values[0])
-    ns = scaling.n_star_da(err, eps)  # (d, seed)
-    med = scaling.n_star_da(err.median("seed"), eps)  # (d,)
+    ns = n_star(err, eps)  # (d, seed)
+    med = n_star(err.median("seed"), eps)  # (d,)
+    vals = analysis.crossing_values(ns)
     n_max = int(ds.n.values[-1])
     show = lambda v: fmt(v, ".0f") if np.isfinite(v) else f">{n_max}"
     cells = []
     for d in ds.d.values:
-        v = float(med.sel(d=d))
-        lo, hi = float(ns.sel(d=d).min()), float(ns.sel(d=d).max())  # nan (not reached) propagates
-        c = scaling.censoring(n_min, v)
-        cells.append(f"d={int(d)}: {'<=' if c == '<=' else ''}{show(v)} [{show(lo)}, {show(hi)}]")
-    b = scaling.nstar_exponent(ds.d.values, med.values, n_min)
-    band = scaling.exponent_band(ns.transpose("d", "seed"), n_min)
+        c = med.sel(d=d).item()
+        lo, hi = float(vals.sel(d=d).min()), float(vals.sel(d=d).max())  # over the seeds that reach eps
+        cells.append(f"d={int(d)}: {'<=' if c.censored == 'left' else ''}{show(c.value)} [{show(lo)}, {show(hi)}]")
+    b = analysis.crossing_exponent(ds.d.values, med.transpose("d").values)
+    band = analysis.exponent_band(ns.transpose("d", "seed"))
     return ["; ".join(cells)], b, band
 
 
@@ -62,7 +61,7 @@ def dimension_free_section(ds: xr.Dataset) -> tuple[list[str], dict]:
         lines += ["", f"[{m}] parameters by d: {npar}", "  err (median over seeds): rows n, columns d"]
         tab = e.median("seed").transpose("n", "d").to_pandas()
         lines += ["  " + x for x in tab.to_string(float_format=lambda v: f"{v:.4g}").splitlines()]
-        levels = scaling.common_eps(e.median("seed").transpose("d", "n"))
+        levels = analysis.common_levels(e.median("seed").transpose("d", "n"))
         facts[m] = []
         if not levels:
             lines.append("  no error level is crossed by every d on this n grid")

@@ -3,7 +3,6 @@ networks, and the evaluation of every estimator (see :mod:`dsclab.studies.sparse
 design). Plain numerics: no Prefect, no store."""
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -14,8 +13,9 @@ from dsclab import noise
 from dsclab import sparse_pca_estimators as spe
 from dsclab.distributions.sparse_pca import SparsePCA
 from dsclab.errors import NonFiniteSamples
-from dsclab.metrics import gaussian_fit_kl
-from dsclab.samplers import SAMPLERS, steps_for_nfe
+from dsclab.metrics import SlicedW2, gaussian_fit_kl
+from dsclab.noise_sources import GaussianNoise, Replay
+from dsclab.samplers import SAMPLERS, steps_for_nfe, uses_levy_area
 from dsclab.seeds import derive_seed
 from dsclab.studies.sparse_pca.layout import PER_ESTIMATOR
 from dsclab.studies.sparse_pca.spec import NETWORK, ORACLE, SparsePCACell, SparsePCAEvalSpec, SparsePCASpec
@@ -71,57 +71,17 @@ def estimate(name: str, x: torch.Tensor, k: int, max_supports: int) -> torch.Ten
     return spe.BASELINES[name](x, k)
 
 
-class SlicedW2:
-    """Sliced W2 to a fixed target cloud with fixed directions (the target's sorted projections are
-    computed once per cell): the same number as ``dsclab.metrics.sliced_w2(y, target, g, n_proj)``
-    for equal cloud sizes and the same generator state."""
-
-    def __init__(self, target: torch.Tensor, generator: torch.Generator, n_proj: int = 128):
-        target = target.to(torch.float64)
-        th = torch.randn(target.shape[1], n_proj, generator=generator, dtype=torch.float64)
-        self.theta = th / th.norm(dim=0, keepdim=True)
-        self.sorted_target = torch.sort(target @ self.theta, dim=0).values
-
-    def __call__(self, y: torch.Tensor) -> float:
-        py = torch.sort(y.to(torch.float64) @ self.theta, dim=0).values
-        return float(((py - self.sorted_target) ** 2).mean().sqrt())
+N_PROJ = 128  # directions of the sliced W2 (fixed per cell)
 
 
-# Samplers whose code discards the space-time Levy area H (``dw, _ = noise(...)``; heun never
-# calls noise): for them ReplayNoise does not draw it.
-IGNORE_LEVY_AREA = frozenset({"euler_maruyama", "exponential_integrator", "srk", "heun"})
+def replay_noise(ev: SparsePCAEvalSpec, shape, generator: torch.Generator) -> Replay:
+    """The cell's Brownian increments, the same for every estimator's sampler run (common random
+    numbers): float32 (dW, H) from ``generator``, H drawn only when ``ev.sampler`` uses it."""
+    levy_area = uses_levy_area(SAMPLERS[ev.sampler])
+    return Replay(GaussianNoise(shape, generator, torch.float32, draw_dtype=torch.float32, levy_area=levy_area))
 
 
-class ReplayNoise:
-    """The same (dW, H) sequence for every sampler run of a cell, in the samplers' noise convention
-    (``dsclab.samplers``: dW ~ N(0, h I) and H ~ N(0, h/12 I) independent, float32): drawn from
-    ``generator`` on the first pass and replayed afterwards (common random numbers across
-    estimators; the draws are most of the cost of sampling with a cheap score). With
-    ``levy_area=False`` (for the samplers of :data:`IGNORE_LEVY_AREA`) H is not drawn and a zero
-    tensor stands in for it. Call :meth:`rewind` before each run; a run on another grid raises."""
-
-    def __init__(self, shape, generator: torch.Generator, levy_area: bool = True):
-        self.shape, self.generator, self.levy_area = tuple(shape), generator, levy_area
-        self._draws, self._i, self._zero = [], 0, torch.zeros(tuple(shape), dtype=torch.float32)
-
-    def rewind(self) -> "ReplayNoise":
-        self._i = 0
-        return self
-
-    def __call__(self, t_from: float, t_to: float):
-        if self._i == len(self._draws):
-            h = float(t_from - t_to)
-            z = torch.randn(((2,) if self.levy_area else (1,)) + self.shape, generator=self.generator,
-                            dtype=torch.float32)
-            hh = math.sqrt(h / 12.0) * z[1] if self.levy_area else self._zero
-            self._draws.append(((t_from, t_to), (math.sqrt(h) * z[0], hh)))
-        (grid, draw), self._i = self._draws[self._i], self._i + 1
-        if grid != (t_from, t_to):
-            raise ValueError("ReplayNoise replays one grid; got another")
-        return draw
-
-
-def draw_samples(ev: SparsePCAEvalSpec, score, x0: torch.Tensor, noise_: ReplayNoise) -> torch.Tensor:
+def draw_samples(ev: SparsePCAEvalSpec, score, x0: torch.Tensor, noise_: Replay) -> torch.Tensor:
     """Samples with ``score`` from the start ``x0`` (N(0, I) at ``ev.T``) down to ``ev.t_min`` with
     ``ev.sampler`` at ``ev.nfe`` on the ``ev.schedule`` grid and the replayed Brownian path. The
     sampler runs in float32 (Gaussian scores compute in float64 inside); float64 result."""
@@ -158,9 +118,9 @@ def evaluate(spec: SparsePCASpec, cell: SparsePCACell, x: np.ndarray, network=No
         points.append((float(t), xt, exact(xt, float(t))))
     target = dist.sample(ev.n_samples, g, t=ev.t_min)
     target2 = dist.sample(ev.n_samples, g, t=ev.t_min)
-    sw2 = SlicedW2(target, torch.Generator().manual_seed(derive_seed("sparse-pca-proj", cell.key)))
+    sw2 = SlicedW2(target, torch.Generator().manual_seed(derive_seed("sparse-pca-proj", cell.key)), n_proj=N_PROJ)
     x0 = torch.randn(ev.n_samples, d, generator=g)
-    replay = ReplayNoise(x0.shape, g, levy_area=ev.sampler not in IGNORE_LEVY_AREA)
+    replay = replay_noise(ev, x0.shape, g)
     E, T, size = len(spec.estimator), len(ev.t), max(spec.d)
     vals = {name: np.full(E, np.nan) for name in PER_ESTIMATOR}
     l2, l2_rel = np.full((E, T), np.nan), np.full((E, T), np.nan)

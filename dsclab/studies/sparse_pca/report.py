@@ -1,5 +1,5 @@
 """The sparse-PCA analysis and text report: ``n_half``, the smallest n from which the overlap
-stays above 1/2 (:func:`crossing`, :func:`n_half_table`), beside the classical sample sizes, and
+stays above 1/2 (:func:`n_half`, :func:`n_half_table`), beside the classical sample sizes, and
 the closing note on the trained network (see :mod:`dsclab.studies.sparse_pca`)."""
 from __future__ import annotations
 
@@ -9,33 +9,24 @@ import math
 import numpy as np
 import xarray as xr
 
+from dsclab import analysis
 from dsclab import sparse_pca_estimators as spe
 from dsclab.study import Status
 from dsclab.studies.sparse_pca.spec import NETWORK, ORACLE
 
 
-def crossing(ns, values, level: float = 0.5) -> tuple[float, str]:
-    """The smallest n from which ``values`` stay above ``level`` (the last grid point at or below
-    the level and the next one are interpolated linearly in log n).
+def n_half(ns, values, level: float = 0.5) -> tuple[float, str]:
+    """The smallest n from which ``values`` stay above ``level`` (``analysis.crossing``: the last
+    grid point at or below the level and the next one are interpolated linearly in log n).
 
     Returns ``(n, flag)``: flag ``""`` (interpolated), ``"<="`` (already above at the smallest n:
     n = ns[0] is an upper bound), ``">"`` (not above at the largest n: n = ns[-1] is a lower bound,
     or NaN values: n = NaN).
     """
-    ns, v = np.asarray(ns, dtype=np.float64), np.asarray(values, dtype=np.float64)
-    if not np.isfinite(v).all():
-        return math.nan, ">"
-    above = v > level
-    if not above[-1]:
-        return float(ns[-1]), ">"
-    j = len(v) - 1
-    while j > 0 and above[j - 1]:
-        j -= 1
-    if j == 0:
-        return float(ns[0]), "<="
-    a, b = v[j - 1], v[j]
-    f = (level - a) / (b - a) if b != a else 1.0
-    return float(np.exp(np.log(ns[j - 1]) + f * (np.log(ns[j]) - np.log(ns[j - 1])))), ""
+    c = analysis.crossing(ns, values, level, direction="up", y_scale="linear", rule="stays", missing="unknown")
+    if c.censored in ("right", "unknown"):
+        return c.bound, ">"
+    return c.value, "<=" if c.censored == "left" else ""
 
 
 def done(ds: xr.Dataset, var: str) -> xr.DataArray:
@@ -60,9 +51,9 @@ def n_half_table(ds: xr.Dataset, level: float = 0.5) -> list[dict]:
                         continue
                     cur = ov.sel(d=d, k=k, beta=beta, estimator=est)  # (n, seed)
                     mean = cur.mean("seed").values
-                    n_mean, flag = crossing(ns, mean, level)
-                    lo = crossing(ns, cur.max("seed").values, level)   # the plot's band: pointwise max
-                    hi = crossing(ns, cur.min("seed").values, level)   # and min over seeds
+                    n_mean, flag = n_half(ns, mean, level)
+                    lo = n_half(ns, cur.max("seed").values, level)   # the plot's band: pointwise max
+                    hi = n_half(ns, cur.min("seed").values, level)   # and min over seeds
                     rows.append({"d": int(d), "k": int(k), "beta": float(beta), "estimator": str(est),
                                  "n_half": n_mean, "flag": flag, "lo": lo[0], "lo_flag": lo[1],
                                  "hi": hi[0], "hi_flag": hi[1],

@@ -1,0 +1,119 @@
+"""The temporary Prefect server of ``dsclab run`` (:class:`TemporaryServer`), started before the
+command's heavy imports when no API is configured (DEVELOPERS.md: keep that order). Importing this
+module imports only the standard library: neither PyTorch nor Prefect
+(``tests/test_temporary_server.py`` checks); ``flows.server`` re-exports the class.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+class TemporaryServer:
+    """Prefect's temporary server for ``dsclab run``, started before the command's imports.
+
+    A flow called without ``PREFECT_API_URL`` makes Prefect start a temporary server at the flow
+    call and wait ~3-5 s for it (interpreter, imports, database check, block registration), after
+    the command has spent ~3 s importing PyTorch, xarray and Prefect. ``prestart`` starts the same
+    server process at the top of the command, so the two overlap on separate cores; ``adopt`` is
+    called once Prefect's settings can be read and the store has been checked.
+
+    The process is the one ``prefect.server.api.server.SubprocessASGIServer`` runs (prefect 3.8.8:
+    uvicorn on the server's app factory, ``PREFECT__SERVER_EPHEMERAL=1``, UI off) on a free local
+    port, with the same database (PREFECT_HOME), so the runs appear where Prefect's own temporary
+    server would put them. It is used only when Prefect's settings name no API (environment,
+    profile, ``prefect.toml``) and allow the temporary server; otherwise, and if it fails to
+    start in time, it is stopped and Prefect goes its own way. It stops when the process exits,
+    after Prefect has sent its remaining logs and events, and, on Linux, also when the process is
+    killed (parent-death signal), which Prefect's own temporary server does not do.
+    """
+
+    _running: "TemporaryServer | None" = None  # one per process, reused by later runs in it
+
+    def __init__(self, port: int, proc: subprocess.Popen):
+        self.port, self.proc = port, proc
+        self.api_url = f"http://127.0.0.1:{port}/api"
+
+    @classmethod
+    def prestart(cls) -> "TemporaryServer | None":
+        """Start the server process now unless an API is configured; never raises."""
+        if cls._running is not None and cls._running.proc.poll() is None:
+            return cls._running
+        if os.environ.get("PREFECT_API_URL") or ("prefect.settings" in sys.modules and not _wants_temporary()):
+            return None
+        try:
+            import importlib.util
+
+            with socket.socket() as s:  # a free port; a clash is caught by adopt (the process exits)
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            app_dir = Path(importlib.util.find_spec("prefect").origin).parent.parent
+            cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+                   "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+                   "--log-level", "error", "--lifespan", "on"]
+            from flows.server import base_env
+
+            env = base_env(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
+            proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        except Exception:  # noqa: BLE001 - an optimisation: Prefect starts its own server instead
+            return None
+        cls._running = server = cls(port, proc)
+        import atexit
+
+        atexit.register(server.stop)  # after Prefect's log and event workers drain (threading exit hooks)
+        return server
+
+    def adopt(self):
+        """A context manager for the flow call: Prefect's settings pointed at this server when they
+        name no API and it answers within Prefect's ephemeral start-up timeout; else nothing, and
+        the server is stopped."""
+        import contextlib
+
+        from prefect.settings import (PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings,
+                                      temporary_settings)
+
+        from flows.server import wait_healthy
+
+        if not _wants_temporary():
+            self.stop()
+            return contextlib.nullcontext()
+        try:
+            wait_healthy(self.api_url, timeout=get_current_settings().server.ephemeral.startup_timeout_seconds,
+                         proc=self.proc, poll=0.05)
+        except (RuntimeError, TimeoutError):
+            self.stop()
+            return contextlib.nullcontext()
+        # No flow-run heartbeats: they let a long-lived server mark a run crashed when its process
+        # dies, but this server dies with the process; and the engine's wait for the heartbeat
+        # thread adds up to 1 s (0.5 s on average) to the end of every run.
+        return temporary_settings({PREFECT_API_URL: self.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if TemporaryServer._running is self:
+            TemporaryServer._running = None
+
+
+def _wants_temporary() -> bool:
+    """Prefect's settings name no API and allow its temporary server."""
+    from prefect.settings import get_current_settings
+
+    s = get_current_settings()
+    return not s.api.url and bool(s.server.ephemeral.enabled)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the parent dies, even by SIGKILL."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
