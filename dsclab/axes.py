@@ -8,15 +8,13 @@
   names, kept in the order given (the order of a report's columns).
 
 Every violation raises ``ValueError`` with one line naming the value; ``dsclab.spec.parse_spec``
-prefixes the field. Use the ``Annotated`` types as field types::
+prefixes the field. Use the ``Annotated`` types as field types; :func:`Name` and :func:`Names`
+make the types of one registered name and of a name axis of a registry::
+
+    Estimators = Names(ESTIMATORS, "estimator")
 
     d: PositiveInts = Field(..., description="dimensions")
-    estimator: list[str] = Field(["dsm"])
-
-    @field_validator("estimator")
-    @classmethod
-    def _est(cls, v):
-        return names(v, ESTIMATORS, "estimator")
+    estimator: Estimators = Field(["dsm"], description="score estimators")
 """
 from __future__ import annotations
 
@@ -120,3 +118,13 @@ FiniteFloats = Annotated[list[float], AfterValidator(finite)]
 PositiveTimes = Annotated[list[float], AfterValidator(positive_times)]
 NonNegativeFloats = Annotated[list[float], AfterValidator(non_negative)]
 UnitLevels = Annotated[list[float], AfterValidator(unit_interval)]
+
+
+def Name(registry: Mapping, what: str) -> Any:  # noqa: N802 - it makes a type
+    """The field type of one name registered in ``registry`` (a key; ``what`` names it in errors)."""
+    return Annotated[str, AfterValidator(lambda v: name(v, registry, what))]
+
+
+def Names(registry: Mapping, what: str) -> Any:  # noqa: N802 - it makes a type
+    """The field type of a name axis of ``registry``: distinct registered names, in the order given."""
+    return Annotated[list[str], AfterValidator(lambda v: names(v, registry, what))]

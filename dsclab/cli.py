@@ -166,25 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dask-address", help="Dask scheduler address tcp://HOST:8786 (implies --runner dask)")
     r.add_argument("--dask-workers", type=int, help="worker processes of a local Dask cluster (implies --runner dask)")
     r.set_defaults(fn=cmd_run)
-    s = sub.add_parser("status", help="done / pending / failed cells per axis")
-    s.add_argument("store")
-    s.set_defaults(fn=cmd_status)
-    q = sub.add_parser("query", help="a table of a stored variable")
-    q.add_argument("store")
+
+    def on_store(name: str, fn, text: str) -> argparse.ArgumentParser:
+        """A command that reads one store (its first argument)."""
+        c = sub.add_parser(name, help=text)
+        c.add_argument("store")
+        c.set_defaults(fn=fn)
+        return c
+
+    on_store("status", cmd_status, "done / pending / failed cells per axis")
+    q = on_store("query", cmd_query, "a table of a stored variable")
     q.add_argument("--var", required=True)
     q.add_argument("--sel", nargs="*", metavar="DIM=VALUE")
     q.add_argument("--mean", nargs="*", metavar="DIM", help="average over these dims")
-    q.set_defaults(fn=cmd_query)
-    pl = sub.add_parser("plot", help="draw the study's figure")
-    pl.add_argument("store")
-    pl.add_argument("--out")
-    pl.set_defaults(fn=cmd_plot)
-    rp = sub.add_parser("report", help="the study's text report")
-    rp.add_argument("store")
-    rp.set_defaults(fn=cmd_report)
-    ck = sub.add_parser("check", help="cells whose status and values disagree; missing or corrupt chunks")
-    ck.add_argument("store")
-    ck.set_defaults(fn=cmd_check)
+    on_store("plot", cmd_plot, "draw the study's figure").add_argument("--out")
+    on_store("report", cmd_report, "the study's text report")
+    on_store("check", cmd_check, "cells whose status and values disagree; missing or corrupt chunks")
     for name, text in [("server", "start a Prefect server, create the work pools and deploy the study flows"),
                        ("deploy", "create the work pools and gpu limit and deploy the study flows on a running server"),
                        ("worker", "start one gpu-pool worker per GPU (and cpu-pool workers)")]:

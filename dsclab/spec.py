@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 import dsclab
 from dsclab import axes, distributions
+from dsclab.noise import SCHEDULES
+from dsclab.samplers import SAMPLERS
 from dsclab.train import PRECISIONS
 
 
@@ -36,65 +39,30 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _positive_ints(name: str, values: Sequence[int]) -> list[int]:
-    if len(values) == 0:
-        raise ValueError("needs at least one value")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"{v!r} is not a positive integer")
-    _unique(values)
-    return list(values)
+class TimeRange(_Frozen):
+    """A section with a time range ``t_min < T`` (training times, or the samplers' start and
+    early-stopping times): the subclass declares both fields (their defaults and meanings differ),
+    this checks the order."""
+
+    @model_validator(mode="after")
+    def _t_min_below_T(self):  # noqa: N802
+        axes.below(self.t_min, self.T, "t_min", "T")
+        return self
 
 
-def _unique(values: Sequence[Any]) -> None:
-    seen = set()
-    for v in values:
-        if v in seen:
-            raise ValueError(f"duplicate value {v!r}")
-        seen.add(v)
-
-
-def seed_list(values: Sequence[int]) -> list[int]:
-    """Validate a seed axis: at least one value, non-negative integers, no duplicates."""
-    if not values:
-        raise ValueError("needs at least one value")
-    for s in values:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise ValueError(f"{s!r} is not a non-negative integer")
-    _unique(values)
-    return list(values)
-
-
-def _known_one(kind: str, value: str, registry) -> str:
-    """One name that must be a key of ``registry``."""
-    if value not in registry:
-        raise ValueError(f"unknown {kind} {value!r} (known: {', '.join(registry)})")
-    return value
-
-
-def _known(kind: str, values: Sequence[str], registry) -> list[str]:
-    """A non-empty axis of distinct names, each a key of ``registry``."""
-    if len(values) == 0:
-        raise ValueError("needs at least one value")
-    for v in values:
-        if v not in registry:
-            raise ValueError(f"unknown {kind} {v!r} (known: {', '.join(registry)})")
-    _unique(values)
-    return list(values)
+# Field types of names taken from a registry (:func:`dsclab.axes.Name`, :func:`dsclab.axes.Names`).
+Distribution = axes.Name(distributions.DISTRIBUTIONS, "distribution")
+Precision = axes.Name(PRECISIONS, "precision")
+Sampler = axes.Name(SAMPLERS, "sampler")
+Samplers = axes.Names(SAMPLERS, "sampler")
+Schedule = axes.Name(SCHEDULES, "schedule")
 
 
 class DistributionSpec(_Frozen):
     """The data family (``dsclab.distributions.DISTRIBUTIONS``) and its parameters."""
 
-    name: str = Field("gaussian_mixture", description="data family")
+    name: Distribution = Field("gaussian_mixture", description="data family")
     params: dict[str, float | int | list[float]] = Field(default_factory=dict, description="family parameters")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if v not in distributions.DISTRIBUTIONS:
-            raise ValueError(f"unknown distribution {v!r} (known: {', '.join(distributions.DISTRIBUTIONS)})")
-        return v
 
     @model_validator(mode="after")
     def _params(self) -> "DistributionSpec":
@@ -114,7 +82,7 @@ class DistributionSpec(_Frozen):
                 raise ValueError(f"distribution {self.name} at d={d}: {e}") from None
 
 
-class TrainSpec(_Frozen):
+class TrainSpec(TimeRange):
     """Training of one score network per cell (Adam, a budget of optimiser steps)."""
 
     steps: int = Field(1500, gt=0, description="optimiser steps per cell")
@@ -125,19 +93,9 @@ class TrainSpec(_Frozen):
     t_min: float = Field(1e-3, gt=0, description="smallest training time")
     T: float = Field(5.0, gt=0, description="largest training time")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:i]'")
-    precision: str = Field("float32", description="arithmetic of the training step, a key of "
-                           "dsclab.train.PRECISIONS: 'bfloat16' runs its matrix products under autocast "
-                           "(weights, Adam and evaluation stay float32)")
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str) -> str:
-        return axes.name(v, PRECISIONS, "precision")
-
-    @model_validator(mode="after")
-    def _range(self) -> "TrainSpec":
-        axes.below(self.t_min, self.T, "t_min", "T")
-        return self
+    precision: Precision = Field(
+        "float32", description="arithmetic of the training step, a key of dsclab.train.PRECISIONS: 'bfloat16' "
+        "runs its matrix products under autocast (weights, Adam and evaluation stay float32)")
 
 
 class StudyBase(_Frozen):
@@ -170,6 +128,13 @@ class StudyBase(_Frozen):
         blob = json.dumps({**cell, "spec": self.numerics(), "version": dsclab.__version__}, sort_keys=True,
                           default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def grid(self, cell: type, **cell_axes: Sequence) -> list:
+        """The cells of a grid: one ``cell`` (a frozen model of the cell coordinates and ``key``) per
+        point of the product of ``cell_axes`` (name -> values; the first is the outermost loop), keyed
+        by :meth:`key` of its coordinates."""
+        points = (dict(zip(cell_axes, values)) for values in itertools.product(*cell_axes.values()))
+        return [cell(**idx, key=self.key(**idx)) for idx in points]
 
 
 def format_validation_error(err: ValidationError) -> str:

@@ -19,16 +19,22 @@ def exists(u: str) -> bool:
     return fs.exists(root)
 
 
-def save_array(u: str, arr: np.ndarray) -> None:
-    """Write atomically enough for a cache: to a temporary name, then move into place."""
+def _write_atomic(u: str, write) -> None:
+    """Write atomically enough for a cache: ``write(buffer)`` fills a buffer, which goes to a
+    temporary name beside ``u`` and is then moved into place (a reader never sees half a file)."""
     fs, root = fsspec.core.url_to_fs(u)
     fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
     buf = io.BytesIO()
-    np.save(buf, arr)
+    write(buf)
     tmp = root + ".tmp"
     with fs.open(tmp, "wb") as f:
         f.write(buf.getvalue())
     fs.mv(tmp, root)
+
+
+def save_array(u: str, arr: np.ndarray) -> None:
+    """Save an array (``.npy``) at ``u``, atomically."""
+    _write_atomic(u, lambda buf: np.save(buf, arr))
 
 
 def load_array(u: str) -> np.ndarray:
@@ -37,14 +43,8 @@ def load_array(u: str) -> np.ndarray:
 
 
 def save_checkpoint(u: str, obj: dict) -> None:
-    fs, root = fsspec.core.url_to_fs(u)
-    fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    tmp = root + ".tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    fs.mv(tmp, root)
+    """Save a checkpoint (``torch.save`` of tensors and plain containers) at ``u``, atomically."""
+    _write_atomic(u, lambda buf: torch.save(obj, buf))
 
 
 def load_checkpoint(u: str) -> dict:

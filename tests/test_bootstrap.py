@@ -11,12 +11,12 @@ import pytest
 import torch
 import xarray as xr
 
-import storage
 from dsclab import bootstrap as bs
-from dsclab import distributions, losses, noise, scaling
+from dsclab import analysis, distributions, losses, noise
 from dsclab.spec import SpecError, parse_spec
 from dsclab.studies.score_learning.cell import draw_training_data
 from dsclab.studies.score_learning.plot import plot as sl_plot
+from dsclab.studies.score_learning.readout import n_star as n_star_table
 from dsclab.studies.score_learning.report import report as sl_report
 from dsclab.studies.score_learning.spec import CELL_DIMS, ScoreLearningSpec
 
@@ -257,15 +257,23 @@ def test_n_star_and_its_exponent_in_d_for_power_laws():
     n = np.array([10.0, 100.0, 1000.0, 10_000.0])
     a, b, C, eps = 0.8, 1.2, 5.0, 1.0
     d = np.array([4.0, 16.0, 64.0])
-    ns = [scaling.n_star(n, C * dd ** b * n ** (-a), eps) for dd in d]
+    n_star = lambda e: analysis.crossing(n, e, eps, missing="unknown")
+    cs = [n_star(C * dd ** b * n ** (-a)) for dd in d]
+    ns = [c.value for c in cs]
     np.testing.assert_allclose(ns, (C * d ** b / eps) ** (1 / a), rtol=1e-10)
-    assert math.isclose(scaling.nstar_exponent(d, ns), b / a, rel_tol=1e-10)
-    assert math.isnan(scaling.n_star(n, np.full(4, 2.0), eps))          # never reached
-    assert scaling.n_star(n, np.full(4, 0.5), eps) == 10.0              # reached at once
-    assert scaling.censoring(10.0, 10.0) == "<=" and scaling.censoring(10.0, math.nan) == ">"
+    assert math.isclose(analysis.crossing_exponent(d, cs), b / a, rel_tol=1e-10)
+    never, once = n_star(np.full(4, 2.0)), n_star(np.full(4, 0.5))
+    assert math.isnan(never.value) and never.censored == "right"        # never reached
+    assert once.value == 10.0 and once.censored == "left"               # reached at once
+    # a missing value before the crossing makes n* unknown; after it, it does not matter
+    e = C * 4.0 ** b * n ** (-a)
+    assert n_star(np.where(n == 100.0, np.nan, e)).censored == "unknown"
+    assert n_star(np.where(n == 10_000.0, np.nan, e)).value == pytest.approx(ns[0], rel=1e-12)
+    # censored n* are left out of the exponent: the two uncensored points give b / a
+    assert math.isclose(analysis.crossing_exponent(np.append(d, 256.0), cs + [never]), b / a, rel_tol=1e-10)
     err = xr.DataArray(np.stack([C * dd ** b * n ** (-a) for dd in d]), dims=("d", "n"), coords={"d": d, "n": n})
-    np.testing.assert_allclose(scaling.n_star_da(err, eps).values, ns)
-    lv = scaling.common_eps(err)
+    np.testing.assert_allclose(analysis.crossing_values(n_star_table(err, eps)).values, ns)
+    lv = analysis.common_levels(err)
     assert lv and all(float(err.isel(n=-1).max()) < e < float(err.isel(n=0).min()) for e in lv)
 
 
@@ -294,24 +302,11 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def test_tiny_study_through_the_flow_then_resume_computes_nothing(harness, tmp_path):
+def test_tiny_study_through_the_flow_then_resume_computes_nothing(study_run, tmp_path):
     from flows.study import score_learning
 
-    spec = parse_spec(TINY, ScoreLearningSpec)
-    path = str(tmp_path / "tiny_sl.zarr")
-    out = score_learning(spec=spec, store=path)
-    assert out == {"store": path, "cells": 16, "done": 16, "failed": 0, "computed": 16,
-                   "plot": storage.plot_path(path)}
-    ds = xr.open_zarr(path)
-    assert (ds.status == storage.DONE).all()
+    run = study_run(score_learning, parse_spec(TINY, ScoreLearningSpec), "tiny_sl.zarr")
+    ds = run.complete(cells=16)
     assert ds.score_l2.dims == CELL_DIMS + ("t",) and ds.target_var.dims == CELL_DIMS + ("t",)
     for var in ("score_l2", "score_quantile", "target_var", "target_var_oracle", "sliced_w2", "mode_tv"):
         assert np.isfinite(ds[var].values).all(), var
@@ -321,8 +316,5 @@ def test_tiny_study_through_the_flow_then_resume_computes_nothing(harness, tmp_p
     text = sl_report(ds)
     for part in ("dimension-free", "BSM against DSM", "trajectory against independent", "closing note"):
         assert part in text
-    before = ds.load()
-    out2 = score_learning(spec=spec, store=path)
-    assert out2["computed"] == 0 and out2["done"] == 16
-    xr.testing.assert_identical(xr.open_zarr(path).load(), before)
-    assert sl_plot(before, str(tmp_path / "p.png")).endswith("p.png")
+    run.rerun_computes_nothing(ds)
+    assert sl_plot(ds, str(tmp_path / "p.png")).endswith("p.png")

@@ -4,9 +4,7 @@ import math
 
 import numpy as np
 import pytest
-import xarray as xr
 
-import storage
 from dsclab.spec import SpecError, parse_spec
 from dsclab.studies.computational_gap.plot import plot
 from dsclab.studies.computational_gap.report import report
@@ -21,14 +19,6 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_spec_rejects_bad_grid():
     with pytest.raises(SpecError):
         parse_spec({**TINY, "k": [6]}, ComputationalGapSpec)  # k must be below every n
@@ -36,17 +26,12 @@ def test_spec_rejects_bad_grid():
         parse_spec({**TINY, "drift": ["nope"]}, ComputationalGapSpec)
 
 
-def test_flow_complete_store_then_rerun_computes_nothing(harness, tmp_path):
+def test_flow_complete_store_then_rerun_computes_nothing(study_run, tmp_path):
     from flows.study import computational_gap
 
     spec = parse_spec(TINY, ComputationalGapSpec)
-    path = str(tmp_path / "gap.zarr")
-    out = computational_gap(spec=spec, store=path)
-    assert out == {"store": path, "cells": 2, "done": 2, "failed": 0, "computed": 2,
-                   "plot": storage.plot_path(path)}
-
-    ds = xr.open_zarr(path).load()
-    assert (ds.status == storage.DONE).all()
+    run = study_run(computational_gap, spec, "gap.zarr")
+    ds = run.complete(cells=2)
     assert ds.mse.dims == ("drift", "n", "k", "t", "seed")
     assert ds.sample_norm.dims == ("drift", "n", "k", "seed", "sample")
     # n=6: C(6,2)*2 = 30 terms, Bayes computed; n=8: 56 > 50, Bayes NaN by design.
@@ -80,6 +65,4 @@ def test_flow_complete_store_then_rerun_computes_nothing(harness, tmp_path):
     png = plot(ds, str(tmp_path / "gap.png"))
     assert (tmp_path / "gap.png").stat().st_size > 0 and png.endswith("gap.png")
 
-    out2 = computational_gap(spec=spec, store=path)
-    assert out2["computed"] == 0 and out2["done"] == 2
-    xr.testing.assert_identical(xr.open_zarr(path).load(), ds)
+    run.rerun_computes_nothing(ds)

@@ -52,14 +52,6 @@ def small(name: str):
     return kind, kind.parse(kind.small)
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_layout_and_plan(name):
     kind, spec = small(name)
@@ -89,17 +81,13 @@ def test_layout_and_plan(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_small_preset_through_the_flow(harness, tmp_path, name):
+def test_small_preset_through_the_flow(study_run, tmp_path, name):
     from flows.study import run_flow
 
     kind, spec = small(name)
-    path = str(tmp_path / "s.zarr")
-    cells = len(kind.cells(spec))
-    out = run_flow(kind, spec, path)
-    assert out == {"store": path, "cells": cells, "done": cells, "failed": 0, "computed": cells,
-                   "plot": storage.plot_path(path)}
-    ds = xr.open_zarr(path).load()
-    assert (ds["status"] == Status.DONE).all() and ds.attrs["study"] == name
+    run = study_run(lambda spec, store: run_flow(kind, spec, store), spec, "s.zarr")
+    ds = run.complete(cells=len(kind.cells(spec)))
+    assert ds.attrs["study"] == name
     ref = golden(name, tmp_path)
     if ref is not None:
         xr.testing.assert_identical(without_wall_times(ds), without_wall_times(ref))
@@ -111,9 +99,7 @@ def test_small_preset_through_the_flow(harness, tmp_path, name):
     table = kind.table(ds)
     assert len(table) > 0
 
-    again = run_flow(kind, spec, path)
-    assert again["computed"] == 0 and again["done"] == cells
-    xr.testing.assert_identical(xr.open_zarr(path).load(), ds)
+    run.rerun_computes_nothing(ds)
 
 
 def bad_specs(data: dict) -> list[tuple[dict, str]]:

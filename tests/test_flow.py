@@ -1,10 +1,7 @@
 """A tiny study through the real Prefect flow (local test server): complete store, no recompute."""
 
 import numpy as np
-import pytest
-import xarray as xr
 
-import storage
 from dsclab.spec import parse_spec
 
 TINY = {
@@ -17,21 +14,11 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def test_flow_complete_store_then_resume_computes_nothing(harness, tmp_path):
+def test_flow_complete_store_then_resume_computes_nothing(study_run, tmp_path):
     from flows.study import sample_complexity
 
-    spec = parse_spec(TINY)
-    path = str(tmp_path / "tiny.zarr")
-    out = sample_complexity(spec=spec, store=path)
-    assert out == {"store": path, "cells": 4, "done": 4, "failed": 0, "computed": 4, "plot": storage.plot_path(path)}
+    run = study_run(sample_complexity, parse_spec(TINY))
+    ds = run.complete(cells=4)
     # The figure beside the store (which `dsclab run` prints) is the plot artifact's image.
     import base64
 
@@ -41,8 +28,6 @@ def test_flow_complete_store_then_resume_computes_nothing(harness, tmp_path):
     png = (tmp_path / "tiny.files" / "plot.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and art.data == "data:image/png;base64," + base64.b64encode(png).decode()
 
-    ds = xr.open_zarr(path)  # plain xarray, consolidated metadata
-    assert (ds.status == storage.DONE).all()
     for var in ["score_l2", "score_quantile", "sliced_w2", "mmd", "w2", "kl_gauss", "train_seconds",
                 "nll_immse", "nll_immse_se", "nll_exact", "mmse"]:
         assert np.isfinite(ds[var].values).all(), var
@@ -54,9 +39,6 @@ def test_flow_complete_store_then_resume_computes_nothing(harness, tmp_path):
     ckpts = sorted((tmp_path / "tiny.files" / "checkpoints").iterdir())
     assert len(ckpts) == 4
     mtimes = [p.stat().st_mtime_ns for p in ckpts]
-    before = ds.load()
 
-    out2 = sample_complexity(spec=spec, store=path)
-    assert out2["computed"] == 0 and out2["done"] == 4
+    run.rerun_computes_nothing(ds)
     assert [p.stat().st_mtime_ns for p in ckpts] == mtimes
-    xr.testing.assert_identical(xr.open_zarr(path).load(), before)

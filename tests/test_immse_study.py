@@ -13,7 +13,6 @@ import pytest
 import torch
 import xarray as xr
 
-import storage
 from dsclab import immse
 from dsclab.distributions import gaussian, gaussian_mixture, rademacher
 from dsclab.spec import SpecError, parse_spec
@@ -25,10 +24,7 @@ from dsclab.studies.immse.spec import ImmseSpec
 Z = 5.0
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    # One thread: these are small tensors, and on a shared machine OpenMP threads mostly wait.
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (tests/conftest.py)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -149,23 +145,12 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def test_flow_complete_store_then_resume(harness, tmp_path):
+def test_flow_complete_store_then_resume(study_run, tmp_path):
     from flows.study import immse as immse_flow
 
-    spec = parse_spec(TINY, ImmseSpec)
-    path = str(tmp_path / "tiny.zarr")
-    out = immse_flow(spec=spec, store=path)
-    assert out == {"store": path, "cells": 6, "done": 6, "failed": 0, "computed": 6, "plot": storage.plot_path(path)}
-    ds = xr.open_zarr(path).load()
-    assert ds.attrs["study"] == "immse" and (ds.status == storage.DONE).all()
+    run = study_run(immse_flow, parse_spec(TINY, ImmseSpec))
+    ds = run.complete(cells=6)
+    assert ds.attrs["study"] == "immse"
     for var in ["nll_immse", "nll_immse_se", "nll_gap_se", "mmse", "nll_exact", "nll_exact_se", "train_seconds",
                 "mmse_gauss", "logsnr_min", "logsnr_max"]:
         assert np.isfinite(ds[var].values).all(), var
@@ -189,7 +174,4 @@ def test_flow_complete_store_then_resume(harness, tmp_path):
     png = plot(ds, str(tmp_path / "immse.png"))
     assert (tmp_path / "immse.png").stat().st_size > 10_000 and png.endswith(".png")
 
-    before = ds
-    out2 = immse_flow(spec=spec, store=path)
-    assert out2["computed"] == 0 and out2["done"] == 6
-    xr.testing.assert_identical(xr.open_zarr(path).load(), before)
+    run.rerun_computes_nothing(ds)

@@ -65,14 +65,6 @@ TINY = {"name": "fail", "d": [2], "n": [40, 80, 160], "seed": [0], "nfe": [4],
         "evaluation": {"t": [0.1, 1.0], "n_score": 100, "n_samples": 100}}
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_failed_cells_marked_others_complete_rerun_retries_only_them(harness, tmp_path, monkeypatch, capsys):
     """Training of n=80 diverges and sampling of n=160 blows up: both are marked failed, n=40
     completes, `dsclab run` exits 3 and `dsclab status` shows them; a rerun computes exactly the

@@ -24,14 +24,7 @@ from dsclab.spike import (
 Z5 = 5.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: intra-op threads only add contention (10x slower on a busy
-    2-core machine), so run this module single-threaded and restore the setting after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (tests/conftest.py)
 
 
 def gen(seed: int) -> torch.Generator:

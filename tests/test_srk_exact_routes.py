@@ -19,12 +19,7 @@ from dsclab.studies.sampler_convergence.cell import run_cell
 from dsclab.studies.sampler_convergence.spec import EXACT_KL_SAMPLERS, SamplerConvergenceSpec, kl_exact
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (tests/conftest.py)
 
 
 def _spec(**over):

@@ -21,9 +21,9 @@ class ComputationalGap(StudyKind):
                    "trained drifts; norms of generated samples; integrated losses (Montanari-Vu 2025).")
     small = small_preset(__file__)
     torch_threads = 1  # tiny tensors: one thread per task is faster than sharing cores
-
-    def template(self, spec):
-        return numerics.template(spec)
+    template = staticmethod(numerics.template)
+    report = staticmethod(_report.report)
+    plot = staticmethod(_plot.plot)
 
     def plan(self, spec, cells):
         """One task per (n, k, seed) cell (train its network, evaluate every drift), largest n first."""
@@ -31,12 +31,6 @@ class ComputationalGap(StudyKind):
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
         return numerics.compute_cell(spec, cell, device)
-
-    def report(self, ds):
-        return _report.report(ds)
-
-    def plot(self, ds, out):
-        return _plot.plot(ds, out)
 
 
 KIND = ComputationalGap()

@@ -32,7 +32,6 @@ target draw per trajectory for all t >= 0: samples perfectly, loss ~1 per unit t
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 
@@ -40,8 +39,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-import dsclab
-from dsclab import spike
+from dsclab import layout, spike
 from dsclab.seeds import derive_seed
 from dsclab.studies.computational_gap.spec import CELL_DIMS, STUDY_DRIFTS, ComputationalGapSpec, GapCell
 
@@ -78,44 +76,33 @@ def template(spec: ComputationalGapSpec) -> xr.Dataset:
     coords = {"n": np.array(spec.n, dtype=np.int64), "k": np.array(spec.k, dtype=np.int64),
               "seed": np.array(spec.seed, dtype=np.int64), "drift": np.array(spec.drift, dtype=str),
               "t": np.array(ev.t, dtype=np.float64), "sample": np.arange(ev.n_samples, dtype=np.int64)}
-    sz = {k: len(v) for k, v in coords.items()}
-    nan = lambda dims: np.full([sz[d] for d in dims], np.nan)
-    data = {"status": (CELL_DIMS, np.zeros([sz[d] for d in CELL_DIMS], dtype=np.int8),
-                       {"long_name": "cell status", "flag_values": [0, 1, 2], "flag_meanings": "pending done failed"})}
-    data["mse"] = (("drift", "n", "k", "t", "seed"), nan(("drift", "n", "k", "t", "seed")),
-                   {"long_name": "MSE(t) = E||m(y_t, t) - x||^2", "units": "1"})
-    data["mse_se"] = (("drift", "n", "k", "t", "seed"), nan(("drift", "n", "k", "t", "seed")),
-                      {"long_name": "standard error of mse", "units": "1"})
-    data["sample_norm"] = (("drift", "n", "k", "seed", "sample"), nan(("drift", "n", "k", "seed", "sample")),
-                           {"long_name": "||x_hat||_F of generated samples", "units": "1"})
-    for name, (ln, u) in PER_DRIFT.items():
-        data[name] = (("drift",) + CELL_DIMS, nan(("drift",) + CELL_DIMS), {"long_name": ln, "units": u})
-    for name, (ln, u) in PER_CELL.items():
-        if name.startswith("train_") and not spec.trains:
-            continue
-        data[name] = (CELL_DIMS, nan(CELL_DIMS), {"long_name": ln, "units": u})
+    curve = ("drift", "n", "k", "t", "seed")
+    variables = {
+        "mse": (curve, "MSE(t) = E||m(y_t, t) - x||^2", "1"),
+        "mse_se": (curve, "standard error of mse", "1"),
+        "sample_norm": (("drift", "n", "k", "seed", "sample"), "||x_hat||_F of generated samples", "1"),
+        **layout.over(("drift",) + CELL_DIMS, PER_DRIFT),
+        **layout.over(CELL_DIMS, {name: v for name, v in PER_CELL.items()
+                                  if spec.trains or not name.startswith("train_")}),
+    }
     nk = ("n", "k")
     grid = lambda f: np.array([[f(n, k) for k in spec.k] for n in spec.n], dtype=np.float64)
-    data["t_bayes"] = (nk, grid(spike.threshold_bayes), {"long_name": "Bayes threshold 2k log(n/k)", "units": "1"})
-    data["t_spectral"] = (nk, grid(spike.threshold_spectral), {"long_name": "spectral (BBP) threshold n/2", "units": "1"})
-    data["t_threshold"] = (nk, grid(spike.threshold_thresholding),
-                           {"long_name": "entrywise-thresholding scale k^2 log(n/k^2)", "units": "1"})
-    data["bayes_terms"] = (nk, grid(bayes_terms), {"long_name": "C(n,k) 2^(k-1), terms of the Bayes enumeration",
-                                                    "units": "1", "max_terms": ev.bayes_max_terms})
-    data["mse_constant"] = (("n",), np.array([0.5 - 0.25 / n for n in spec.n]),
-                            {"long_name": "MSE of the best constant drift, 1/2 - 1/(4n)", "units": "1"})
-    ds = xr.Dataset(data, coords=coords)
-    ds["t"].attrs.update({"long_name": "stochastic-localisation time (SNR)", "units": "1"})
-    ds["n"].attrs["long_name"] = "matrix size (d = n^2)"
-    ds["k"].attrs["long_name"] = "sparsity"
-    ds.attrs.update({
-        "study": "computational_gap", "name": spec.name,
-        "spec": json.dumps(spec.model_dump(mode="json"), sort_keys=True),
-        "spec_hash": spec.hash, "dsclab_version": dsclab.__version__,
+    closed = {
+        "t_bayes": (nk, grid(spike.threshold_bayes), {"long_name": "Bayes threshold 2k log(n/k)", "units": "1"}),
+        "t_spectral": (nk, grid(spike.threshold_spectral), {"long_name": "spectral (BBP) threshold n/2", "units": "1"}),
+        "t_threshold": (nk, grid(spike.threshold_thresholding),
+                        {"long_name": "entrywise-thresholding scale k^2 log(n/k^2)", "units": "1"}),
+        "bayes_terms": (nk, grid(bayes_terms), {"long_name": "C(n,k) 2^(k-1), terms of the Bayes enumeration",
+                                                "units": "1", "max_terms": ev.bayes_max_terms}),
+        "mse_constant": (("n",), np.array([0.5 - 0.25 / n for n in spec.n]),
+                         {"long_name": "MSE of the best constant drift, 1/2 - 1/(4n)", "units": "1"}),
+    }
+    coord_attrs = layout.coord_attrs(t={"long_name": "stochastic-localisation time (SNR)", "units": "1"},
+                                     n="matrix size (d = n^2)", k="sparsity")
+    return layout.template(spec, coords, CELL_DIMS, variables, coord_attrs, closed=closed, attrs={
         "conventions": "x = u u^T, u k-sparse in {0, +-1/sqrt k}, law 1/2 delta_0 + 1/2 mu_{n,k}; "
                        "y_t = t x + W_t (SL time), see dsclab.spike",
     })
-    return ds
 
 
 # -------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from dsclab import axes
 from dsclab.axes import PositiveInts, PositiveTimes, Seeds
@@ -25,6 +25,7 @@ STUDY_DRIFTS: dict[str, tuple[str, dict]] = {
     "network": ("network", {}),
     "fixed_sample": ("fixed_sample", {}),
 }
+Drifts = axes.Names(STUDY_DRIFTS, "drift")
 
 
 class GapTrainSpec(_Frozen):
@@ -59,14 +60,9 @@ class ComputationalGapSpec(StudyBase):
     n: PositiveInts = Field(..., description="matrix sizes (d = n^2)")
     k: PositiveInts = Field(..., description="sparsities; each below every n")
     seed: Seeds = Field([0], description="seeds (training data, initialisation, evaluation)")
-    drift: list[str] = Field(list(STUDY_DRIFTS), description="drifts evaluated in every cell")
+    drift: Drifts = Field(list(STUDY_DRIFTS), description="drifts evaluated in every cell")
     train: GapTrainSpec = GapTrainSpec()
     evaluation: GapEvalSpec = GapEvalSpec()
-
-    @field_validator("drift")
-    @classmethod
-    def _drift(cls, v):
-        return axes.names(v, STUDY_DRIFTS, "drift")
 
     @model_validator(mode="after")
     def _grid(self):
@@ -84,8 +80,7 @@ class ComputationalGapSpec(StudyBase):
         return "network" in self.drift
 
     def cells(self) -> list["GapCell"]:
-        return [GapCell(n=n, k=k, seed=s, key=self.key(n=n, k=k, seed=s))
-                for n in self.n for k in self.k for s in self.seed]
+        return self.grid(GapCell, n=self.n, k=self.k, seed=self.seed)
 
 
 class GapCell(_Frozen):

@@ -22,9 +22,9 @@ class Immse(StudyKind):
     description = ("Log-likelihood from the MMSE curve for exact, mismatched, trained and ensembled "
                    "denoisers (Kong et al. 2023).")
     small = small_preset(__file__)
-
-    def template(self, spec):
-        return layout.template(spec)
+    template = staticmethod(layout.template)
+    report = staticmethod(report.report)
+    plot = staticmethod(plot.plot)
 
     def plan(self, spec, cells):
         """One task per cell (train its network, evaluate every denoiser), largest d and n first."""
@@ -32,12 +32,6 @@ class Immse(StudyKind):
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
         return run_cell(spec, cell)
-
-    def report(self, ds):
-        return report.report(ds)
-
-    def plot(self, ds, out):
-        return plot.plot(ds, out)
 
 
 KIND = Immse()

@@ -12,18 +12,14 @@ curve), ``logsnr_min``/``logsnr_max (data, d)``, the integration range, and ``tr
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 import xarray as xr
 
-import dsclab
-from dsclab import immse
+from dsclab import immse, layout
 from dsclab.studies.immse.cell import train_t_min
 from dsclab.studies.immse.denoisers import DENOISERS, ENSEMBLE_MEMBERS
 from dsclab.studies.immse.spec import CELL_DIMS, ImmseSpec
-from dsclab.study import Status
 
 PER_DENOISER = {
     "nll_immse": ("I-MMSE estimate of -log p(x) on held-out data (nats per dimension; matched-Gaussian "
@@ -39,14 +35,8 @@ PER_CELL = {
     "train_loss": ("final training loss (mean per sample, last 10% of steps)", "1"),
     "eval_seconds": ("evaluation wall time of the cell", "s"),
 }
-COORD_ATTRS = {
-    "data": {"long_name": "data law"},
-    "d": {"long_name": "dimension"},
-    "n": {"long_name": "training sample size of the trained denoiser"},
-    "seed": {"long_name": "seed"},
-    "denoiser": {"long_name": "denoiser", "ensemble_members": ", ".join(ENSEMBLE_MEMBERS)},
-    "logsnr": {"long_name": "log-SNR alpha = log(e^-2t / sigma_t^2)", "units": "1"},
-}
+COORD_ATTRS = layout.coord_attrs("data", "d", "seed", "logsnr", n="training sample size of the trained denoiser",
+                                 denoiser={"long_name": "denoiser", "ensemble_members": ", ".join(ENSEMBLE_MEMBERS)})
 
 
 def reference(spec: ImmseSpec) -> xr.Dataset:
@@ -78,29 +68,11 @@ def template(spec: ImmseSpec) -> xr.Dataset:
         "n": np.array(spec.n, dtype=np.int64), "seed": np.array(spec.seed, dtype=np.int64),
         "denoiser": np.array(DENOISERS, dtype=str), "logsnr": np.array(spec.evaluation.logsnr, dtype=np.float64),
     }
-    sizes = {k: len(v) for k, v in coords.items()}
-    shape = lambda dims: [sizes[k] for k in dims]
-    data = {"status": (CELL_DIMS, np.full(shape(CELL_DIMS), Status.PENDING.value, dtype=np.int8),
-                       {"long_name": "cell status", "flag_values": [s.value for s in Status],
-                        "flag_meanings": " ".join(s.name.lower() for s in Status)})}
-    for name, (long_name, units) in PER_DENOISER.items():
-        dims = CELL_DIMS + ("denoiser",)
-        data[name] = (dims, np.full(shape(dims), np.nan), {"long_name": long_name, "units": units})
-    for name, (long_name, units) in PER_CELL.items():
-        data[name] = (CELL_DIMS, np.full(shape(CELL_DIMS), np.nan), {"long_name": long_name, "units": units})
-    dims = CELL_DIMS + ("denoiser", "logsnr")
-    data["mmse"] = (dims, np.full(shape(dims), np.nan), {
-        "long_name": "data-averaged noise-prediction MSE E||eps - eps_hat||^2 / d (ensemble: envelope)", "units": "1"})
-    ds = xr.Dataset(data, coords=coords)
-    ds = ds.merge(reference(spec).assign_coords(data=coords["data"], d=coords["d"], logsnr=coords["logsnr"]))
-    for k, a in COORD_ATTRS.items():
-        ds[k].attrs.update(a)
-    ds.attrs.update({
-        "study": "immse", "name": spec.name,
-        "spec": json.dumps(spec.model_dump(mode="json"), sort_keys=True),
-        "spec_hash": spec.hash, "dsclab_version": dsclab.__version__,
+    variables = {**layout.over(CELL_DIMS + ("denoiser",), PER_DENOISER), **layout.over(CELL_DIMS, PER_CELL),
+                 "mmse": (CELL_DIMS + ("denoiser", "logsnr"), "data-averaged noise-prediction MSE "
+                          "E||eps - eps_hat||^2 / d (ensemble: envelope)", "1")}
+    return layout.template(spec, coords, CELL_DIMS, variables, COORD_ATTRS, closed=reference(spec), attrs={
         "conventions": "Gaussian channel z = sqrt(gamma) x + eps = X_t / sigma_t of the OU process (dsclab.noise); "
                        "alpha = log gamma",
         "ensemble_members": ", ".join(ENSEMBLE_MEMBERS),
     })
-    return ds

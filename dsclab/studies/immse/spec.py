@@ -63,8 +63,7 @@ class ImmseSpec(StudyBase):
         return self
 
     def cells(self) -> list["ImmseCell"]:
-        return [ImmseCell(data=x.name, d=d, n=n, seed=s, key=self.key(data=x.name, d=d, n=n, seed=s))
-                for x in self.data for d in self.d for n in self.n for s in self.seed]
+        return self.grid(ImmseCell, data=[x.name for x in self.data], d=self.d, n=self.n, seed=self.seed)
 
     def law(self, name: str, d: int):
         spec = next(x for x in self.data if x.name == name)

@@ -30,9 +30,10 @@ class SampleComplexity(StudyKind):
     description = ("Score error (L2, quantile), sampling error and the I-MMSE likelihood gap against n, "
                    "per d (Gupta et al. 2023).")
     small = small_preset(__file__)
-
-    def template(self, spec):
-        return sc.template(spec)
+    template = staticmethod(sc.template)
+    report = staticmethod(_report.report)
+    plot = staticmethod(_plot.plot)
+    table = staticmethod(_report.table)
 
     def plan(self, spec, cells):
         """Per d (largest first), the cells in batched-ensemble groups within the memory bound; each
@@ -58,15 +59,6 @@ class SampleComplexity(StudyKind):
     def evaluate(self, spec, cell, cache, prepared, trained, device):
         res = TrainResult.restore(trained)
         return sc.evaluate(spec, cell, res.model.score, res)
-
-    def report(self, ds):
-        return _report.report(ds)
-
-    def plot(self, ds, out):
-        return _plot.plot(ds, out)
-
-    def table(self, ds):
-        return _report.table(ds)
 
 
 KIND = SampleComplexity()

@@ -15,21 +15,19 @@ Results layout (the store's template):
 """
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 import torch
 import xarray as xr
 
-import dsclab
-from dsclab import distributions, immse, noise
+from dsclab import distributions, immse, layout, noise
 from dsclab.errors import NonFiniteSamples
 from dsclab.metrics import SAMPLE_METRICS, mmd, score_errors
-from dsclab.samplers import SAMPLERS, GaussianNoise, steps_for_nfe
+from dsclab.noise_sources import GaussianNoise
+from dsclab.samplers import SAMPLERS, steps_for_nfe
 from dsclab.seeds import derive_seed
 from dsclab.studies.sample_complexity.spec import Cell, StudySpec
-from dsclab.study import Status
 from dsclab.train import TrainConfig, TrainResult, group_memory_bytes, train_group
 
 CELL_DIMS = ("d", "n", "seed", "estimator")
@@ -54,17 +52,7 @@ VARIABLES = {
     "mmse": (("logsnr",), "data-averaged noise-prediction MSE E||eps - eps_hat||^2 / d of the trained model", "1"),
 }
 
-COORD_ATTRS = {
-    "d": {"long_name": "dimension"},
-    "n": {"long_name": "training sample size"},
-    "seed": {"long_name": "seed"},
-    "estimator": {"long_name": "score estimator"},
-    "sampler": {"long_name": "sampler"},
-    "nfe": {"long_name": "score evaluations per sample"},
-    "t": {"long_name": "OU time", "units": "1"},
-    "delta": {"long_name": "quantile level delta"},
-    "logsnr": {"long_name": "log-SNR alpha = log(e^-2t / sigma_t^2)", "units": "1"},
-}
+COORD_ATTRS = layout.coord_attrs("d", "n", "seed", "estimator", "sampler", "nfe", "t", "delta", "logsnr")
 
 
 def template(spec: StudySpec) -> xr.Dataset:
@@ -76,23 +64,9 @@ def template(spec: StudySpec) -> xr.Dataset:
         "t": np.array(spec.evaluation.t, dtype=np.float64), "delta": np.array(spec.evaluation.delta, dtype=np.float64),
         "logsnr": np.array(spec.evaluation.logsnr, dtype=np.float64),
     }
-    sizes = {k: len(v) for k, v in coords.items()}
-    data = {"status": (CELL_DIMS, np.full([sizes[k] for k in CELL_DIMS], Status.PENDING, dtype=np.int8),
-                       {"long_name": "cell status", "flag_values": [int(s) for s in Status],
-                        "flag_meanings": " ".join(s.name.lower() for s in Status)})}
-    for name, (extra, long_name, units) in VARIABLES.items():
-        dims = CELL_DIMS + extra
-        data[name] = (dims, np.full([sizes[k] for k in dims], np.nan), {"long_name": long_name, "units": units})
-    ds = xr.Dataset(data, coords=coords)
-    for k, a in COORD_ATTRS.items():
-        ds[k].attrs.update(a)
-    ds.attrs.update({
-        "study": "sample_complexity", "name": spec.name,
-        "spec": json.dumps(spec.model_dump(mode="json"), sort_keys=True),
-        "spec_hash": spec.hash, "dsclab_version": dsclab.__version__,
-        "conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise)",
-    })
-    return ds
+    variables = {name: (CELL_DIMS + extra, long_name, units) for name, (extra, long_name, units) in VARIABLES.items()}
+    return layout.template(spec, coords, CELL_DIMS, variables, COORD_ATTRS, attrs={
+        "conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise)"})
 
 
 def generate_data(spec: StudySpec, d: int, seed: int) -> np.ndarray:
@@ -154,7 +128,7 @@ def evaluate(spec: StudySpec, cell: Cell, score_hat, result: TrainResult | None 
     errs = score_errors(score_hat, dist, ev.t, ev.n_score, ev.delta, g)
     target = dist.sample(ev.n_samples, g, t=ev.t_min)
     target2 = dist.sample(ev.n_samples, g, t=ev.t_min)
-    names = list(SAMPLE_METRICS)
+    names = list(SAMPLE_METRICS.builtin_names)  # the template's variables, whatever plugins add
     vals = {k: np.full((len(spec.sampler), len(spec.nfe)), np.nan) for k in names}
     for i, name in enumerate(spec.sampler):
         for j, nfe in enumerate(spec.nfe):

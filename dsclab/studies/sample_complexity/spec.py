@@ -19,12 +19,12 @@ from pydantic import Field, field_validator, model_validator
 
 from dsclab import axes
 from dsclab.losses import ESTIMATORS
-from dsclab.noise import SCHEDULES
-from dsclab.samplers import SAMPLERS
-from dsclab.spec import DistributionSpec, StudyBase, TrainSpec, _Frozen
+from dsclab.spec import DistributionSpec, Samplers, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen
+
+Estimators = axes.Names(ESTIMATORS, "estimator")
 
 
-class EvalSpec(_Frozen):
+class EvalSpec(TimeRange):
     """Evaluation of a trained cell: score errors on a t grid and samples from each sampler."""
 
     t: axes.PositiveTimes = Field([0.01, 0.03, 0.1, 0.3, 1.0], description="times of the score-error grid")
@@ -33,16 +33,11 @@ class EvalSpec(_Frozen):
     n_samples: int = Field(1000, gt=0, description="generated samples per (sampler, nfe)")
     T: float = Field(5.0, gt=0, description="sampler start time (from N(0, I))")
     t_min: float = Field(1e-3, gt=0, description="early-stopping time of the samplers")
-    schedule: str = Field("exp", description="time grid of the samplers")
+    schedule: Schedule = Field("exp", description="time grid of the samplers")
     logsnr: axes.FiniteFloats = Field([float(a) for a in range(-8, 9)],
                                       description="log-SNR grid of the stored data-averaged MSE curve (I-MMSE)")
     n_nll: int = Field(1000, ge=2, description="held-out points of the I-MMSE likelihood estimate")
     n_alpha: int = Field(64, ge=2, description="log-SNR draws of the I-MMSE integral (shared by the points)")
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, v: str) -> str:
-        return axes.name(v, SCHEDULES, "schedule")
 
     @field_validator("n_samples")
     @classmethod
@@ -50,11 +45,6 @@ class EvalSpec(_Frozen):
         if v > 2000:
             raise ValueError(f"{v} is above 2000, the most exact W2 (optimal transport) takes")
         return v
-
-    @model_validator(mode="after")
-    def _range(self) -> "EvalSpec":
-        axes.below(self.t_min, self.T, "t_min", "T")
-        return self
 
 
 class Cell(_Frozen):
@@ -73,22 +63,12 @@ class StudySpec(StudyBase):
     d: axes.PositiveInts = Field(..., description="dimensions")
     n: axes.PositiveInts = Field(..., description="training sample sizes")
     seed: axes.Seeds = Field([0], description="seeds (data, initialisation and sampling)")
-    estimator: list[str] = Field(["dsm"], description="score estimators")
-    sampler: list[str] = Field(["euler_maruyama", "exponential_integrator"], description="samplers")
+    estimator: Estimators = Field(["dsm"], description="score estimators")
+    sampler: Samplers = Field(["euler_maruyama", "exponential_integrator"], description="samplers")
     nfe: axes.PositiveInts = Field([10, 30, 100], description="score evaluations per sample")
     train: TrainSpec = TrainSpec()
     evaluation: EvalSpec = EvalSpec()
     group_memory_mb: int = Field(2048, gt=0, description="memory bound of one batched training group (MiB)")
-
-    @field_validator("estimator")
-    @classmethod
-    def _est(cls, v):
-        return axes.names(v, ESTIMATORS, "estimator")
-
-    @field_validator("sampler")
-    @classmethod
-    def _samp(cls, v):
-        return axes.names(v, SAMPLERS, "sampler")
 
     @model_validator(mode="after")
     def _budget(self) -> "StudySpec":
@@ -98,5 +78,4 @@ class StudySpec(StudyBase):
 
     def cells(self) -> list[Cell]:
         """One cell per (d, n, seed, estimator); the key ignores the grid's other values."""
-        return [Cell(d=d, n=n, seed=seed, estimator=est, key=self.key(d=d, n=n, seed=seed, estimator=est))
-                for d in self.d for n in self.n for seed in self.seed for est in self.estimator]
+        return self.grid(Cell, d=self.d, n=self.n, seed=self.seed, estimator=self.estimator)

@@ -34,9 +34,9 @@ class SamplerConvergence(StudyKind):
                    "SRK, SRA1, ShARK and Heun; fitted slopes and NFE to reach a KL (Wu et al. 2024).")
     small = small_preset(__file__)
     torch_threads = 1  # streams of small tensor ops: parallelism comes from the workers
-
-    def template(self, spec):
-        return layout.template(spec)
+    template = staticmethod(layout.template)
+    report = staticmethod(_report.report)
+    plot = staticmethod(_plot.plot)
 
     def plan(self, spec, cells):
         """One task per (target, d, score) cell, most expensive first; the product target's exact
@@ -51,12 +51,6 @@ class SamplerConvergence(StudyKind):
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
         return run_cell(spec, cell, prepared.get(cell.score) if shared_1d(cell) else None)
-
-    def report(self, ds):
-        return _report.report(ds)
-
-    def plot(self, ds, out):
-        return _plot.plot(ds, out)
 
 
 KIND = SamplerConvergence()

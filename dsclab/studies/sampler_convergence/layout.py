@@ -20,13 +20,10 @@ them and the d cells multiply. Variables:
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import xarray as xr
 
-import dsclab
-from dsclab.study import Status
+from dsclab import layout
 from dsclab.studies.sampler_convergence.spec import CELL_DIMS, SamplerConvergenceSpec
 
 
@@ -48,15 +45,10 @@ VARIABLES = {
     "seconds": (("target", "d", "score"), "wall time of the cell", "s"),
 }
 
-COORD_ATTRS = {
-    "target": {"long_name": "target law"},
-    "d": {"long_name": "dimension"},
-    "score": {"long_name": "score kind (exact, perturbed = exact + eta (1,...,1), trained)"},
-    "sampler": {"long_name": "sampler"},
-    "nfe": {"long_name": "score evaluations per sample"},
-    "seed": {"long_name": "seed (Monte Carlo: samples, training)"},
-    "t": {"long_name": "OU time of the score error", "units": "1"},
-}
+COORD_ATTRS = layout.coord_attrs("d", "sampler", "nfe", target="target law",
+                                 score="score kind (exact, perturbed = exact + eta (1,...,1), trained)",
+                                 seed="seed (Monte Carlo: samples, training)",
+                                 t={"long_name": "OU time of the score error", "units": "1"})
 
 
 def template(spec: SamplerConvergenceSpec) -> xr.Dataset:
@@ -67,24 +59,10 @@ def template(spec: SamplerConvergenceSpec) -> xr.Dataset:
         "nfe": np.array(spec.nfe, dtype=np.int64), "seed": np.array(spec.seed, dtype=np.int64),
         "t": np.array(spec.sampling.score_t, dtype=np.float64),
     }
-    sizes = {k: len(v) for k, v in coords.items()}
-    shape = lambda dims: [sizes[k] for k in dims]
-    data = {"status": (CELL_DIMS, np.full(shape(CELL_DIMS), Status.PENDING.value, dtype=np.int8),
-                       {"long_name": "cell status", "flag_values": [s.value for s in Status],
-                        "flag_meanings": " ".join(s.name.lower() for s in Status)})}
-    for name, (dims, long_name, units) in VARIABLES.items():
-        data[name] = (dims, np.full(shape(dims), np.nan), {"long_name": long_name, "units": units})
-    ds = xr.Dataset(data, coords=coords)
-    for k, a in COORD_ATTRS.items():
-        ds[k].attrs.update(a)
-    ds.attrs.update({
-        "study": "sampler_convergence", "name": spec.name,
-        "spec": json.dumps(spec.model_dump(mode="json"), sort_keys=True),
-        "spec_hash": spec.hash, "dsclab_version": dsclab.__version__,
+    return layout.template(spec, coords, CELL_DIMS, VARIABLES, COORD_ATTRS, attrs={
         "conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise); reverse SDE from "
                        f"{'q_T' if spec.start == 'exact' else 'N(0, I)'} at T={spec.T} to t_min={spec.t_min} "
                        f"on the '{spec.schedule}' grid; NFE = score evaluations per sample",
         "kl_route": "gaussian: exact Gaussian propagation; product_mixture: d x 1-D quadrature KL; "
                     "trained score and mixture target: no exact KL (sliced_w2, mmd from samples)",
     })
-    return ds

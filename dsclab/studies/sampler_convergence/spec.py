@@ -26,13 +26,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dsclab import axes, noise
+from dsclab import axes
 from dsclab.samplers import NFE_PER_STEP, SAMPLERS
-from dsclab.spec import StudyBase, TrainSpec, _Frozen
+from dsclab.spec import Samplers, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen
 
 CELL_DIMS = ("target", "d", "score")
 TARGETS = ("gaussian", "product_mixture", "mixture")
 SCORE_KINDS = ("exact", "perturbed", "trained")
+Targets = axes.Names(TARGETS, "target")
+ScoreKinds = axes.Names(SCORE_KINDS, "score kind")
 
 EXACT_KL_TARGETS = ("gaussian", "product_mixture")
 """Targets with an exact KL route: Gaussian propagation (gaussian) and d x a 1-D quadrature KL
@@ -132,21 +134,22 @@ class AnalysisSpec(_Frozen):
         return axes.finite(v)
 
 
-class SamplerConvergenceSpec(StudyBase):
+class SamplerConvergenceSpec(StudyBase, TimeRange):
     """A sampler-convergence study: target x d x score cells, each over sampler x NFE (x seed)."""
 
     kind: Literal["sampler_convergence"] = Field("sampler_convergence", description="study kind (selects the flow)")
-    target: list[str] = Field(list(TARGETS), description="targets: gaussian, product_mixture, mixture")
+    target: Targets = Field(list(TARGETS), description="targets: gaussian, product_mixture, mixture")
     d: axes.PositiveInts = Field(..., description="dimensions")
-    sampler: list[str] = Field(list(SAMPLERS), description="samplers (dsclab.samplers.SAMPLERS)")
+    # default: the built-in samplers, so that an installed plugin changes neither the default spec nor its hash
+    sampler: Samplers = Field(list(SAMPLERS.builtin_names), description="samplers (dsclab.samplers.SAMPLERS)")
     nfe: axes.PositiveInts = Field([4, 8, 16, 32, 64, 128, 256, 512], description="score evaluations per sample")
-    score: list[str] = Field(list(SCORE_KINDS), description="score kinds: exact, perturbed, trained")
+    score: ScoreKinds = Field(list(SCORE_KINDS), description="score kinds: exact, perturbed, trained")
     seed: axes.Seeds = Field([0, 1, 2], description="seeds where Monte Carlo enters (samples, training)")
     eta: float = Field(0.01, gt=0, description="size of the perturbation s + eta (1, ..., 1)")
     n_train: int = Field(2000, gt=0, description="training sample size of the trained score")
     T: float = Field(5.0, gt=0, description="start time of the samplers")
     t_min: float = Field(1e-3, gt=0, description="early-stopping time")
-    schedule: str = Field("exp", description="time grid (dsclab.noise.SCHEDULES)")
+    schedule: Schedule = Field("exp", description="time grid (dsclab.noise.SCHEDULES)")
     start: Literal["exact", "prior"] = Field("exact", description="start from q_T (exact) or N(0, I) (prior)")
     sample_all: bool = Field(False, description="also estimate sliced_w2/mmd where the KL is exact")
     gaussian: GaussianTarget = GaussianTarget()
@@ -157,29 +160,8 @@ class SamplerConvergenceSpec(StudyBase):
     quadrature: QuadratureSpec = QuadratureSpec()
     analysis: AnalysisSpec = AnalysisSpec()
 
-    @field_validator("target")
-    @classmethod
-    def _targets(cls, v):
-        return axes.names(v, TARGETS, "target")
-
-    @field_validator("score")
-    @classmethod
-    def _scores(cls, v):
-        return axes.names(v, SCORE_KINDS, "score kind")
-
-    @field_validator("sampler")
-    @classmethod
-    def _samp(cls, v):
-        return axes.names(v, SAMPLERS, "sampler")
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, v):
-        return axes.name(v, noise.SCHEDULES, "schedule")
-
     @model_validator(mode="after")
     def _check(self) -> "SamplerConvergenceSpec":
-        axes.below(self.t_min, self.T, "t_min", "T")
         for s in self.sampler:  # every NFE must be a whole number of steps: samplers compared per NFE
             k = NFE_PER_STEP[s]
             bad = [n for n in self.nfe if n % k]
@@ -192,8 +174,7 @@ class SamplerConvergenceSpec(StudyBase):
         return {"name": name, **getattr(self, name).model_dump(mode="json")}
 
     def cells(self) -> list["SrkCell"]:
-        return [SrkCell(target=t, d=d, score=s, key=self.key(target=t, d=d, score=s))
-                for t in self.target for d in self.d for s in self.score]
+        return self.grid(SrkCell, target=self.target, d=self.d, score=self.score)
 
 
 class SrkCell(_Frozen):

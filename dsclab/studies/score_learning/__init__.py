@@ -27,9 +27,9 @@ class ScoreLearning(StudyKind):
     description = ("n*(eps, d) for a structured class against an MLP; BSM against DSM; trajectory against "
                    "independent noisings; quantile against L2 error (Kumar et al. 2025).")
     small = small_preset(__file__)
-
-    def template(self, spec):
-        return _template(spec)
+    template = staticmethod(_template)
+    report = staticmethod(_report)
+    plot = staticmethod(_plot)
 
     def plan(self, spec, cells):
         """One task per cell, cells sharing a training set (d, seed, data_mode) next to each other
@@ -39,12 +39,6 @@ class ScoreLearning(StudyKind):
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
         return run_cell(spec, cell)
-
-    def report(self, ds):
-        return _report(ds)
-
-    def plot(self, ds, out):
-        return _plot(ds, out)
 
 
 KIND = ScoreLearning()

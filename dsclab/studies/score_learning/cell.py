@@ -20,7 +20,8 @@ from dsclab import noise
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.errors import NonFiniteSamples
 from dsclab.metrics import score_errors, sliced_w2
-from dsclab.samplers import SAMPLERS, GaussianNoise, steps_for_nfe
+from dsclab.noise_sources import GaussianNoise
+from dsclab.samplers import SAMPLERS, steps_for_nfe
 from dsclab.seeds import derive_seed
 
 from .spec import ScoreLearningSpec, SLCell

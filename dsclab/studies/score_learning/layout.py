@@ -20,13 +20,10 @@ Variables (dims: the cell dims :data:`.spec.CELL_DIMS`, plus):
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import xarray as xr
 
-import dsclab
-from dsclab.study import Status
+from dsclab import layout
 
 from .spec import CELL_DIMS, ScoreLearningSpec
 
@@ -48,16 +45,9 @@ VARIABLES = {
     "n_params": ((), "parameters of the network", "1"),
 }
 
-COORD_ATTRS = {
-    "d": {"long_name": "dimension"},
-    "n": {"long_name": "training sample size (clean points)"},
-    "seed": {"long_name": "seed"},
-    "estimator": {"long_name": "score estimator"},
-    "data_mode": {"long_name": "training data mode (noised points per clean point)"},
-    "model": {"long_name": "hypothesis class"},
-    "t": {"long_name": "OU time", "units": "1"},
-    "delta": {"long_name": "quantile level delta"},
-}
+COORD_ATTRS = layout.coord_attrs("d", "seed", "estimator", "t", "delta", n="training sample size (clean points)",
+                                 data_mode="training data mode (noised points per clean point)",
+                                 model="hypothesis class")
 
 
 def template(spec: ScoreLearningSpec) -> xr.Dataset:
@@ -69,25 +59,10 @@ def template(spec: ScoreLearningSpec) -> xr.Dataset:
         "data_mode": np.array(spec.data_mode, dtype=str), "model": np.array(spec.model, dtype=str),
         "t": np.array(ev.t, dtype=np.float64), "delta": np.array(ev.delta, dtype=np.float64),
     }
-    sizes = {k: len(v) for k, v in coords.items()}
-    shape = lambda dims: [sizes[k] for k in dims]
-    data = {"status": (CELL_DIMS, np.full(shape(CELL_DIMS), Status.PENDING, dtype=np.int8),
-                       {"long_name": "cell status", "flag_values": [int(s) for s in Status],
-                        "flag_meanings": " ".join(s.name.lower() for s in Status)})}
-    for name, (extra, long_name, units) in VARIABLES.items():
-        dims = CELL_DIMS + extra
-        data[name] = (dims, np.full(shape(dims), np.nan), {"long_name": long_name, "units": units})
-    ds = xr.Dataset(data, coords=coords)
-    for k, a in COORD_ATTRS.items():
-        ds[k].attrs.update(a)
-    law = spec.law(3)
-    ds.attrs.update({
-        "study": "score_learning", "name": spec.name,
-        "spec": json.dumps(spec.model_dump(mode="json"), sort_keys=True),
-        "spec_hash": spec.hash, "dsclab_version": dsclab.__version__,
+    variables = {name: (CELL_DIMS + extra, long_name, units) for name, (extra, long_name, units) in VARIABLES.items()}
+    return layout.template(spec, coords, CELL_DIMS, variables, COORD_ATTRS, attrs={
         "conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise); training times "
                        "t_min r^(k+u), r = (T/t_min)^(1/K) (dsclab.bootstrap)",
         "grid_ratio": spec.train.ratio,
-        "min_weight": float(law.weights.min()),
+        "min_weight": float(spec.law(3).weights.min()),
     })
-    return ds

@@ -12,19 +12,21 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from dsclab import axes, distributions, noise
+from dsclab import axes, distributions
 from dsclab import bootstrap as bs
 from dsclab.axes import PositiveInts, PositiveTimes, Seeds, UnitLevels
 from dsclab.distributions.gaussian import GaussianMixture
-from dsclab.samplers import SAMPLERS
-from dsclab.spec import DistributionSpec, StudyBase, _Frozen
+from dsclab.spec import DistributionSpec, Sampler, Schedule, StudyBase, TimeRange, _Frozen
 
 CELL_DIMS = ("d", "n", "seed", "estimator", "data_mode", "model")
+Estimators = axes.Names(bs.ESTIMATORS, "estimator")
+DataModes = axes.Names(bs.DATA_MODES, "data mode")
+Models = axes.Names(bs.HYPOTHESES, "model")
 
 
-class SLTrainSpec(_Frozen):
+class SLTrainSpec(TimeRange):
     """One network h(t, x) for all noise levels, trained jointly on a fixed set of n K pairs."""
 
     steps: int = Field(1000, gt=0, description="optimiser steps per cell")
@@ -35,11 +37,6 @@ class SLTrainSpec(_Frozen):
     K: int = Field(16, ge=2, description="noised points (times) per clean point")
     t_min: float = Field(0.01, gt=0, description="smallest training time")
     T: float = Field(3.0, gt=0, description="largest training time")
-
-    @model_validator(mode="after")
-    def _range(self) -> "SLTrainSpec":
-        axes.below(self.t_min, self.T, "t_min", "T")
-        return self
 
     @property
     def ratio(self) -> float:
@@ -60,20 +57,10 @@ class SLEvalSpec(_Frozen):
     n_score: int = Field(2000, gt=0, description="fresh points per t for score errors")
     n_var: int = Field(128, ge=2, description="points x_t per t for the target variance")
     n_draws: int = Field(64, ge=2, description="posterior draws per point for the target variance")
-    sampler: str = Field("exponential_integrator", description="sampler of the sliced-W2 evaluation")
+    sampler: Sampler = Field("exponential_integrator", description="sampler of the sliced-W2 evaluation")
     nfe: int = Field(100, gt=0, description="score evaluations per sample")
-    schedule: str = Field("exp", description="time grid of the sampler")
+    schedule: Schedule = Field("exp", description="time grid of the sampler")
     n_samples: int = Field(1000, ge=2, description="generated samples")
-
-    @field_validator("sampler")
-    @classmethod
-    def _sampler(cls, v):
-        return axes.name(v, SAMPLERS, "sampler")
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, v):
-        return axes.name(v, noise.SCHEDULES, "schedule")
 
 
 class SLCell(_Frozen):
@@ -99,27 +86,12 @@ class ScoreLearningSpec(StudyBase):
     d: PositiveInts = Field(..., description="dimensions")
     n: PositiveInts = Field(..., description="training sample sizes (clean points; pairs = n K)")
     seed: Seeds = Field([0], description="seeds")
-    estimator: list[str] = Field(["dsm"], description="dsm | bsm | bsm_oracle")
-    data_mode: list[str] = Field(["independent"], description="independent | trajectory")
-    model: list[str] = Field(["mlp"], description="mlp | structured")
+    estimator: Estimators = Field(["dsm"], description="dsm | bsm | bsm_oracle")
+    data_mode: DataModes = Field(["independent"], description="independent | trajectory")
+    model: Models = Field(["mlp"], description="mlp | structured")
     train: SLTrainSpec = SLTrainSpec()
     bsm: BsmSpec = BsmSpec()
     evaluation: SLEvalSpec = SLEvalSpec()
-
-    @field_validator("estimator")
-    @classmethod
-    def _est(cls, v):
-        return axes.names(v, bs.ESTIMATORS, "estimator")
-
-    @field_validator("data_mode")
-    @classmethod
-    def _mode(cls, v):
-        return axes.names(v, bs.DATA_MODES, "data mode")
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v):
-        return axes.names(v, bs.HYPOTHESES, "model")
 
     @model_validator(mode="after")
     def _check(self) -> "ScoreLearningSpec":
@@ -140,16 +112,8 @@ class ScoreLearningSpec(StudyBase):
         return self
 
     def cells(self) -> list[SLCell]:
-        out = []
-        for d in self.d:
-            for n in self.n:
-                for s in self.seed:
-                    for e in self.estimator:
-                        for m in self.data_mode:
-                            for h in self.model:
-                                idx = dict(d=d, n=n, seed=s, estimator=e, data_mode=m, model=h)
-                                out.append(SLCell(**idx, key=self.key(**idx)))
-        return out
+        return self.grid(SLCell, d=self.d, n=self.n, seed=self.seed, estimator=self.estimator,
+                         data_mode=self.data_mode, model=self.model)
 
     def law(self, d: int) -> "GaussianMixture":
         return distributions.make(self.distribution.name, d, **self.distribution.params)

@@ -70,9 +70,9 @@ class SparsePCA(StudyKind):
     description = ("Overlap of trained scores and classical estimators with a sparse spike against n, beside "
                    "the IT, polynomial-time and spectral sample sizes.")
     small = small_preset(__file__)
-
-    def template(self, spec):
-        return layout.template(spec)
+    template = staticmethod(layout.template)
+    report = staticmethod(report.report)
+    plot = staticmethod(plot.plot)
 
     def trains(self, spec) -> bool:
         return spec.trains
@@ -112,12 +112,6 @@ class SparsePCA(StudyKind):
         x = cache.load_array(data_name(spec, cell.d, cell.k, cell.beta, cell.seed))
         res = TrainResult.restore(trained) if trained is not None else None
         return numerics.evaluate(spec, cell, x, res.model if res else None, res)
-
-    def report(self, ds):
-        return report.report(ds)
-
-    def plot(self, ds, out):
-        return plot.plot(ds, out)
 
 
 KIND = SparsePCA()

@@ -3,14 +3,11 @@ and the closed forms filled when the store is created (:func:`reference`). Varia
 described in :mod:`dsclab.studies.sparse_pca`."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import xarray as xr
 
-import dsclab
+from dsclab import layout
 from dsclab import sparse_pca_estimators as spe
-from dsclab.study import Status
 from dsclab.studies.sparse_pca.spec import CELL_DIMS, SparsePCASpec
 
 PER_ESTIMATOR = {
@@ -32,16 +29,9 @@ PER_CELL = {
     "train_loss": ("final DSM training loss of the network (mean per sample, last 10% of steps)", "1"),
     "eval_seconds": ("evaluation wall time of the cell", "s"),
 }
-COORD_ATTRS = {
-    "d": {"long_name": "dimension"},
-    "k": {"long_name": "sparsity (nonzero entries of u)"},
-    "beta": {"long_name": "spike strength beta"},
-    "n": {"long_name": "training sample size"},
-    "seed": {"long_name": "seed"},
-    "estimator": {"long_name": "estimator of the spike / score"},
-    "t": {"long_name": "OU time", "units": "1"},
-    "i": {"long_name": "coordinate index of u and u_hat (NaN beyond d)"},
-}
+COORD_ATTRS = layout.coord_attrs("d", "n", "seed", "t", k="sparsity (nonzero entries of u)",
+                                 beta="spike strength beta", estimator="estimator of the spike / score",
+                                 i="coordinate index of u and u_hat (NaN beyond d)")
 
 
 def reference(spec: SparsePCASpec) -> xr.Dataset:
@@ -77,37 +67,18 @@ def template(spec: SparsePCASpec) -> xr.Dataset:
         "seed": np.array(spec.seed, dtype=np.int64), "estimator": np.array(spec.estimator, dtype=str),
         "t": np.array(spec.evaluation.t, dtype=np.float64), "i": np.arange(max(spec.d), dtype=np.int64),
     }
-    sizes = {k: len(v) for k, v in coords.items()}
-    shape = lambda dims: [sizes[k] for k in dims]
-    data = {"status": (CELL_DIMS, np.full(shape(CELL_DIMS), Status.PENDING, dtype=np.int8),
-                       {"long_name": "cell status", "flag_values": [int(s) for s in Status],
-                        "flag_meanings": " ".join(s.name.lower() for s in Status)})}
-    for name, (long_name, units) in PER_ESTIMATOR.items():
-        dims = CELL_DIMS + ("estimator",)
-        data[name] = (dims, np.full(shape(dims), np.nan), {"long_name": long_name, "units": units})
-    for name, (long_name, units) in {
-        "score_l2": ("L2 score error E||s_hat - s||^2 on fresh x ~ q_t", "1"),
-        "score_l2_rel": ("relative L2 score error E||s_hat - s||^2 / E||s||^2", "1"),
-    }.items():
-        dims = CELL_DIMS + ("estimator", "t")
-        data[name] = (dims, np.full(shape(dims), np.nan), {"long_name": long_name, "units": units})
-    for name, (long_name, units) in PER_CELL.items():
-        if name.startswith("train_") and not spec.trains:
-            continue  # no network, no training variables (a done cell never leaves a variable all NaN)
-        data[name] = (CELL_DIMS, np.full(shape(CELL_DIMS), np.nan), {"long_name": long_name, "units": units})
-    data["u"] = (CELL_DIMS + ("i",), np.full(shape(CELL_DIMS + ("i",)), np.nan),
-                 {"long_name": "the spike u of the cell (drawn once per (d, k, seed))", "units": "1"})
-    data["u_hat"] = (CELL_DIMS + ("estimator", "i"), np.full(shape(CELL_DIMS + ("estimator", "i")), np.nan),
-                     {"long_name": "unit direction of the overlap metric (sign arbitrary)", "units": "1"})
-    ds = xr.Dataset(data, coords=coords)
-    ds = ds.merge(reference(spec).assign_coords(d=coords["d"], k=coords["k"], beta=coords["beta"]))
-    for k, a in COORD_ATTRS.items():
-        ds[k].attrs.update(a)
-    ds.attrs.update({
-        "study": "sparse_pca", "name": spec.name,
-        "spec": json.dumps(spec.model_dump(mode="json"), sort_keys=True),
-        "spec_hash": spec.hash, "dsclab_version": dsclab.__version__,
+    # no network, no training variables (a done cell never leaves a variable all NaN)
+    per_cell = {name: v for name, v in PER_CELL.items() if spec.trains or not name.startswith("train_")}
+    variables = {
+        **layout.over(CELL_DIMS + ("estimator",), PER_ESTIMATOR),
+        **layout.over(CELL_DIMS + ("estimator", "t"), {
+            "score_l2": ("L2 score error E||s_hat - s||^2 on fresh x ~ q_t", "1"),
+            "score_l2_rel": ("relative L2 score error E||s_hat - s||^2 / E||s||^2", "1")}),
+        **layout.over(CELL_DIMS, per_cell),
+        "u": (CELL_DIMS + ("i",), "the spike u of the cell (drawn once per (d, k, seed))", "1"),
+        "u_hat": (CELL_DIMS + ("estimator", "i"), "unit direction of the overlap metric (sign arbitrary)", "1"),
+    }
+    return layout.template(spec, coords, CELL_DIMS, variables, COORD_ATTRS, closed=reference(spec), attrs={
         "conventions": "x ~ N(0, I + beta u u^T), u k-sparse with entries +-1/sqrt(k); OU forward process "
                        "X_t = e^-t X_0 + sigma_t Z (dsclab.noise)",
     })
-    return ds

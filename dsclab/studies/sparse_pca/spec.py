@@ -7,17 +7,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from dsclab import axes
 from dsclab import sparse_pca_estimators as spe
-from dsclab.noise import SCHEDULES
-from dsclab.samplers import SAMPLERS
-from dsclab.spec import StudyBase, TrainSpec, _Frozen
+from dsclab.spec import Sampler, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen
 
 CELL_DIMS = ("d", "k", "beta", "n", "seed")
 NETWORK, ORACLE = "network", "oracle"
 ESTIMATOR_NAMES = tuple(spe.BASELINES) + (NETWORK, ORACLE)
+Estimators = axes.Names(ESTIMATOR_NAMES, "estimator")
 
 
 def _default_train() -> TrainSpec:
@@ -25,34 +24,19 @@ def _default_train() -> TrainSpec:
     return TrainSpec(steps=600, batch_size=128, lr=2e-3, width=64, depth=2)
 
 
-class SparsePCAEvalSpec(_Frozen):
+class SparsePCAEvalSpec(TimeRange):
     """How each cell is evaluated."""
 
     t: axes.PositiveTimes = Field([0.01, 0.1, 1.0], description="times of the score-error grid")
     n_score: int = Field(500, gt=0, description="fresh points per t for score errors")
     n_samples: int = Field(2000, ge=2, description="samples drawn with each estimator's score")
-    sampler: str = Field("exponential_integrator", description="sampler (dsclab.samplers)")
+    sampler: Sampler = Field("exponential_integrator", description="sampler (dsclab.samplers)")
     nfe: int = Field(30, gt=0, description="score evaluations per sample")
     T: float = Field(5.0, gt=0, description="sampler start time (from N(0, I))")
     t_min: float = Field(1e-3, gt=0, description="early-stopping time of the sampler")
-    schedule: str = Field("exp", description="time grid of the sampler")
+    schedule: Schedule = Field("exp", description="time grid of the sampler")
     exhaustive_max_supports: int = Field(spe.EXHAUSTIVE_MAX_SUPPORTS, gt=0,
                                          description="exhaustive search runs only where C(d, k) is at most this")
-
-    @field_validator("sampler")
-    @classmethod
-    def _sampler(cls, v):
-        return axes.name(v, SAMPLERS, "sampler")
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, v):
-        return axes.name(v, SCHEDULES, "schedule")
-
-    @model_validator(mode="after")
-    def _range(self):
-        axes.below(self.t_min, self.T, "t_min", "T")
-        return self
 
 
 class SparsePCASpec(StudyBase):
@@ -64,15 +48,10 @@ class SparsePCASpec(StudyBase):
     beta: axes.NonNegativeFloats = Field(..., description="spike strengths (0: the null, for detection)")
     n: axes.PositiveInts = Field(..., description="training sample sizes")
     seed: axes.Seeds = Field([0], description="seeds (spike, data, initialisation, sampling)")
-    estimator: list[str] = Field(list(spe.BASELINES) + [NETWORK],
-                                 description="estimators evaluated in every cell (also: oracle)")
+    estimator: Estimators = Field(list(spe.BASELINES) + [NETWORK],
+                                  description="estimators evaluated in every cell (also: oracle)")
     train: TrainSpec = Field(default_factory=_default_train)
     evaluation: SparsePCAEvalSpec = SparsePCAEvalSpec()
-
-    @field_validator("estimator")
-    @classmethod
-    def _est(cls, v):
-        return axes.names(v, ESTIMATOR_NAMES, "estimator")
 
     @model_validator(mode="after")
     def _grid(self) -> "SparsePCASpec":
@@ -82,8 +61,7 @@ class SparsePCASpec(StudyBase):
         return self
 
     def cells(self) -> list["SparsePCACell"]:
-        return [SparsePCACell(d=d, k=k, beta=b, n=n, seed=s, key=self.key(d=d, k=k, beta=b, n=n, seed=s))
-                for d in self.d for k in self.k for b in self.beta for n in self.n for s in self.seed]
+        return self.grid(SparsePCACell, d=self.d, k=self.k, beta=self.beta, n=self.n, seed=self.seed)
 
     @property
     def trains(self) -> bool:

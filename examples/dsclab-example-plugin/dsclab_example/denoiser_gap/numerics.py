@@ -23,15 +23,13 @@ Layout (the store's template): cell dims ``data, d, seed``; ``t``; ``mse_exact``
 """
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 import torch
 import xarray as xr
 
-import dsclab
-from dsclab import noise
+from dsclab import layout, noise
 from dsclab.seeds import derive_seed
 from dsclab_example.denoiser_gap.spec import CELL_DIMS, DenoiserGapSpec, GapCell
 
@@ -41,12 +39,7 @@ PER_TIME = {
     "gap": "mse_linear - mse_exact on the same draws (G3)",
     "gap_se": "standard error of gap (paired per-point differences)",
 }
-COORD_ATTRS = {
-    "data": {"long_name": "data law"},
-    "d": {"long_name": "dimension"},
-    "seed": {"long_name": "seed"},
-    "t": {"long_name": "OU time", "units": "1"},
-}
+COORD_ATTRS = layout.coord_attrs("data", "d", "seed", "t")
 
 
 def moments(law) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -77,27 +70,14 @@ def template(spec: DenoiserGapSpec) -> xr.Dataset:
     names = [x.name for x in spec.data]
     coords = {"data": np.array(names, dtype=str), "d": np.array(spec.d, dtype=np.int64),
               "seed": np.array(spec.seed, dtype=np.int64), "t": np.array(spec.t, dtype=np.float64)}
-    cells = tuple(len(coords[k]) for k in CELL_DIMS)
-    data = {"status": (CELL_DIMS, np.zeros(cells, dtype=np.int8),
-                       {"long_name": "cell status", "flag_values": [0, 1, 2], "flag_meanings": "pending done failed"}),
-            "eval_seconds": (CELL_DIMS, np.full(cells, np.nan), {"long_name": "evaluation wall time", "units": "s"})}
-    for name, long_name in PER_TIME.items():
-        data[name] = (CELL_DIMS + ("t",), np.full(cells + (len(spec.t),), np.nan),
-                      {"long_name": long_name, "units": "1"})
+    variables = {"eval_seconds": (CELL_DIMS, "evaluation wall time", "s"),
+                 **layout.over(CELL_DIMS + ("t",), {name: (long_name, "1") for name, long_name in PER_TIME.items()})}
     closed = np.array([[[linear_mse(spec.law(n, d), t) for t in spec.t] for d in spec.d] for n in names])
-    data["mse_linear_closed"] = (("data", "d", "t"), closed, {
-        "long_name": "best linear denoiser's MSE per coordinate, (1/d) sum_i lam_i sigma_t^2 / "
-                     "(e^-2t lam_i + sigma_t^2) (closed form, G2)", "units": "1"})
-    ds = xr.Dataset(data, coords=coords)
-    for k, a in COORD_ATTRS.items():
-        ds[k].attrs.update(a)
-    ds.attrs.update({
-        "study": "denoiser_gap", "name": spec.name,
-        "spec": json.dumps(spec.model_dump(mode="json"), sort_keys=True),
-        "spec_hash": spec.hash, "dsclab_version": dsclab.__version__,
-        "conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise)",
-    })
-    return ds
+    return layout.template(spec, coords, CELL_DIMS, variables, COORD_ATTRS, closed={
+        "mse_linear_closed": (("data", "d", "t"), closed, {
+            "long_name": "best linear denoiser's MSE per coordinate, (1/d) sum_i lam_i sigma_t^2 / "
+                         "(e^-2t lam_i + sigma_t^2) (closed form, G2)", "units": "1"})},
+        attrs={"conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise)"})
 
 
 def evaluate(spec: DenoiserGapSpec, cell: GapCell) -> xr.Dataset:

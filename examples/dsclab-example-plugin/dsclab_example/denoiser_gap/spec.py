@@ -61,8 +61,7 @@ class DenoiserGapSpec(StudyBase):
         return next(x for x in self.data if x.name == name).model_dump(mode="json")
 
     def cells(self) -> list["GapCell"]:
-        return [GapCell(data=x.name, d=d, seed=s, key=self.key(data=x.name, d=d, seed=s))
-                for x in self.data for d in self.d for s in self.seed]
+        return self.grid(GapCell, data=[x.name for x in self.data], d=self.d, seed=self.seed)
 
 
 class GapCell(BaseModel):
