@@ -2,8 +2,8 @@
 not grow with d (Kumar–Nagaraj–Sarkar 2025; science.md §4). Numerics only: no I/O, no Prefect.
 
 The paper's exact BSM loss and experiments could not be read here; this module implements the
-construction science.md §4 adopts (documented at ``dsclab.losses.bsm_loss``, with the other
-losses on stored pairs).
+constructions science.md §4 sets out (documented at ``dsclab.losses.bsm_loss``, with the other
+losses on stored pairs): the pure bootstrap target and the Rao–Blackwellised one it adopts.
 
 Conventions (stated once)
 -------------------------
@@ -24,8 +24,13 @@ Conventions (stated once)
   The losses on these pairs (``dsclab.losses``: ``dsm_pair_loss``, ``BSMPairLoss``) return
   per-sample values ``(m,)`` in eps units (score units weighted by sigma_t^2); the training loop
   (``dsclab.train.fit``) reduces.
-* Targets of the regression, in score units: DSM  -(X_t - e^{-t} X_0) / sigma_t^2;
-  BSM  e^{t - t'} h_hat(t', X_{t'}) (science.md §4, from the same path).
+* Targets of the regression, in score units (science.md §4; (X_{t'}, X_t) from the same path,
+  Delta = t - t'): DSM  T_dsm = -(X_t - e^{-t} X_0) / sigma_t^2; pure bootstrap (``bsm``)
+  T_pure = e^{Delta} h_hat(t', X_{t'}); Rao–Blackwellised bootstrap (``bsm_rb``)
+  T_RB = -(X_t - e^{-Delta} X_{t'}) / sigma_t^2 + e^{-Delta} (sigma_{t'}^2 / sigma_t^2) h_hat(t', X_{t'})
+  = E[T_dsm | X_t, X_{t'}] when h_hat is the true score. Their conditional variances at fixed X_t
+  and the bias of a perturbed h_hat, by Monte Carlo and in closed form for Gaussian data, are in
+  :mod:`dsclab.bootstrap_targets`.
 """
 from __future__ import annotations
 
@@ -35,12 +40,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from dsclab import noise, train
-from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.losses import BSMPairLoss, ExactScore, dsm_pair_loss
 from dsclab.nets import ScoreMLP, _init_linear
 
@@ -193,9 +196,29 @@ def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-ESTIMATORS = ("dsm", "bsm", "bsm_oracle")
-"""``dsm``; ``bsm`` (h_hat = the network under stop-gradient, or a lagged copy); ``bsm_oracle``
-(h_hat = the exact score of the data law: a diagnostic, possible only for a known law)."""
+@dataclass(frozen=True)
+class Estimator:
+    """How an estimator forms its regression target above t_c: ``bootstrap`` (False: DSM at every
+    t), ``rao_blackwell`` (the target T_RB of ``dsclab.losses.bsm_rb_target``, else the pure
+    bootstrap target e^{t - t'} h_hat(t', X_{t'}) of ``dsclab.losses.bsm_target``) and ``oracle``
+    (h_hat the exact score of the data law, else the network under stop-gradient or a lagged copy)."""
+
+    bootstrap: bool = False
+    rao_blackwell: bool = False
+    oracle: bool = False
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "dsm": Estimator(),
+    "bsm": Estimator(bootstrap=True),
+    "bsm_oracle": Estimator(bootstrap=True, oracle=True),
+    "bsm_rb": Estimator(bootstrap=True, rao_blackwell=True),
+    "bsm_rb_oracle": Estimator(bootstrap=True, rao_blackwell=True, oracle=True),
+}
+"""``dsm``; ``bsm`` and ``bsm_rb`` (pure and Rao–Blackwellised bootstrap targets, h_hat = the
+network under stop-gradient, or a lagged copy: ``FitConfig.lag``); ``bsm_oracle`` and
+``bsm_rb_oracle`` (the same targets with h_hat = the exact score of the data law: a diagnostic,
+possible only for a known law)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -226,33 +249,35 @@ def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, g
 
     Each step draws ``batch_size`` rows with replacement and uses all K pairs of each row (in
     ``trajectory`` mode the pairs of a row are Markov-dependent). Deterministic for a generator.
-    ``law`` (with an exact ``score``) is needed by ``bsm_oracle`` only. The loss is
-    ``dsclab.losses.dsm_pair_loss`` or ``BSMPairLoss`` (h_hat: the network under stop-gradient, a
-    lagged copy refreshed every ``lag`` steps, or ``ExactScore(law)``), minimised by the loop
-    ``dsclab.train.fit``; a loss that becomes NaN or infinite raises
-    :class:`dsclab.errors.TrainingDiverged`.
+    ``law`` (with an exact ``score``) is needed by the oracle estimators only. The loss is
+    ``dsclab.losses.dsm_pair_loss`` or ``BSMPairLoss`` (the target of :data:`ESTIMATORS`; h_hat:
+    the network under stop-gradient, a lagged copy refreshed every ``lag`` steps, or
+    ``ExactScore(law)``), minimised by the loop ``dsclab.train.fit``; a loss that becomes NaN or
+    infinite raises :class:`dsclab.errors.TrainingDiverged`.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r} (known: {', '.join(ESTIMATORS)})")
-    if estimator == "bsm_oracle" and law is None:
-        raise ValueError("estimator 'bsm_oracle' needs the data law (its exact score)")
+    est = ESTIMATORS[estimator]
+    if est.oracle and law is None:
+        raise ValueError(f"estimator {estimator!r} needs the data law (its exact score)")
     t0 = time.perf_counter()
     d, K, n = data.x0.shape[1], data.K, data.n
     x0, xt, prev = (v.to(torch.float32) for v in (data.x0, data.xt, data.prev))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = train.cosine_decay(opt, config.steps)
-    lagged = copy.deepcopy(model).eval() if (estimator == "bsm" and config.lag > 0) else None
-    if estimator == "dsm":
+    learned = est.bootstrap and not est.oracle
+    lagged = copy.deepcopy(model).eval() if (learned and config.lag > 0) else None
+    if not est.bootstrap:
         loss = dsm_pair_loss
     else:
-        target = ExactScore(law) if estimator == "bsm_oracle" else lagged if lagged is not None else model
-        loss = BSMPairLoss(target, t_c=config.t_c, mix=config.mix)
+        target = ExactScore(law) if est.oracle else lagged if lagged is not None else model
+        loss = BSMPairLoss(target, t_c=config.t_c, mix=config.mix, rao_blackwell=est.rao_blackwell)
 
     def draw(step: int) -> tuple:
         idx = torch.randint(0, n, (config.batch_size,), generator=generator)
         b0 = x0[idx][:, None, :].expand(-1, K, -1).reshape(-1, d)
         pairs = (b0, xt[idx].reshape(-1, d), data.times[idx].reshape(-1))
-        if estimator == "dsm":
+        if not est.bootstrap:
             return pairs
         return pairs + (prev[idx].reshape(-1, d), data.t_prev[idx].reshape(-1))
 
@@ -263,127 +288,3 @@ def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, g
     trace = train.fit(model, loss, draw, steps=config.steps, optimizer=opt, scheduler=sched,
                       before_step=refresh if lagged is not None else None)
     return FitResult(model.eval(), trace.tail_mean(), time.perf_counter() - t0)
-
-
-# ------------------------------------------------------------------------------------------
-# Diagnostic: conditional variance of the regression target at fixed x_t
-# ------------------------------------------------------------------------------------------
-
-
-def posterior_x0(dist: GaussianMixture, x: torch.Tensor, t: float, R: int, generator: torch.Generator) -> torch.Tensor:
-    """R exact draws of X_0 | X_t = x for a Gaussian mixture: ``(R, m, d)`` float64.
-
-    Component j is picked with its responsibility r_j(x); within it (Sigma_j = U diag(lam) U^T,
-    a = e^{-t}), X_0 | X_t = x ~ N(mu_j + U diag(a lam / v) U^T (x - a mu_j), U diag(lam sigma_t^2 / v) U^T),
-    v = a^2 lam + sigma_t^2.
-    """
-    x = x.to(torch.float64)
-    m, d = x.shape
-    a, s2 = noise.mean_coef(float(t)), noise.sigma2(float(t))
-    r = dist.responsibilities(x, float(t))  # (m, K)
-    comp = torch.multinomial(r, R, replacement=True, generator=generator).T  # (R, m)
-    resid = torch.einsum("kji,mkj->mki", dist.U, x[:, None, :] - a * dist.means[None])  # U_k^T (x - a mu_k): (m, K, d)
-    lam = dist.lam[comp]  # (R, m, d)
-    res = torch.gather(resid[None].expand(R, -1, -1, -1), 2, comp[:, :, None, None].expand(-1, -1, 1, d))[:, :, 0]
-    v = a * a * lam + s2
-    z = torch.randn(R, m, d, generator=generator, dtype=torch.float64)
-    e = (a * lam / v) * res + torch.sqrt(lam * s2 / v) * z  # eigen-coordinates of X_0 - mu_j
-    out = dist.means[comp].clone()
-    for k in range(dist.n_components):  # back to the standard basis, one component at a time
-        sel = comp == k
-        if bool(sel.any()):
-            out[sel] += e[sel] @ dist.U[k].T
-    return out
-
-
-def bridge(x0: torch.Tensor, x: torch.Tensor, t_prev: float, t: float, generator: torch.Generator) -> torch.Tensor:
-    """X_{t'} | X_0 = x0, X_t = x (0 < t' < t), exactly: with a' = e^{-t'}, Delta = t - t',
-    precision P = 1/sigma_{t'}^2 + e^{-2 Delta}/sigma_Delta^2 and mean
-    (a' x0 / sigma_{t'}^2 + e^{-Delta} x / sigma_Delta^2) / P. ``x0 (R, m, d)``, ``x (m, d)``."""
-    dl = t - t_prev
-    ap, sp2 = noise.mean_coef(t_prev), noise.sigma2(t_prev)
-    ad, sd2 = noise.mean_coef(dl), noise.sigma2(dl)
-    prec = 1.0 / sp2 + ad * ad / sd2
-    mean = (ap * x0 / sp2 + ad * x.to(torch.float64)[None] / sd2) / prec
-    return mean + torch.randn(x0.shape, generator=generator, dtype=torch.float64) / math.sqrt(prec)
-
-
-def target_draws(dist: GaussianMixture, x: torch.Tensor, t: float, t_prev: float, R: int, generator: torch.Generator,
-                 *, estimator: str, score_prev: Callable | None = None, t_c: float = 0.0, mix: float = 0.0,
-                 dtype=torch.float32) -> torch.Tensor:
-    """R draws of an estimator's regression target at fixed X_t = x, score units, ``(R, m, d)``.
-
-    Draws (X_0, X_{t'}) jointly from their law given X_t = x (:func:`posterior_x0`, then
-    :func:`bridge`). ``dsm``: T_dsm = -(x - e^{-t} X_0)/sigma_t^2. ``bsm`` at t > t_c:
-    mix T_dsm + (1 - mix) e^{t - t'} h_hat(t', X_{t'}) with h_hat = ``score_prev`` (the trained
-    network, or the exact score for the oracle), evaluated in ``dtype``; at t <= t_c: T_dsm.
-    """
-    x = x.to(torch.float64)
-    x0 = posterior_x0(dist, x, t, R, generator)
-    t_dsm = -(x[None] - noise.mean_coef(t) * x0) / noise.sigma2(t)
-    if estimator == "dsm" or t <= t_c or mix >= 1.0:  # bsm and bsm_oracle differ only in score_prev
-        return t_dsm
-    xp = bridge(x0, x, t_prev, t, generator)
-    R_, m, d = xp.shape
-    with torch.no_grad():
-        s = score_prev(xp.reshape(-1, d).to(dtype), float(t_prev)).to(torch.float64).reshape(R_, m, d)
-    t_bsm = math.exp(t - t_prev) * s
-    return mix * t_dsm + (1.0 - mix) * t_bsm
-
-
-def conditional_variance(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per point, the unbiased trace variance tr Cov[T | X_t = x] (sum over coordinates) and the
-    variance of coordinate 1 (the one the structured class learns), from ``draws (R, m, d)``."""
-    var = draws.var(dim=0, unbiased=True)  # (m, d)
-    return var.sum(dim=1), var[:, 0]
-
-
-def gaussian_target_variance(lam, t: float, t_prev: float, mix: float = 0.0) -> dict[str, float]:
-    """Closed forms for Gaussian data X_0 ~ N(mu, U diag(lam) U^T): the conditional variances
-    (trace over coordinates) of the regression targets at fixed X_t = x. They do not depend on x.
-
-    With a = e^{-t}, a' = e^{-t'}, Delta = t - t', v_i = a^2 lam_i + sigma_t^2 (variance of X_t),
-    v'_i = a'^2 lam_i + sigma_{t'}^2 (of X_{t'}):
-
-    * DSM, T = -(x - a X_0)/sigma_t^2 and Cov[X_0 | X_t] = diag(lam sigma_t^2 / v):
-          V_dsm = sum_i a^2 lam_i / (sigma_t^2 v_i)
-    * BSM with the exact score h = s_{t'} (linear, -diag(1/v') (y - a' mu)) and
-      Var[X_{t'} | X_t] = v' sigma_Delta^2 / v (since sigma_Delta^2 + e^{-2 Delta} v' = v):
-          V_bsm = (e^{2 Delta} - 1) sum_i 1 / (v'_i v_i)
-    * their covariance, from Cov[X_0, X_{t'} | X_t] = a' lam sigma_Delta^2 / v:
-          C = -sum_i a'^2 lam_i sigma_Delta^2 / (sigma_t^2 v'_i v_i)
-    * the mixed target mix T_dsm + (1 - mix) T_bsm:  mix^2 V_dsm + (1-mix)^2 V_bsm + 2 mix (1-mix) C.
-
-    Per coordinate, BSM has the lower variance iff (e^{2 Delta} - 1) sigma_t^2 < a^2 lam_i v'_i:
-    for unit-scale data (lam = 1, v = v' = 1) iff (e^{2 Delta} - 1)(e^{2t} - 1) < 1, i.e. at high
-    noise only for steps Delta < ~ e^{-2t}/2; a larger data scale lam widens the window.
-    """
-    lam = np.asarray(lam, dtype=np.float64)
-    a2, s2 = math.exp(-2 * t), noise.sigma2(float(t))
-    ap2, sp2 = math.exp(-2 * t_prev), noise.sigma2(float(t_prev))
-    dl = t - t_prev
-    sd2 = noise.sigma2(float(dl))
-    v, vp = a2 * lam + s2, ap2 * lam + sp2
-    v_dsm = float(np.sum(a2 * lam / (s2 * v)))
-    v_bsm = float(np.sum(math.expm1(2 * dl) / (vp * v)))
-    cov = float(-np.sum(ap2 * lam * sd2 / (s2 * vp * v)))
-    w = float(mix)
-    return {"dsm": v_dsm, "bsm": v_bsm, "cov": cov,
-            "mixed": w * w * v_dsm + (1 - w) ** 2 * v_bsm + 2 * w * (1 - w) * cov}
-
-
-def bsm_wins_max_step(lam: float, t: float) -> float:
-    """The largest step Delta below which the exact BSM target has lower conditional variance than
-    DSM's in a coordinate of data scale lam at time t: the root of
-    (e^{2 Delta} - 1) sigma_t^2 = e^{-2t} lam v_{t - Delta} (bisection; v' increases as Delta grows)."""
-    def gap(dl):
-        tp = t - dl
-        vp = math.exp(-2 * tp) * lam + noise.sigma2(tp)
-        return math.expm1(2 * dl) * noise.sigma2(t) - math.exp(-2 * t) * lam * vp
-    lo, hi = 0.0, t
-    if gap(hi) <= 0:
-        return t
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if gap(mid) <= 0 else (lo, mid)
-    return 0.5 * (lo + hi)

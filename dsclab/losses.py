@@ -10,9 +10,10 @@ Randomness is passed in, never drawn here.
   X_t = e^{-t} x0 + sigma_t z. ``ESTIMATORS`` is a :class:`dsclab.registry.Registry`: another
   installed package adds a loss through the entry-point group ``dsclab.estimators``.
 * Stored pairs (x0, X_t) of a ``dsclab.bootstrap.NoisedData`` (its conventions):
-  :func:`dsm_pair_loss`, and :class:`BSMPairLoss` (BSM; with :class:`ExactScore` as its target,
-  BSM-oracle). These networks are noise predictors eps_hat(x, t) (``dsclab.nets``), values in eps
-  units (score units weighted by sigma_t^2).
+  :func:`dsm_pair_loss`, and :class:`BSMPairLoss` (BSM with the pure bootstrap target
+  :func:`bsm_target` or the Rao–Blackwellised one :func:`bsm_rb_target`; with
+  :class:`ExactScore` as h_hat, the oracle variants). These networks are noise predictors
+  eps_hat(x, t) (``dsclab.nets``), values in eps units (score units weighted by sigma_t^2).
 * The drift loss of the spike network (``dsclab.spike``): :func:`drift_matching_loss`.
 """
 from __future__ import annotations
@@ -91,6 +92,27 @@ def bsm_target(score_prev: Callable, prev: torch.Tensor, t: torch.Tensor, t_prev
     return torch.exp(t - t_prev).to(s.dtype)[:, None] * s
 
 
+def bsm_rb_target(score_prev: Callable, xt: torch.Tensor, prev: torch.Tensor, t: torch.Tensor,
+                  t_prev: torch.Tensor) -> torch.Tensor:
+    """Rao–Blackwellised BSM target in score units (science.md §4, the adopted principal BSM):
+
+        T_RB = -(X_t - e^{-t} D_hat_{t'}(X_{t'})) / sigma_t^2,   D_hat_{t'}(y) = e^{t'}(y + sigma_{t'}^2 h_hat(t', y))
+             = -(X_t - e^{-Delta} X_{t'}) / sigma_t^2 + e^{-Delta} (sigma_{t'}^2 / sigma_t^2) h_hat(t', X_{t'}),
+
+    Delta = t - t'. With h_hat the true score it is E[T_dsm | X_t, X_{t'}] (Markov property and
+    Tweedie: E[X_0 | X_t, X_{t'}] = D_{t'}(X_{t'})), so it is unbiased and its conditional variance
+    given X_t is at most DSM's (law of total variance); an error of h_hat enters multiplied by
+    e^{-Delta} sigma_{t'}^2 / sigma_t^2 < 1. ``xt, prev (m, d)``; ``t, t_prev`` ``(m,)`` float64 with
+    t > t_prev > 0; the result has the dtype of ``score_prev``'s values.
+    """
+    s = score_prev(prev, t_prev)
+    decay = torch.exp(t_prev - t)
+    s2 = noise.sigma2(t)
+    gain = decay * noise.sigma2(t_prev) / s2
+    dt = s.dtype
+    return -(xt.to(dt) - decay.to(dt)[:, None] * prev.to(dt)) / s2.to(dt)[:, None] + gain.to(dt)[:, None] * s
+
+
 @declare(batch=("x0", "xt", "t"))
 def dsm_pair_loss(model, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """DSM on stored pairs (x0, X_t): :func:`dsm_loss` with Z = (X_t - e^{-t} x0)/sigma_t,
@@ -100,24 +122,29 @@ def dsm_pair_loss(model, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) ->
 
 
 def bsm_loss(model, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, prev: torch.Tensor, t_prev: torch.Tensor,
-             *, target, t_c: float, mix: float = 0.0) -> torch.Tensor:
-    """Bootstrapped score matching, the form science.md §4 adopts. Per sample ``(m,)``, eps units:
+             *, target, t_c: float, mix: float = 0.0, rao_blackwell: bool = False) -> torch.Tensor:
+    """Bootstrapped score matching (science.md §4). Per sample ``(m,)``, eps units:
 
     * t <= t_c:  DSM, ||eps_hat(X_t, t) - Z||^2;
-    * t >  t_c:  (1 - mix) sigma_t^2 ||s_hat(t, X_t) - e^{t - t'} h_hat(t', X_{t'})||^2 + mix * DSM,
-      with (X_{t'}, X_t) consecutive points of the same forward path and h_hat = ``target.score``
-      under stop-gradient (``target`` is the network itself, a lagged copy, or :class:`ExactScore`).
+    * t >  t_c:  (1 - mix) sigma_t^2 ||s_hat(t, X_t) - T||^2 + mix * DSM, with T the pure
+      bootstrap target e^{t - t'} h_hat(t', X_{t'}) (:func:`bsm_target`) or, with
+      ``rao_blackwell``, T_RB (:func:`bsm_rb_target`); (X_{t'}, X_t) are consecutive points of
+      the same forward path and h_hat = ``target.score`` under stop-gradient (``target`` is the
+      network itself, a lagged copy, or :class:`ExactScore`).
 
     The mixed per-sample loss is, up to a constant, sigma_t^2 ||s_hat - T_mix||^2 with the
-    effective target T_mix = mix T_dsm + (1 - mix) T_bsm (whose variance
-    ``dsclab.bootstrap.target_draws`` / ``gaussian_target_variance`` measure).
+    effective target T_mix = mix T_dsm + (1 - mix) T (whose variance and bias
+    ``dsclab.bootstrap_targets`` measures and gives in closed form).
     """
     per = dsm_pair_loss(model, x0, xt, t)
     hi = t > t_c
     if mix >= 1.0 or not bool(hi.any()):
         return per
     with torch.no_grad():
-        tgt = bsm_target(target.score, prev[hi], t[hi], t_prev[hi])
+        if rao_blackwell:
+            tgt = bsm_rb_target(target.score, xt[hi], prev[hi], t[hi], t_prev[hi])
+        else:
+            tgt = bsm_target(target.score, prev[hi], t[hi], t_prev[hi])
     sig = noise.sigma(t[hi]).to(xt.dtype)[:, None]
     s_hat = noise.score_from_eps(model(xt[hi], t[hi]), t[hi].to(xt.dtype))
     b = ((sig * (s_hat - tgt)) ** 2).sum(dim=1)
@@ -129,20 +156,23 @@ def bsm_loss(model, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, prev: t
 class BSMPairLoss:
     """:func:`bsm_loss` as a loss object: ``(model, x0, xt, t, prev, t_prev) -> (m,)`` with the
     target h_hat (``target.score``: the network itself, a lagged copy, or :class:`ExactScore` for
-    BSM-oracle), the switch time ``t_c`` and the DSM weight ``mix`` fixed."""
+    the oracle variants), the switch time ``t_c``, the DSM weight ``mix`` and the target's form
+    (``rao_blackwell``: T_RB, else the pure bootstrap target) fixed."""
 
     batch = ("x0", "xt", "t", "prev", "t_prev")
 
-    def __init__(self, target, *, t_c: float, mix: float = 0.0):
-        self.target, self.t_c, self.mix = target, t_c, mix
+    def __init__(self, target, *, t_c: float, mix: float = 0.0, rao_blackwell: bool = False):
+        self.target, self.t_c, self.mix, self.rao_blackwell = target, t_c, mix, rao_blackwell
 
     def __call__(self, model, x0, xt, t, prev, t_prev) -> torch.Tensor:
-        return bsm_loss(model, x0, xt, t, prev, t_prev, target=self.target, t_c=self.t_c, mix=self.mix)
+        return bsm_loss(model, x0, xt, t, prev, t_prev, target=self.target, t_c=self.t_c, mix=self.mix,
+                        rao_blackwell=self.rao_blackwell)
 
 
 class ExactScore:
-    """The exact score of a known law as a BSM target (``h_hat = s``): ``bsm_oracle`` uses it to
-    isolate the variance of bootstrapped targets from the feedback of a learned h_hat."""
+    """The exact score of a known law as a BSM target (``h_hat = s``): ``bsm_oracle`` and
+    ``bsm_rb_oracle`` use it to isolate the variance of bootstrapped targets from the feedback of
+    a learned h_hat."""
 
     def __init__(self, law):
         self.law = law

@@ -1,4 +1,7 @@
-"""Time bootstrapping, dependent data and the score-learning study (issue 5), against closed forms.
+"""Time bootstrapping, dependent data and the score-learning study (issues 5 and 17), against
+closed forms: training data, losses (pure and Rao–Blackwellised BSM), hypothesis classes, n*(eps, d),
+the spec and the real flow. The regression targets' identities, variances and biases are tested in
+``tests/test_bootstrap_targets.py``.
 
 Monte Carlo checks use a tolerance of 5 standard errors computed in the test (a false alarm at
 5 SE has probability < 1e-6 per comparison, so a few dozen comparisons stay safe), and each
@@ -14,122 +17,13 @@ import xarray as xr
 from dsclab import bootstrap as bs
 from dsclab import analysis, distributions, losses, noise
 from dsclab.spec import SpecError, parse_spec
-from dsclab.studies.score_learning.cell import draw_training_data
+from dsclab.studies.score_learning.cell import draw_training_data, gauss_kl_to
 from dsclab.studies.score_learning.plot import plot as sl_plot
 from dsclab.studies.score_learning.readout import n_star as n_star_table
 from dsclab.studies.score_learning.report import report as sl_report
 from dsclab.studies.score_learning.spec import CELL_DIMS, ScoreLearningSpec
 
 Z = 5.0  # standard errors
-
-
-def _mixture(d=2):
-    return distributions.make("gaussian_mixture", d, k=3, separation=3.0, std=0.7)
-
-
-# ------------------------------------------------------------------------------------------
-# The bootstrapping identity and unbiased BSM targets
-# ------------------------------------------------------------------------------------------
-
-def test_bootstrap_identity_for_a_gaussian_mixture_by_importance_sampling():
-    """s_t(x) = e^{t-t'} E[s_{t'}(X_{t'}) | X_t = x], with the conditional expectation computed
-    independently of dsclab.bootstrap: X_{t'} ~ q_{t'} exactly, weighted by the OU transition
-    density N(x; e^{-Delta} X_{t'}, sigma_Delta^2 I) (self-normalised importance sampling; SE by
-    the delta method)."""
-    law = _mixture()
-    g = torch.Generator().manual_seed(0)
-    t, tp = 0.7, 0.4
-    dl = t - tp
-    xs = law.sample(4, g, t=t)
-    y = law.sample(200_000, g, t=tp)
-    sy = law.score(y, tp)
-    for x in xs:
-        logw = -((x[None] - math.exp(-dl) * y) ** 2).sum(1) / (2 * noise.sigma2(dl))
-        w = torch.exp(logw - logw.max())
-        w = w / w.sum()
-        mu = (w[:, None] * sy).sum(0)
-        se = torch.sqrt((w[:, None] ** 2 * (sy - mu) ** 2).sum(0))
-        lhs, rhs = law.score(x[None], t)[0], math.exp(dl) * mu
-        assert ((lhs - rhs).abs() <= Z * math.exp(dl) * se).all(), (lhs, rhs, se)
-        # negative control: without the factor e^{t - t'} the identity fails by many SEs somewhere
-        if (mu.abs() > 20 * se).any():
-            assert ((lhs - mu).abs() > Z * se).any()
-
-
-def test_posterior_draws_have_the_tweedie_mean():
-    """E[X_0 | X_t = x] from ``posterior_x0`` equals the exact denoiser (Tweedie)."""
-    law = _mixture(3)
-    g = torch.Generator().manual_seed(1)
-    x = law.sample(6, g, t=0.5)
-    draws = bs.posterior_x0(law, x, 0.5, 20_000, g)
-    mean, se = draws.mean(0), draws.std(0) / math.sqrt(draws.shape[0])
-    assert ((mean - law.denoise(x, 0.5)).abs() <= Z * se).all()
-
-
-@pytest.mark.parametrize("mode", ["trajectory", "independent"])
-def test_bsm_targets_with_the_exact_score_are_unbiased(mode):
-    """With h_hat = s, the BSM target T = e^{t-t'} s_{t'}(X_{t'}) satisfies E[T | X_t] = s_t(X_t):
-    the residual T - s_t(X_t) is orthogonal to functions of X_t (1, x_1, x_2, tanh x_1). Rows
-    are independent (pairs within a row are not, in trajectory mode): SE over rows."""
-    law = _mixture()
-    g = torch.Generator().manual_seed(2)
-    n, K = 20_000, 4
-    x0 = law.sample(n, g)
-    times = bs.row_times(n, K, 0.2, 2.0, g)
-    data = bs.DATA_MODES[mode](x0, times, g)
-    xt, prev = data.xt[:, 1:].reshape(-1, 2), data.prev[:, 1:].reshape(-1, 2)
-    t, tp = data.times[:, 1:].reshape(-1), data.t_prev[:, 1:].reshape(-1)
-    s = law.score(xt, t)
-    feats = torch.stack([torch.ones_like(t), xt[:, 0], xt[:, 1], torch.tanh(xt[:, 0])], dim=1)  # (m, 4)
-
-    def moments(target):
-        r = (target - s)[:, :, None] * feats[:, None, :]  # (m, d, 4)
-        per_row = r.reshape(n, K - 1, 2, 4).sum(1)
-        return per_row.mean(0), per_row.std(0) / math.sqrt(n)
-
-    mean, se = moments(losses.bsm_target(law.score, prev, t, tp))
-    assert (mean.abs() <= Z * se).all(), mean / se
-    # negative control: dropping the factor e^{t - t'} biases the target detectably
-    bad, se_bad = moments(law.score(prev, tp))
-    assert (bad.abs() > Z * se_bad).any()
-
-
-# ------------------------------------------------------------------------------------------
-# Conditional variances of the targets, Gaussian data (closed forms in the docstring of
-# dsclab.bootstrap.gaussian_target_variance)
-# ------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("t,tp", [(0.15, 0.1), (1.5, 1.2)])
-@pytest.mark.parametrize("estimator,mix", [("dsm", 0.0), ("bsm", 0.0), ("bsm", 0.3)])
-def test_target_variances_match_closed_forms_for_gaussian_data(t, tp, estimator, mix):
-    """Per point x ~ q_t, the unbiased sample variance of R target draws has mean tr Cov[T | X_t = x],
-    which is x-independent for Gaussian data: the mean over points must match the closed form
-    within 5 SE (SE over points)."""
-    law = distributions.make("gaussian", 3, cond=10.0, mean=0.5)
-    g = torch.Generator().manual_seed(3)
-    x = law.sample(300, g, t=t)
-    draws = bs.target_draws(law, x, t, tp, 64, g, estimator=estimator, score_prev=law.score, t_c=0.0, mix=mix,
-                            dtype=torch.float64)
-    v, v1 = bs.conditional_variance(draws)
-    cf = bs.gaussian_target_variance(law.lam[0].numpy(), t, tp, mix)
-    want = cf["dsm"] if estimator == "dsm" else cf["mixed"]
-    se = v.std() / math.sqrt(v.numel())
-    assert abs(v.mean().item() - want) <= Z * se.item(), (v.mean().item(), want, se.item())
-    # coordinate 1 alone (the covariance is diagonal): the closed form with its variance only
-    cf1 = bs.gaussian_target_variance([float(law.cov()[0, 0])], t, tp, mix)
-    want1 = cf1["dsm"] if estimator == "dsm" else cf1["mixed"]
-    assert abs(v1.mean().item() - want1) <= Z * (v1.std() / math.sqrt(v1.numel())).item()
-
-
-def test_closed_form_condition_for_bsm_to_win():
-    """(e^{2 Delta} - 1)(e^{2t} - 1) < 1 for unit-scale data: the variance ratio crosses 1 exactly
-    at the step ``bsm_wins_max_step`` returns."""
-    for t in (0.5, 1.0, 2.0):
-        dl = bs.bsm_wins_max_step(1.0, t)
-        assert math.isclose(math.expm1(2 * dl) * math.expm1(2 * t), 1.0, rel_tol=1e-9)
-        below = bs.gaussian_target_variance([1.0], t, t - 0.9 * dl)
-        above = bs.gaussian_target_variance([1.0], t, t - 1.1 * dl)
-        assert below["bsm"] < below["dsm"] and above["bsm"] > above["dsm"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -212,6 +106,16 @@ def test_losses_per_sample_and_bsm_reduces_to_dsm_below_t_c():
         tgt = torch.exp(t - tp)[:, None].float() * net.score(prev, tp)
         b = (noise.sigma(t)[:, None].float() ** 2 * (net.score(xt, t) - tgt) ** 2).sum(1)
     torch.testing.assert_close(bsm[~lo], 0.25 * dsm[~lo] + 0.75 * b[~lo], rtol=1e-4, atol=1e-4)
+    # Rao–Blackwellised: the target in its denoiser form -(X_t - e^{-t} D(X_{t'}))/sigma_t^2,
+    # D(y) = e^{t'}(y + sigma_{t'}^2 h_hat(t', y))
+    rb = losses.bsm_loss(net, b0, xt, t, prev, tp, target=net, t_c=t_c, mix=0.25, rao_blackwell=True)
+    torch.testing.assert_close(rb[lo], dsm[lo])
+    with torch.no_grad():
+        den = torch.exp(tp)[:, None] * (prev.double() + noise.sigma2(tp)[:, None] * net.score(prev, tp).double())
+        tgt_rb = -(xt.double() - torch.exp(-t)[:, None] * den) / noise.sigma2(t)[:, None]
+        b_rb = (noise.sigma2(t)[:, None] * (net.score(xt, t).double() - tgt_rb) ** 2).sum(1)
+    torch.testing.assert_close(rb[~lo].double(), 0.25 * dsm[~lo].double() + 0.75 * b_rb[~lo], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(rb[~lo], bsm[~lo])
 
 
 def test_structured_class_is_d_free_and_has_the_form_minus_x_plus_g_e1():
@@ -241,10 +145,38 @@ def test_training_is_deterministic_and_lowers_the_loss():
     g = torch.Generator().manual_seed(7)
     data = bs.sample_independent(law.sample(200, g), bs.row_times(200, 4, 0.05, 2.0, g), g)
     cfg = bs.FitConfig(steps=30, batch_size=16)
-    runs = [bs.fit(bs.make_mlp(2, width=16, depth=2, generator=torch.Generator().manual_seed(1)), data, e, cfg,
-                   torch.Generator().manual_seed(2), law=law) for e in ("bsm", "bsm", "bsm_oracle")]
-    assert all(torch.equal(p, q) for p, q in zip(runs[0].model.parameters(), runs[1].model.parameters()))
-    assert math.isfinite(runs[2].loss)
+    fit = lambda e, c=cfg: bs.fit(bs.make_mlp(2, width=16, depth=2, generator=torch.Generator().manual_seed(1)),
+                                  data, e, c, torch.Generator().manual_seed(2), law=law)
+    for est in ("bsm", "bsm_rb"):
+        a, b = fit(est), fit(est)
+        assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+    runs = {e: fit(e) for e in bs.ESTIMATORS}
+    assert all(math.isfinite(r.loss) for r in runs.values())
+    # the targets differ, so do the fits; a lagged copy as h_hat (lag 5) differs from stop-gradient
+    assert not torch.equal(next(runs["bsm"].model.parameters()), next(runs["bsm_rb"].model.parameters()))
+    lagged = fit("bsm_rb", bs.FitConfig(steps=30, batch_size=16, lag=5))
+    assert not torch.equal(next(lagged.model.parameters()), next(runs["bsm_rb"].model.parameters()))
+    with pytest.raises(ValueError, match="exact score"):
+        bs.fit(bs.make_mlp(2, width=16, depth=2, generator=torch.Generator().manual_seed(1)), data, "bsm_rb_oracle",
+               cfg, torch.Generator().manual_seed(2))
+
+
+def test_kl_of_the_gaussian_fit_to_q_t_is_the_textbook_formula():
+    """``gauss_kl_to``: KL(N(m1, C1) || N(m2, C2)) = 1/2 [tr(C2^{-1} C1) + (m2 - m1)^T C2^{-1} (m2 - m1) - d
+    + log det C2 / det C1], m1, C1 the samples' mean and covariance and m2, C2 those of q_t
+    (e^{-t} mean_0, e^{-2t} Cov_0 + sigma_t^2 I), computed here in numpy."""
+    law = distributions.make("gaussian_mixture", 3, k=2, separation=4.0, std=1.0)
+    g = torch.Generator().manual_seed(9)
+    y = 1.3 * law.sample(400, g, t=0.05) + 0.2
+    t = 0.05
+    m1, C1 = y.numpy().mean(0), np.cov(y.numpy().T)
+    m2 = math.exp(-t) * law.mean().numpy()
+    C2 = math.exp(-2 * t) * law.cov().numpy() + noise.sigma2(t) * np.eye(3)
+    P = np.linalg.inv(C2)
+    want = 0.5 * (np.trace(P @ C1) + (m2 - m1) @ P @ (m2 - m1) - 3 + np.log(np.linalg.det(C2) / np.linalg.det(C1)))
+    assert gauss_kl_to(law, y, t) == pytest.approx(want, rel=1e-9)
+    # an exact draw of q_t is near 0 (finite-sample floor), the distorted one is not
+    assert gauss_kl_to(law, law.sample(4000, g, t=t), t) < 0.02 < want
 
 
 # ------------------------------------------------------------------------------------------
@@ -294,7 +226,7 @@ def test_spec_errors_are_one_line():
 
 TINY = {
     "name": "tiny_sl", "kind": "score_learning", "d": [2, 3], "n": [20, 60], "seed": [0],
-    "estimator": ["dsm", "bsm"], "data_mode": ["independent", "trajectory"], "model": ["mlp"],
+    "estimator": ["dsm", "bsm", "bsm_rb"], "data_mode": ["independent", "trajectory"], "model": ["mlp"],
     "train": {"steps": 20, "batch_size": 8, "K": 4, "width": 8, "depth": 1},
     "bsm": {"t_c": 0.2, "mix": 0.5},
     "evaluation": {"t": [0.05, 0.5, 1.5], "delta": [0.05, 0.5], "n_score": 100, "n_var": 8, "n_draws": 4,
@@ -306,15 +238,16 @@ def test_tiny_study_through_the_flow_then_resume_computes_nothing(study_run, tmp
     from flows.study import score_learning
 
     run = study_run(score_learning, parse_spec(TINY, ScoreLearningSpec), "tiny_sl.zarr")
-    ds = run.complete(cells=16)
+    ds = run.complete(cells=24)
     assert ds.score_l2.dims == CELL_DIMS + ("t",) and ds.target_var.dims == CELL_DIMS + ("t",)
-    for var in ("score_l2", "score_quantile", "target_var", "target_var_oracle", "sliced_w2", "mode_tv"):
+    for var in ("score_l2", "score_quantile", "target_var", "target_var_oracle", "sliced_w2", "mode_tv", "kl_gauss"):
         assert np.isfinite(ds[var].values).all(), var
     # DSM's target does not depend on the network or the data mode: paired draws, equal values
     dsm = ds.target_var.sel(estimator="dsm")
     np.testing.assert_allclose(dsm.sel(data_mode="independent").values, dsm.sel(data_mode="trajectory").values)
     text = sl_report(ds)
-    for part in ("dimension-free", "BSM against DSM", "trajectory against independent", "closing note"):
+    for part in ("dimension-free", "BSM against DSM", "trajectory against independent", "closing note",
+                 "bsm_rb score_l2 / DSM's", "sampling kl_gauss"):
         assert part in text
     run.rerun_computes_nothing(ds)
     assert sl_plot(ds, str(tmp_path / "p.png")).endswith("p.png")

@@ -16,10 +16,11 @@ import torch
 import xarray as xr
 
 from dsclab import bootstrap as bs
+from dsclab import bootstrap_targets as bt
 from dsclab import noise
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.errors import NonFiniteSamples
-from dsclab.metrics import score_errors, sliced_w2
+from dsclab.metrics import gaussian_kl, score_errors, sliced_w2
 from dsclab.noise_sources import GaussianNoise
 from dsclab.samplers import SAMPLERS, steps_for_nfe
 from dsclab.seeds import derive_seed
@@ -82,6 +83,14 @@ def mode_tv(law: GaussianMixture, y: torch.Tensor, t: float) -> float:
     return float(0.5 * (r - law.weights).abs().sum())
 
 
+def gauss_kl_to(law: GaussianMixture, y: torch.Tensor, t: float) -> float:
+    """KL(N(mean, cov of y) || N(mean, cov of q_t)): the Gaussian fit of samples against the exact
+    first two moments of q_t (e^{-t} mean_0, e^{-2t} Cov_0 + sigma_t^2 I)."""
+    qt = law.at(t)
+    y = y.to(torch.float64)
+    return gaussian_kl(y.mean(0), torch.cov(y.T).reshape(law.d, law.d), qt.mean(), qt.cov())
+
+
 def evaluate(spec: ScoreLearningSpec, cell: SLCell, model, result: bs.FitResult | None = None) -> xr.Dataset:
     """All metrics of one trained cell as a Dataset over (t, delta) (the variables of
     :mod:`.layout`); samples that are not finite raise :class:`dsclab.errors.NonFiniteSamples`."""
@@ -96,10 +105,10 @@ def evaluate(spec: ScoreLearningSpec, cell: SLCell, model, result: bs.FitResult 
         t_prev = t / tr.ratio
         state = g.get_state()
         kw = dict(estimator=cell.estimator, t_c=spec.bsm.t_c, mix=spec.bsm.mix)
-        h_hat = law.score if cell.estimator == "bsm_oracle" else model.score  # the h_hat the cell trained with
-        v, v1 = bs.conditional_variance(bs.target_draws(law, x, t, t_prev, ev.n_draws, g, score_prev=h_hat, **kw))
+        h_hat = law.score if bs.ESTIMATORS[cell.estimator].oracle else model.score  # the h_hat the cell trained with
+        v, v1 = bt.conditional_variance(bt.target_draws(law, x, t, t_prev, ev.n_draws, g, score_prev=h_hat, **kw))
         g.set_state(state)  # the oracle uses the same posterior draws (paired)
-        vo, _ = bs.conditional_variance(bs.target_draws(law, x, t, t_prev, ev.n_draws, g, score_prev=law.score,
+        vo, _ = bt.conditional_variance(bt.target_draws(law, x, t, t_prev, ev.n_draws, g, score_prev=law.score,
                                                         dtype=torch.float64, **kw))
         tv[i], tv1[i], tvo[i] = float(v.mean()), float(v1.mean()), float(vo.mean())
     T, t_min = tr.T, tr.t_min
@@ -121,6 +130,8 @@ def evaluate(spec: ScoreLearningSpec, cell: SLCell, model, result: bs.FitResult 
             "sliced_w2_floor": ((), sliced_w2(target2, target, g)),
             "mode_tv": ((), mode_tv(law, y, t_min)),
             "mode_tv_floor": ((), mode_tv(law, target2, t_min)),
+            "kl_gauss": ((), gauss_kl_to(law, y, t_min)),
+            "kl_gauss_floor": ((), gauss_kl_to(law, target2, t_min)),
             "n_params": ((), float(bs.n_parameters(model))),
             "train_seconds": ((), result.seconds if result else np.nan),
             "train_loss": ((), result.loss if result else np.nan),

@@ -5,8 +5,9 @@ Variables (dims: the cell dims :data:`.spec.CELL_DIMS`, plus):
 * ``score_l2``, ``score_l2_rel (t)``, ``score_quantile (t, delta)``: score errors on fresh x ~ q_t
   (``dsclab.metrics.score_errors``);
 * ``target_var (t)``: Monte Carlo conditional variance tr Cov[T | X_t = x] of the cell
-  estimator's regression target T at fixed x (averaged over x ~ q_t), with the trained network
-  as h_hat in the BSM target (:func:`dsclab.bootstrap.target_draws`), the previous time being
+  estimator's regression target T at fixed x (averaged over x ~ q_t), with the cell's h_hat in the
+  bootstrap targets (the trained network; the exact score for the oracle estimators;
+  :func:`dsclab.bootstrap_targets.target_draws`), the previous time being
   t / r (the training grid's step at t); ``target_var_1 (t)``: its first coordinate (the one the
   structured class learns); ``target_var_oracle (t)``: the same with the exact score as h_hat;
 * ``sliced_w2``: sliced W2 between samples of the trained score (``evaluation.sampler`` at
@@ -16,6 +17,9 @@ Variables (dims: the cell dims :data:`.spec.CELL_DIMS`, plus):
   data law at t_min: the total variation between the component-label laws, a lower bound on
   TV(samples, q_{t_min}) by data processing (a TV-type sampling error); ``mode_tv_floor`` for a
   target draw;
+* ``kl_gauss``: KL(N(mean, cov of the samples) || N(mean, cov of q_{t_min})), the Gaussian fit of
+  the samples against the exact first two moments of q_{t_min} (``dsclab.metrics.gaussian_kl``);
+  ``kl_gauss_floor`` for a target draw of the same size;
 * ``train_seconds``, ``train_loss``, ``eval_seconds``, ``n_params``.
 """
 from __future__ import annotations
@@ -39,6 +43,8 @@ VARIABLES = {
     "sliced_w2_floor": ((), "sliced W2 between two independent draws of q_t_min", "1"),
     "mode_tv": ((), "TV between component-label laws of samples and q_t_min (lower bound on TV)", "1"),
     "mode_tv_floor": ((), "mode_tv of an independent draw of q_t_min", "1"),
+    "kl_gauss": ((), "KL of the samples' Gaussian fit to N(mean, cov of q_t_min)", "nats"),
+    "kl_gauss_floor": ((), "kl_gauss of an independent draw of q_t_min", "nats"),
     "train_seconds": ((), "training wall time", "s"),
     "train_loss": ((), "final training loss (mean per pair, last 10% of steps)", "1"),
     "eval_seconds": ((), "evaluation wall time", "s"),

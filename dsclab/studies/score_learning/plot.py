@@ -1,4 +1,5 @@
-"""The score-learning figure: one row per section of the report (:func:`.readout.sections`)."""
+"""The score-learning figure: one row per section of the report (:func:`.readout.sections`), the
+BSM section one row per data mode."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import xarray as xr
 
 from dsclab import analysis
 
+from .bsm import closed_form_ratio
 from .readout import band, done, n_star, ratio_table, sections, weighted_l2
 
 
@@ -25,9 +27,44 @@ def _finish_axes(ax, xlabel: str, title: str):
         ax.legend(fontsize=7)
 
 
+def _bsm_row(ax, ds: xr.Dataset, mode: str) -> None:
+    """One data mode: ratios to DSM per t of the target variance (closed forms as black lines) and
+    of the score error, one colour per estimator, one line style per n; then sliced W2 and KL of
+    Gaussian fits of each trained score's samples against n, beside the floors."""
+    ests = list(ds.estimator.values)
+    t_c = json.loads(ds.attrs["spec"])["bsm"]["t_c"]
+    m, d = ds.model.values[0], ds.d.values[0]
+    styles = ["--", "-", "-.", ":"]
+    for j, var in enumerate(("target_var", "score_l2")):
+        for est in [e for e in ests if e != "dsm"]:
+            for k, nn in enumerate(ds.n.values):
+                sel = {"d": d, "model": m, "data_mode": mode, "n": nn}
+                r = ratio_table(ds, var, "estimator", est, "dsm", sel).transpose("seed", "t")
+                _line_band(ax[j], ds.t.values, r, f"{est}, n={int(nn)}", color=f"C{ests.index(est)}",
+                           linestyle=styles[k % len(styles)], alpha=0.9)
+        if var == "target_var":
+            for est, ls in (("bsm", "--"), ("bsm_rb", "-")):
+                if est in ests or est + "_oracle" in ests:
+                    ax[j].plot(ds.t.values, closed_form_ratio(ds, est), color="k", ls=ls, lw=1.2, marker="",
+                               label=f"closed form, {'pure' if est == 'bsm' else 'RB'} target")
+        ax[j].axhline(1.0, color="0.3", lw=0.8)
+        ax[j].axvline(t_c, color="0.5", ls=":")
+        _finish_axes(ax[j], "t", f"{var}: estimator / dsm ({mode}, {m}, d={int(d)})")
+    for j, var in ((2, "sliced_w2"), (3, "kl_gauss")):
+        sub = done(ds, var).sel(d=d, model=m, data_mode=mode)
+        for est in ests:
+            _line_band(ax[j], ds.n.values, sub.sel(estimator=est).transpose("seed", "n"), est, color=f"C{ests.index(est)}")
+        ax[j].axhline(float(done(ds, var + "_floor").median()), color="0.3", ls="--", lw=0.8, label="floor (exact draw)")
+        _finish_axes(ax[j], "n", f"sampling: {var} vs n ({mode}, {m})")
+        ax[j].set_xticks(ds.n.values, [str(int(v)) for v in ds.n.values], minor=False)
+        ax[j].set_xticks([], minor=True)
+
+
 def plot(ds: xr.Dataset, out: str) -> str:
     """One row per section (:func:`.readout.sections`): error curves in n per d for each class and
-    n*(eps, d); bsm/dsm ratios per t (target variance, score error); trajectory/independent
+    n*(eps, d); per data mode, ratios to dsm per t of the target variance (with the closed forms)
+    and of the score error, and the sampling errors (sliced W2, KL of Gaussian fits) against n of
+    every estimator; trajectory/independent
     ratios per t; L2, quantile (δ below / above η) and sampling errors against n. Bands: min–max
     over seeds."""
     import matplotlib
@@ -35,10 +72,15 @@ def plot(ds: xr.Dataset, out: str) -> str:
     import matplotlib.pyplot as plt
 
     ds = ds.load()
-    rows = sections(ds) or ["none"]
-    fig, axes = plt.subplots(len(rows), 3, figsize=(15, 4.0 * len(rows)), squeeze=False)
+    rows = [(r, mode) for r in (sections(ds) or ["none"])
+            for mode in (ds.data_mode.values if r == "bsm" else [None])]
+    ncols = 4 if any(r == "bsm" for r, _ in rows) else 3
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(5 * ncols, 4.0 * len(rows)), squeeze=False)
     n = ds.n.values
-    for ax, row in zip(axes, rows):
+    for ax, (row, mode) in zip(axes, rows):
+        if row != "bsm":
+            for extra in ax[3:]:
+                extra.set_visible(False)
         if row == "dim":
             err = weighted_l2(ds).isel(estimator=0, data_mode=0)
             for j, m in enumerate(ds.model.values[:2]):
@@ -52,20 +94,7 @@ def plot(ds: xr.Dataset, out: str) -> str:
                     _line_band(ax[2], ds.d.values, ns.transpose("seed", "d"), f"{m}, eps={levels[0]:.3g}", color=f"C{j}")
             _finish_axes(ax[2], "d", "n*(eps, d) per class")
         elif row == "bsm":
-            ests = [e for e in ds.estimator.values if e != "dsm"]
-            t_c = json.loads(ds.attrs["spec"])["bsm"]["t_c"]
-            for j, var in enumerate(("target_var", "target_var_1", "score_l2")):
-                k = 0
-                for est in ests:
-                    for nn in n:
-                        sel = {"d": ds.d.values[0], "model": ds.model.values[0], "data_mode": ds.data_mode.values[0], "n": nn}
-                        r = ratio_table(ds, var, "estimator", est, "dsm", sel).transpose("seed", "t")
-                        _line_band(ax[j], ds.t.values, r, f"{est}, n={int(nn)}", color=f"C{k}",
-                                   linestyle="-" if est == "bsm" else "--")
-                        k += 1
-                ax[j].axhline(1.0, color="k", lw=0.8)
-                ax[j].axvline(t_c, color="0.5", ls=":")
-                _finish_axes(ax[j], "t", f"{var}: estimator / dsm ({ds.data_mode.values[0]}, {ds.model.values[0]})")
+            _bsm_row(ax, ds, mode)
         elif row == "traj":
             for j, est in enumerate(ds.estimator.values[:3]):
                 for k, nn in enumerate(n):

@@ -1,6 +1,6 @@
 """What the report (:mod:`.report`) and the figure (:mod:`.plot`) read from a score-learning store:
 the values of done cells, bands over seeds, the sigma_t^2-weighted L2 error, n*(eps), paired
-ratios, and which sections the grid supports."""
+ratios and their tables, and which sections the grid supports."""
 from __future__ import annotations
 
 import numpy as np
@@ -48,6 +48,19 @@ def ratio_table(ds: xr.Dataset, var: str, dim: str, num: str, den: str, sel: dic
     """Per-seed ratio var[dim=num] / var[dim=den] of paired cells at ``sel``."""
     da = done(ds, var).sel(sel)
     return da.sel({dim: num}) / da.sel({dim: den})
+
+
+def ratio_block(ds: xr.Dataset, var: str, dim: str, num: str, den: str, fixed: dict) -> tuple[list[str], xr.DataArray]:
+    """Rows n, columns t: 'median [min, max]' over seeds of the paired ratio var[num] / var[den]
+    (:func:`ratio_table`; the largest delta of a quantile variable); and the ratio itself."""
+    r = ratio_table(ds, var, dim, num, den, fixed)
+    if "delta" in r.dims:
+        r = r.isel(delta=-1)
+    head = "    " + f"{'n':>6} " + " ".join(f"{'t=' + format(float(t), '.3g'):>20}" for t in ds.t.values)
+    rows = [head]
+    for n in ds.n.values:
+        rows.append("    " + f"{int(n):>6} " + " ".join(f"{band_text(r.sel(n=n, t=t)):>20}" for t in ds.t.values))
+    return rows, r
 
 
 def sections(ds: xr.Dataset) -> list[str]:

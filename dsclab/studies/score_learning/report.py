@@ -3,8 +3,10 @@ printing its tables and returning the facts the closing note weighs against what
 predict (science.md §2, §4):
 
 * ``dim`` (:func:`dimension_free_section`): n*(eps, d) per hypothesis class and its exponent in d;
-* ``bsm`` (:func:`bsm_section`): bsm/dsm ratios of the target variance and the score error per t,
-  and the closed-form condition under which bootstrapping lowers the target variance;
+* ``bsm`` (:func:`.bsm.section`): ratios to DSM of the target variance (measured and closed form)
+  and the score error per t for the pure and the Rao–Blackwellised bootstrap targets, the
+  closed-form condition under which the pure target lowers the variance, and the sampling errors
+  of each trained score;
 * ``traj`` (:func:`trajectory_section`): trajectory/independent ratios of the score error per t;
 * ``quantile`` (:func:`quantile_section`): L2 against quantile score error and sampling errors
   along n.
@@ -19,14 +21,13 @@ import json
 import math
 
 import numpy as np
-import torch
 import xarray as xr
 
-from dsclab import bootstrap as bs
-from dsclab import analysis, distributions
+from dsclab import analysis
 from dsclab.study import Status
 
-from .readout import band_text, done, fmt, n_star, ratio_table, sections, weighted_l2
+from . import bsm
+from .readout import done, fmt, n_star, ratio_block, sections, weighted_l2
 
 
 def _nstar_lines(err: xr.DataArray, ds: xr.Dataset, eps: float) -> tuple[list[str], float, tuple]:
@@ -82,69 +83,6 @@ def dimension_free_section(ds: xr.Dataset) -> tuple[list[str], dict]:
     return lines, facts
 
 
-def bsm_condition_lines(ds: xr.Dataset) -> list[str]:
-    """The closed-form condition (Gaussian data, exact h) under which the bootstrapped target has
-    the lower conditional variance, against the study's grid step Delta = t (1 - 1/r)."""
-    spec = json.loads(ds.attrs["spec"])
-    r = float(ds.attrs["grid_ratio"])
-    d = int(ds.d.values[0])
-    law = distributions.make(spec["distribution"]["name"], d, **spec["distribution"]["params"])
-    lam = torch.linalg.eigvalsh(law.cov()).numpy()
-    mix, t_c = float(spec["bsm"]["mix"]), float(spec["bsm"]["t_c"])
-    lams = sorted({1.0, round(float(lam.max()), 6)})
-    lines = ["condition (closed form, Gaussian data with per-coordinate variance lam, exact h): the bootstrapped "
-             "target has the lower conditional variance iff",
-             "  (e^{2 Delta} - 1) sigma_t^2 < e^{-2t} lam v_{t'},  v_{t'} = e^{-2t'} lam + sigma_{t'}^2  "
-             "(lam = 1: (e^{2 Delta} - 1)(e^{2t} - 1) < 1),",
-             "  so at high noise only for steps Delta < ~ lam e^{-2t} / 2: the window shrinks exponentially in t "
-             "and widens with the data scale lam.",
-             f"  this grid: Delta = t (1 - 1/r), r = {r:.4f}; Delta_max(t, lam) = the largest winning step; "
-             f"'Gauss ratio' = closed-form bsm/dsm target variance for N(mean, Cov) of the data law (d={d}, mix={mix:g}):",
-             "  " + f"{'t':>6} {'Delta':>8} " + " ".join(f"{'Dmax lam=' + format(v, '.3g'):>14}" for v in lams)
-             + f" {'Gauss ratio':>12}"]
-    for t in ds.t.values:
-        t = float(t)
-        pred = bs.gaussian_target_variance(lam, t, t / r, mix)
-        ratio = pred["mixed"] / pred["dsm"] if t > t_c else 1.0
-        lines.append("  " + f"{t:6.3g} {t * (1 - 1 / r):8.3g} "
-                     + " ".join(f"{bs.bsm_wins_max_step(v, t):14.3g}" for v in lams) + f" {ratio:12.3g}")
-    return lines
-
-
-def _ratio_block(ds: xr.Dataset, var: str, dim: str, num: str, den: str, fixed: dict) -> tuple[list[str], xr.DataArray]:
-    """Rows n, columns t: 'median [min, max]' over seeds of the ratio."""
-    r = ratio_table(ds, var, dim, num, den, fixed)
-    if "delta" in r.dims:
-        r = r.isel(delta=-1)
-    head = "    " + f"{'n':>6} " + " ".join(f"{'t=' + format(float(t), '.3g'):>20}" for t in ds.t.values)
-    rows = [head]
-    for n in ds.n.values:
-        rows.append("    " + f"{int(n):>6} " + " ".join(f"{band_text(r.sel(n=n, t=t)):>20}" for t in ds.t.values))
-    return rows, r
-
-
-def bsm_section(ds: xr.Dataset) -> tuple[list[str], dict]:
-    spec = json.loads(ds.attrs["spec"])
-    b = spec["bsm"]
-    lines = [f"== BSM against DSM (t_c={b['t_c']}, lag={b['lag']}, mix={b['mix']}; paired cells; ratio estimator/dsm, "
-             "median [min, max] over seeds; ratios at t <= t_c compare two DSM-trained regions) ==",
-             "   bsm: h_hat = the network (stop-gradient or lagged copy); bsm_oracle: h_hat = the exact score "
-             "(the variance effect alone, without the feedback of a learned h_hat)"]
-    facts: dict = {}
-    d = ds.d.values[0]
-    for est in [e for e in ds.estimator.values if e != "dsm"]:
-        for mode in ds.data_mode.values:
-            for m in ds.model.values:
-                fixed = {"d": d, "data_mode": mode, "model": m}
-                lines.append(f"[{est}/dsm; data {mode}; model {m}; d={int(d)}]")
-                for var in ("target_var", "target_var_1", "score_l2"):
-                    l, r = _ratio_block(ds, var, "estimator", est, "dsm", fixed)
-                    lines += [f"  {var}:"] + l
-                    facts[(est, mode, m, var)] = r
-    lines += [""] + bsm_condition_lines(ds)
-    return lines, facts
-
-
 def trajectory_section(ds: xr.Dataset) -> tuple[list[str], dict]:
     K = json.loads(ds.attrs["spec"])["train"]["K"]
     lines = [f"== trajectory against independent at equal pair count (n K pairs, K={K}): ratio trajectory/independent "
@@ -153,7 +91,7 @@ def trajectory_section(ds: xr.Dataset) -> tuple[list[str], dict]:
     for est in ds.estimator.values:
         for m in ds.model.values:
             fixed = {"d": ds.d.values[0], "estimator": est, "model": m}
-            l, r = _ratio_block(ds, "score_l2", "data_mode", "trajectory", "independent", fixed)
+            l, r = ratio_block(ds, "score_l2", "data_mode", "trajectory", "independent", fixed)
             lines += [f"[score_l2; estimator {est}; model {m}; d={int(ds.d.values[0])}]"] + l
             facts[(est, m)] = r
     return lines, facts
@@ -213,26 +151,7 @@ def closing_note(ds: xr.Dataset, facts: dict) -> list[str]:
             lines.append(f"- {m}: exponent of n* in d = {b:.2f} (median over the error levels); predicted {pred}: "
                          f"{'agrees' if ok else 'DISAGREES'}")
     if "bsm" in facts:
-        t_c = float(json.loads(ds.attrs["spec"])["bsm"]["t_c"])
-        above = [float(t) for t in ds.t.values if t > t_c]
-        for key, r in facts["bsm"].items():
-            est, mode, m, var = key
-            if var not in ("target_var", "score_l2") or not above:
-                continue
-            med = r.median(["seed", "n"])
-            vals = {t: float(med.sel(t=t)) for t in above}
-            win = [t for t, v in vals.items() if v < 1]
-            lose = [t for t, v in vals.items() if v >= 1]
-            lines.append(f"- {est}/dsm {var} [{mode}, {m}] above t_c (median over n, seeds): "
-                         + ", ".join(f"t={t:g}: {v:.3g}" for t, v in vals.items())
-                         + f" -> lower at t in {win or 'none'}, higher at {lose or 'none'}")
-        lines.append("  predicted (science.md §4b): lower target variance and error than DSM at high noise "
-                     "(Rao-Blackwell). The closed form says otherwise for the adopted target: it is lower only while "
-                     "(e^{2 Delta} - 1) sigma_t^2 < e^{-2t} lam v_{t'} (table above), i.e. just above t_c and at low "
-                     "noise, and higher at high noise unless Delta ~ e^{-2t}. e^{Delta} h(t', X_{t'}) is not the "
-                     "Rao-Blackwellisation E[T_dsm | X_{t'}, X_t] of the DSM target. With a learned h_hat the "
-                     "bootstrap loop has gain e^{Delta} > 1 per link through one shared network: without mixing "
-                     "in DSM it can diverge (small n, small t_c).")
+        lines += bsm.closing_lines(ds, facts["bsm"])
     if "traj" in facts:
         for (est, m), r in facts["traj"].items():
             med = float(r.median())
@@ -281,7 +200,7 @@ def report(ds: xr.Dataset) -> str:
     lines = [f"score-learning study {ds.attrs.get('name', '')}: {n_done}/{ds.status.size} cells done, "
              f"{n_failed} failed; training-grid ratio r = {float(ds.attrs['grid_ratio']):.4f}; "
              f"mean train {fmt(float(done(ds, 'train_seconds').mean()))} s, eval {fmt(float(done(ds, 'eval_seconds').mean()))} s per cell"]
-    makers = {"dim": dimension_free_section, "bsm": bsm_section, "traj": trajectory_section, "quantile": quantile_section}
+    makers = {"dim": dimension_free_section, "bsm": bsm.section, "traj": trajectory_section, "quantile": quantile_section}
     facts = {}
     for name in sections(ds):
         l, facts[name] = makers[name](ds)
