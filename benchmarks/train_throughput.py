@@ -106,7 +106,7 @@ def main() -> None:
             group(d, dataclasses.replace(cfg, precision="float32"))
         batched_f32 = time.perf_counter() - t0
 
-    torch.set_num_threads(max(1, threads // spec.workers))  # as flows/sample_complexity.py does
+    torch.set_num_threads(max(1, threads // spec.workers))  # as flows.runners does for the threads runner
     t0 = time.perf_counter()
     with ThreadPoolExecutor(spec.workers) as pool:
         list(pool.map(group, sorted(spec.d, reverse=True)))  # largest d first, as the flow
