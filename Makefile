@@ -8,7 +8,7 @@ PLUGIN := examples/dsclab-example-plugin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test venv lock clean
+.PHONY: demo test venv lock clean gpu-check
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The device check on a machine with one GPU (at most 8 minutes): its JSON record and logs go to OUT.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(or $(OUT),results/gpu-check)
 
 # Re-resolve the environment from pyproject.toml into requirements.lock (needs the registry).
 lock:

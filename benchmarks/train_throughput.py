@@ -39,16 +39,19 @@ from dsclab.nets import ScoreMLP  # noqa: E402
 from dsclab.train import train_ensemble, train_score  # noqa: E402
 
 
-def textbook_train(x: torch.Tensor, cfg, seed: int) -> ScoreMLP:
-    """The tutorial training loop for one cell (the baseline users compare against)."""
-    g = torch.Generator().manual_seed(seed)
-    model = ScoreMLP(x.shape[1], width=cfg.width, depth=cfg.depth, generator=g)
+def textbook_train(x: torch.Tensor, cfg, seed: int, device: str = "cpu") -> ScoreMLP:
+    """The tutorial training loop for one cell (the baseline users compare against), on ``device``
+    (model, data and random draws there: one small step at a time, as a tutorial does on a GPU)."""
+    model = ScoreMLP(x.shape[1], width=cfg.width, depth=cfg.depth,
+                     generator=torch.Generator().manual_seed(seed)).to(device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = x.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     for _ in range(cfg.steps):
-        idx = torch.randint(0, x.shape[0], (cfg.batch_size,), generator=g)
-        t = sample_times(cfg.batch_size, cfg.t_min, cfg.T, g)
-        z = torch.randn(cfg.batch_size, x.shape[1], generator=g)
+        idx = torch.randint(0, x.shape[0], (cfg.batch_size,), generator=g, device=device)
+        t = sample_times(cfg.batch_size, cfg.t_min, cfg.T, g, device=device)
+        z = torch.randn(cfg.batch_size, x.shape[1], generator=g, device=device)
         loss = dsm_loss(model, x[idx], t, z).mean()
         opt.zero_grad()
         loss.backward()
@@ -75,15 +78,14 @@ def main() -> None:
     warm = dataclasses.replace(cfg, steps=5)  # first-call costs (allocator, kernels) outside the timings
     train_score(data[(cells[0].d, cells[0].seed)], config=warm, device=args.device)
     train_ensemble([data[(cells[0].d, cells[0].seed)]] * 2, [0, 1], config=warm, device=args.device)
-    textbook = None
-    if args.device == "cpu":
-        textbook_train(data[(cells[0].d, cells[0].seed)], warm, 0)
-        t0 = time.perf_counter()
-        for c in cells:
-            textbook_train(data[(c.d, c.seed)][: c.n], cfg, seeds[c.key])
-        textbook = time.perf_counter() - t0
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    textbook_train(data[(cells[0].d, cells[0].seed)], warm, 0, args.device)
+    sync()
+    t0 = time.perf_counter()
+    for c in cells:
+        textbook_train(data[(c.d, c.seed)][: c.n], cfg, seeds[c.key], args.device)
+    sync()
+    textbook = time.perf_counter() - t0
     t0 = time.perf_counter()
     for c in cells:
         train_score(data[(c.d, c.seed)][: c.n], config=cfg, seed=seeds[c.key], device=args.device)

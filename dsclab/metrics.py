@@ -69,15 +69,15 @@ class SlicedW2:
 
     def __init__(self, y: torch.Tensor, generator: torch.Generator, n_proj: int = 256):
         y = y.to(torch.float64)
-        th = torch.randn(y.shape[1], n_proj, generator=generator, dtype=torch.float64)
-        self.theta = th / th.norm(dim=0, keepdim=True)
+        th = torch.randn(y.shape[1], n_proj, generator=generator, dtype=torch.float64, device=generator.device)
+        self.theta = (th / th.norm(dim=0, keepdim=True)).to(y.device)  # drawn on the generator's device
         self.sorted_y, _ = torch.sort(y @ self.theta, dim=0)
 
     def __call__(self, x: torch.Tensor) -> float:
         px, _ = torch.sort(x.to(torch.float64) @ self.theta, dim=0)
         py = self.sorted_y
         if px.shape[0] != py.shape[0]:
-            q = torch.linspace(0, 1, max(px.shape[0], py.shape[0]), dtype=torch.float64)
+            q = torch.linspace(0, 1, max(px.shape[0], py.shape[0]), dtype=torch.float64, device=px.device)
             px, py = (torch.quantile(p, q, dim=0) for p in (px, py))
         return float(((px - py) ** 2).mean().sqrt())
 
@@ -114,7 +114,7 @@ def w2_exact(x: torch.Tensor, y: torch.Tensor, max_points: int = 2000) -> float:
         raise ValueError(f"w2_exact: at most {max_points} points (got {x.shape[0]} and {y.shape[0]})")
     a = np.full(x.shape[0], 1.0 / x.shape[0])
     b = np.full(y.shape[0], 1.0 / y.shape[0])
-    cost = _sqdist(x.to(torch.float64), y.to(torch.float64)).numpy()
+    cost = _sqdist(x.to(torch.float64), y.to(torch.float64)).cpu().numpy()
     return float(np.sqrt(max(ot.emd2(a, b, cost, numItermax=10_000_000), 0.0)))
 
 

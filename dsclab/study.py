@@ -37,9 +37,11 @@ the kind's name). Cell axes are ``cell_dims``: each cell is one region of the st
   ``xr.Dataset`` over the store's non-cell dims; ``trained`` is the cell's checkpoint payload
   (None for kinds without a train stage).
 
-A stage raising one of :data:`dsclab.errors.NUMERICAL` marks its cells failed (the reason is
-stored; the study goes on); any other exception fails the task loudly, leaves the cells pending
-and makes the run fail with that message.
+A stage raising one of :data:`dsclab.errors.FAILURES` — a numerical failure
+(:data:`dsclab.errors.NUMERICAL`) or running out of memory on a single cell (a group that runs
+out of memory is first split and retried) — marks its cells failed (the reason is stored; the
+study goes on); any other exception fails the task loudly, leaves the cells pending and makes
+the run fail with that message.
 
 **How it reads** — :meth:`StudyKind.report` (text), :meth:`StudyKind.plot` (a figure file) and
 :meth:`StudyKind.table` (the summary table shown in the Prefect UI).

@@ -336,6 +336,35 @@ def group_memory_bytes(members: int, d: int, config: TrainConfig) -> int:
     return 4 * members * (4 * params + acts + draws)
 
 
+FREE_MEMORY_SHARE = 0.5
+"""The share of a CUDA device's free memory that one training group may plan to use: the
+estimate of :func:`group_memory_bytes` leaves out the allocator's caching and fragmentation, the
+data sets and cuBLAS workspaces, and other tasks may share the device; a group planned within
+half the free memory still fits when the estimate is low by up to 2x (``tests/test_gpu.py``
+measures a group's peak against its estimate)."""
+
+
+def memory_bound_bytes(bound: int | None, device: str | torch.device = "cpu") -> int | None:
+    """The memory one training group may use on ``device``, in bytes: ``bound`` (a spec's
+    ``group_memory_mb`` in bytes; None for none) and, on a CUDA device, at most
+    :data:`FREE_MEMORY_SHARE` of the device's free memory now (``torch.cuda.mem_get_info``).
+    None when nothing bounds it (the CPU without a bound of the spec)."""
+    dev = resolve_device(device) if isinstance(device, str) else device
+    if dev.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(dev)
+        share = int(FREE_MEMORY_SHARE * free)
+        bound = share if bound is None else min(bound, share)
+    return bound
+
+
+def group_size(d: int, config: TrainConfig, bound: int | None, device: str | torch.device = "cpu") -> int | None:
+    """The most cells of dimension d that train together within :func:`memory_bound_bytes`, by
+    :func:`group_memory_bytes` (at least one: a cell that does not fit alone is left to the train
+    task's out-of-memory handling, ``tasks.stages.train_splitting``); None when nothing bounds it."""
+    limit = memory_bound_bytes(bound, device)
+    return None if limit is None else max(1, limit // group_memory_bytes(1, d, config))
+
+
 def train_group(datasets: list[torch.Tensor], seeds: list[int], *, estimators: list[str],
                 config: TrainConfig = TrainConfig(), device: str = "cpu",
                 batched: bool = True) -> list[TrainResult | None]:

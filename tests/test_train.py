@@ -276,3 +276,91 @@ def test_ensemble_loss_is_each_members_own_loss():
     assert per.shape == (3, 7)
     want = torch.stack([dsm_loss(net, x0[m], t[m], z[m]) for m, net in enumerate(members)])
     torch.testing.assert_close(per, want, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# The training-group memory bound: the spec's, and on CUDA a share of the free memory (issue 20)
+# ------------------------------------------------------------------------------------------
+
+MiB = 2**20
+
+
+def _fake_free_memory(monkeypatch, free: int, total: int = 80 * 1024 * MiB) -> list:
+    """``torch.cuda.mem_get_info`` answering (free, total) on this CUDA-less machine; returns the
+    list of devices it was asked about."""
+    asked = []
+
+    def mem_get_info(device=None):
+        asked.append(device)
+        return free, total
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    return asked
+
+
+def test_memory_bound_is_the_spec_bound_on_the_cpu_and_at_most_a_share_of_free_memory_on_cuda(monkeypatch):
+    from dsclab.train import FREE_MEMORY_SHARE, group_size, memory_bound_bytes
+
+    assert FREE_MEMORY_SHARE == 0.5
+    asked = _fake_free_memory(monkeypatch, free=1024 * MiB)
+    assert memory_bound_bytes(2048 * MiB, "cpu") == 2048 * MiB and memory_bound_bytes(None, "cpu") is None
+    assert asked == []  # the CPU never asks CUDA
+    assert memory_bound_bytes(2048 * MiB, "cuda") == 512 * MiB          # min(spec bound, free / 2)
+    assert memory_bound_bytes(100 * MiB, "cuda:0") == 100 * MiB
+    assert memory_bound_bytes(None, torch.device("cuda")) == 512 * MiB  # no spec bound: free / 2
+    assert [torch.device(d) for d in asked] == [torch.device("cuda"), torch.device("cuda:0"), torch.device("cuda")]
+    per = group_memory_bytes(1, 8, CFG)
+    assert group_size(8, CFG, 2048 * MiB, "cpu") == 2048 * MiB // per
+    assert group_size(8, CFG, 2048 * MiB, "cuda") == 512 * MiB // per
+    assert group_size(8, CFG, None, "cpu") is None
+    _fake_free_memory(monkeypatch, free=per)  # not even one cell fits in half of it: still one
+    assert group_size(8, CFG, 2048 * MiB, "cuda") == 1
+
+
+def test_split_groups_uses_the_free_cuda_memory(monkeypatch):
+    """The sample-complexity plan on a CUDA device with (faked) free memory for 3 cells' estimates
+    in its half splits 8 cells of one d as 3 + 3 + 2; on the CPU the spec's bound (2 GiB) keeps
+    them in one group, and the kind's plan follows the spec's device."""
+    from dsclab.spec import parse_spec
+    from dsclab.studies.sample_complexity import KIND
+    from dsclab.studies.sample_complexity import numerics as sc
+
+    spec = parse_spec({"name": "mem", "d": [4], "n": [10, 20, 30, 40, 50, 60, 70, 80], "nfe": [4],
+                       "train": {"steps": 10, "width": 32, "depth": 2, "device": "cuda"}})
+    cells = spec.cells()
+    per = group_memory_bytes(1, 4, sc.train_config(spec))
+    _fake_free_memory(monkeypatch, free=2 * (3 * per + per // 2))  # half of it: 3.5 cells
+    assert [len(g) for g in sc.split_groups(spec, cells)] == [3, 3, 2]
+    assert [c.key for g in sc.split_groups(spec, cells) for c in g] == [c.key for c in cells]
+    assert [len(g.cells) for g in KIND.plan(spec, cells)] == [3, 3, 2]
+    assert [len(g) for g in sc.split_groups(spec, cells, device="cpu")] == [8]
+    _fake_free_memory(monkeypatch, free=100 * 1024 * MiB)  # a large device: the spec's bound rules
+    small = spec.model_copy(update={"group_memory_mb": 1})
+    assert [len(g) for g in sc.split_groups(small, cells)] == [len(g) for g in sc.split_groups(small, cells, "cpu")]
+    assert len(sc.split_groups(small, cells)) == -(-8 // max(1, MiB // per))
+
+
+def test_sparse_pca_trains_in_chunks_within_the_free_cuda_memory(monkeypatch):
+    """sparse_pca trains a (d, k) group as one ensemble on the CPU, and on CUDA as consecutive
+    ensembles of at most (free / 2) / estimate cells, in cell order (train_group recorded)."""
+    from dsclab.spec import parse_spec
+    from dsclab.studies.sparse_pca import KIND
+    from dsclab.studies.sparse_pca import numerics as spn
+
+    spec = parse_spec({**KIND.small, "n": [6, 20, 60]}, KIND.spec_model)
+    cells = [c for c in KIND.cells(spec)]
+    data = {(c.k, c.beta, c.seed): np.zeros((max(spec.n), c.d)) for c in cells}
+    calls = []
+
+    def record(xs, seeds, *, estimators, config, device):
+        calls.append((len(xs), device))
+        return [f"net-{s}" for s in seeds]
+
+    monkeypatch.setattr(spn, "train_group", record)
+    want = [f"net-{spn.derive_seed('sparse-pca-train', c.key)}" for c in cells]
+    assert spn.train_cells(spec, cells, data, "cpu") == want and calls == [(len(cells), "cpu")]
+    per = group_memory_bytes(1, cells[0].d, spn.train_config(spec))
+    _fake_free_memory(monkeypatch, free=2 * 5 * per)
+    calls.clear()
+    assert spn.train_cells(spec, cells, data, "cuda") == want
+    assert calls == [(5, "cuda")] * (len(cells) // 5) + ([(len(cells) % 5, "cuda")] if len(cells) % 5 else [])

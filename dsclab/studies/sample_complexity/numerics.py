@@ -28,7 +28,7 @@ from dsclab.noise_sources import GaussianNoise
 from dsclab.samplers import SAMPLERS, steps_for_nfe
 from dsclab.seeds import derive_seed
 from dsclab.studies.sample_complexity.spec import Cell, StudySpec
-from dsclab.train import TrainConfig, TrainResult, group_memory_bytes, train_group
+from dsclab.train import TrainConfig, TrainResult, group_size, train_group
 
 CELL_DIMS = ("d", "n", "seed", "estimator")
 
@@ -103,14 +103,14 @@ def immse_eval(spec: StudySpec, cell: Cell, score_hat, dist) -> immse.DataSetNLL
     return immse.data_set_nll(x, [den], dist, g, logsnr=ev.logsnr, n_alpha=ev.n_alpha)
 
 
-def split_groups(spec: StudySpec, cells: list[Cell]) -> list[list[Cell]]:
+def split_groups(spec: StudySpec, cells: list[Cell], device: str | None = None) -> list[list[Cell]]:
     """Cells sharing d in groups whose estimated training memory (``group_memory_bytes``) stays
-    under ``spec.group_memory_mb``; each group trains as one batched ensemble."""
+    under ``spec.group_memory_mb`` and, on a CUDA device, under a share of its free memory
+    (``dsclab.train.group_size``); each group trains as one batched ensemble. ``device``
+    defaults to the spec's ``train.device`` ('auto': CUDA when this process sees one)."""
     if not cells:
         return []
-    cfg = train_config(spec)
-    per = group_memory_bytes(1, cells[0].d, cfg)
-    size = max(1, int(spec.group_memory_mb * 2**20 // per))
+    size = group_size(cells[0].d, train_config(spec), spec.group_memory_mb * 2**20, device or spec.train.device)
     return [cells[i:i + size] for i in range(0, len(cells), size)]
 
 

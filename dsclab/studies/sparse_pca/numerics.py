@@ -19,7 +19,7 @@ from dsclab.samplers import SAMPLERS, steps_for_nfe, uses_levy_area
 from dsclab.seeds import derive_seed
 from dsclab.studies.sparse_pca.layout import PER_ESTIMATOR
 from dsclab.studies.sparse_pca.spec import NETWORK, ORACLE, SparsePCACell, SparsePCAEvalSpec, SparsePCASpec
-from dsclab.train import TrainConfig, TrainResult, train_group
+from dsclab.train import TrainConfig, TrainResult, group_size, train_group
 
 # -------------------------------------------------------------------------------------------
 # Data and training
@@ -47,11 +47,20 @@ def train_config(spec: SparsePCASpec) -> TrainConfig:
 
 def train_cells(spec: SparsePCASpec, cells: list[SparsePCACell], data: dict[tuple, np.ndarray],
                 device: str = "cpu") -> list[TrainResult | None]:
-    """Train the network of each cell (cells share d) as one batched ensemble; ``data[(k, beta, seed)]``
-    is that law's full dataset. A diverged member gives ``None``."""
+    """Train the network of each cell (cells share d) as one batched ensemble, or on a CUDA
+    device as consecutive ensembles within a share of its free memory (``dsclab.train.group_size``);
+    ``data[(k, beta, seed)]`` is that law's full dataset. A diverged member gives ``None``."""
+    if not cells:
+        return []
+    cfg = train_config(spec)
     xs = [torch.as_tensor(data[(c.k, c.beta, c.seed)][: c.n], dtype=torch.float32) for c in cells]
-    return train_group(xs, [derive_seed("sparse-pca-train", c.key) for c in cells],
-                       estimators=["dsm"] * len(cells), config=train_config(spec), device=device)
+    seeds = [derive_seed("sparse-pca-train", c.key) for c in cells]
+    size = group_size(cells[0].d, cfg, None, device) or len(cells)
+    out: list[TrainResult | None] = []
+    for i in range(0, len(cells), size):
+        out += train_group(xs[i:i + size], seeds[i:i + size], estimators=["dsm"] * len(xs[i:i + size]),
+                           config=cfg, device=device)
+    return out
 
 
 # -------------------------------------------------------------------------------------------
