@@ -57,10 +57,17 @@ def query_table(ds: xr.Dataset, var: str, sel: dict, mean: list[str]) -> str:
     for dim, val in sel.items():
         if dim not in da.dims:
             raise KeyError(f"{var} has no dim {dim!r} (dims: {', '.join(da.dims)})")
-        coord = da[dim].values
-        kind = coord.dtype.kind
-        v = type(coord[0].item())(val) if kind in "iuf" else val
+        values = [c.item() for c in da[dim].values]
+        try:
+            v = type(values[0])(val) if da[dim].dtype.kind in "iuf" else val
+        except ValueError:
+            v = None
+        if v not in values:
+            raise KeyError(f"{dim}={val} is not a value of {dim} (values: {', '.join(map(str, values))})")
         da = da.sel({dim: [v]})
+    for dim in mean:
+        if dim not in da.dims:
+            raise KeyError(f"--mean {dim}: {var} has no dim {dim!r} (dims: {', '.join(da.dims)})")
     if mean:
         da = da.mean(mean)
     return da.load().to_dataframe(name=var)[[var]].to_string(float_format=lambda v: f"{v:.5g}")

@@ -107,7 +107,7 @@ class StudyBase(_Frozen):
     """
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="study name; the store defaults to results/NAME.zarr")
-    store: str | None = Field(None, description="store path or fsspec URL (default results/<name>.zarr)")
+    store: str | None = Field(None, description="store path or fsspec URL (default: results/NAME.zarr, NAME the study name)")
     workers: int = Field(2, gt=0, description="tasks run at once")
     max_cells: int = Field(10_000, gt=0, description="refuse grids with more cells than this")
 

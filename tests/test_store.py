@@ -127,3 +127,30 @@ def test_check_reports_corrupted_and_missing_chunks_and_disagreeing_status(tmp_p
     assert "w2: chunk w2/1.0.1.0.0.0 missing" in text
     assert "d=2, n=20, seed=0, estimator=dsm: status pending but values in train_seconds" in text
     assert len(problems) == 3
+
+
+def test_query_prints_stored_values_and_refuses_bad_selections_in_one_line(tmp_path, capsys):
+    """``dsclab query``: a selection picks the value written into that cell; a value that is not on
+    the axis (``d=3``), one of the wrong type (``d=two``), an unknown variable, dim or ``--mean`` dim
+    is refused with one line and exit code 2."""
+    from dsclab.cli import main
+
+    path = str(tmp_path / "s.zarr")
+    storage.create_or_open(path, sc.template(spec()), sc.CELL_DIMS)
+    idx = {"d": 4, "n": 20, "seed": 1, "estimator": "dsm"}
+    storage.write_cell(path, xr.Dataset({"score_l2": (("t",), [0.125, 0.5])}, coords={"t": [0.1, 1.0]}), idx)
+    storage.mark_cells(path, [idx], storage.DONE)
+    capsys.readouterr()
+    assert main(["query", path, "--var", "score_l2", "--sel", "d=4", "n=20", "seed=1", "--mean", "t"]) == 0
+    out = capsys.readouterr().out
+    assert "0.3125" in out  # (0.125 + 0.5) / 2
+    for argv, start in [(["--sel", "d=3"], "d=3 is not a value of d (values: 2, 4)"),
+                        (["--sel", "d=two"], "d=two is not a value of d (values: 2, 4)"),
+                        (["--sel", "estimator=bsm"], "estimator=bsm is not a value of estimator (values: dsm)"),
+                        (["--sel", "x=1"], "score_l2 has no dim 'x'"),
+                        (["--mean", "x"], "--mean x: score_l2 has no dim 'x'")]:
+        assert main(["query", path, "--var", "score_l2", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"dsclab: error: {start}"), err
+    assert main(["query", path, "--var", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("dsclab: error: no variable 'nope'")
