@@ -21,6 +21,9 @@ power laws y = C x^a. Only finite positive values enter a fit.
 * :func:`slope_table`, :func:`crossing_table` -- the same applied along one dim of an
   ``xr.DataArray``, over all its other dims (:func:`crossing_values` reads one field of a table).
 
+Exceedance probabilities P[error > tau] over seeds with a Clopper–Pearson interval
+(:func:`exceedance`, :func:`tau_levels`) live in :mod:`dsclab.exceedance` and are re-exported here.
+
 Nothing here knows what x is: the sampler study uses x = NFE (the NFE to reach a KL level), the
 score-learning study x = n (n*(eps, d), the smallest n with error <= eps), the sparse-PCA study
 x = n (n_half, the n from which the overlap stays above 1/2).
@@ -34,7 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-__all__ = ["PowerFit", "SlopeBand", "Crossing", "fit_power_law", "bootstrap_power_law", "crossing",
+from dsclab.exceedance import exceedance, tau_levels
+
+__all__ = ["exceedance", "tau_levels", "PowerFit", "SlopeBand", "Crossing", "fit_power_law", "bootstrap_power_law", "crossing",
            "crossing_exponent", "exponent_band", "common_levels", "slope_table", "crossing_table",
            "crossing_values"]
 

@@ -8,7 +8,12 @@
   names, kept in the order given (the order of a report's columns).
 
 Every violation raises ``ValueError`` with one line naming the value; ``dsclab.spec.parse_spec``
-prefixes the field. Use the ``Annotated`` types as field types; :func:`Name` and :func:`Names`
+prefixes the field. Each type also states, in its JSON Schema (:class:`Schema`), what of its
+validator JSON Schema can express: bounds (``minimum`` / ``exclusiveMinimum``), ``minItems: 1``,
+``uniqueItems``, and the ``enum`` of a registry's names (read from the registry when the schema is
+generated, so plugin names are in it). A deployment's parameter schema is the spec model's JSON
+Schema, so the Prefect UI's form and ``prefect deployment run`` refuse such values at creation;
+the sort order and the rules between fields are left to the validators. Use the ``Annotated`` types as field types; :func:`Name` and :func:`Names`
 make the types of one registered name and of a name axis of a registry::
 
     Estimators = Names(ESTIMATORS, "estimator")
@@ -22,7 +27,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, StrictInt
+from pydantic import AfterValidator, GetJsonSchemaHandler, StrictInt
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 
 def distinct(values: Sequence[Any]) -> list:
@@ -112,19 +119,45 @@ def grid_size(cells: int, max_cells: int) -> None:
         raise ValueError(f"the grid has {cells} cells, over max_cells={max_cells}")
 
 
-PositiveInts = Annotated[list[StrictInt], AfterValidator(positive_ints)]
-Seeds = Annotated[list[StrictInt], AfterValidator(seeds)]
-FiniteFloats = Annotated[list[float], AfterValidator(finite)]
-PositiveTimes = Annotated[list[float], AfterValidator(positive_times)]
-NonNegativeFloats = Annotated[list[float], AfterValidator(non_negative)]
-UnitLevels = Annotated[list[float], AfterValidator(unit_interval)]
+class Schema:
+    """``Annotated`` metadata adding JSON Schema keywords to a type's schema; ``items`` go to the
+    schema of its items. A keyword's value may be a callable, called each time a schema is
+    generated (the ``enum`` of a registry that plugins extend). Validation is unchanged."""
+
+    def __init__(self, items: Mapping[str, Any] | None = None, **keywords: Any):
+        self.items, self.keywords = dict(items or {}), keywords
+
+    def __get_pydantic_json_schema__(self, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        now = lambda kw: {k: v() if callable(v) else v for k, v in kw.items()}  # noqa: E731
+        schema.update(now(self.keywords))
+        if self.items:
+            schema["items"] = {**schema.get("items", {}), **now(self.items)}
+        return schema
+
+
+def axis_schema(**items: Any) -> Schema:
+    """The JSON Schema facts of a numeric or seed axis: one value at least, distinct, each within
+    the bounds ``items`` (JSON Schema keywords)."""
+    return Schema(items, minItems=1, uniqueItems=True)
+
+
+PositiveInts = Annotated[list[StrictInt], AfterValidator(positive_ints), axis_schema(minimum=1)]
+Seeds = Annotated[list[StrictInt], AfterValidator(seeds), axis_schema(minimum=0)]
+FiniteFloats = Annotated[list[float], AfterValidator(finite), axis_schema()]
+PositiveTimes = Annotated[list[float], AfterValidator(positive_times), axis_schema(exclusiveMinimum=0)]
+NonNegativeFloats = Annotated[list[float], AfterValidator(non_negative), axis_schema(minimum=0)]
+UnitLevels = Annotated[list[float], AfterValidator(unit_interval), axis_schema(exclusiveMinimum=0, exclusiveMaximum=1)]
 
 
 def Name(registry: Mapping, what: str) -> Any:  # noqa: N802 - it makes a type
-    """The field type of one name registered in ``registry`` (a key; ``what`` names it in errors)."""
-    return Annotated[str, AfterValidator(lambda v: name(v, registry, what))]
+    """The field type of one name registered in ``registry`` (a key; ``what`` names it in errors);
+    its JSON Schema is the ``enum`` of the registry's names."""
+    return Annotated[str, AfterValidator(lambda v: name(v, registry, what)), Schema(enum=lambda: list(registry))]
 
 
 def Names(registry: Mapping, what: str) -> Any:  # noqa: N802 - it makes a type
-    """The field type of a name axis of ``registry``: distinct registered names, in the order given."""
-    return Annotated[list[str], AfterValidator(lambda v: names(v, registry, what))]
+    """The field type of a name axis of ``registry``: distinct registered names, in the order given
+    (JSON Schema: an array of distinct names of the registry's ``enum``, one at least)."""
+    return Annotated[list[str], AfterValidator(lambda v: names(v, registry, what)),
+                     Schema({"enum": lambda: list(registry)}, minItems=1, uniqueItems=True)]

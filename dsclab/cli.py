@@ -1,15 +1,16 @@
 """The ``dsclab`` command line.
 
     dsclab run SPEC [--store PATH] [--workers N]   run (or resume) a study through its Prefect flow
+    dsclab search SPEC --metric M --eps E [--ratio R] [--seeds S ...]   n*(eps, d) by bisection in n
     dsclab status STORE                            done / pending / failed cells per axis
     dsclab query STORE --var NAME [--sel d=8 ...] [--mean t ...]   a table of stored values
-    dsclab plot STORE [--out FILE]                 the study's figure
-    dsclab report STORE                            the study's text report (tables, fits)
+    dsclab plot STORE [--out FILE] [--tau T1,T2]   the study's figure
+    dsclab report STORE [--tau T1,T2]              the study's text report (tables, fits; --tau: levels of P[error > tau])
     dsclab check STORE                             status/value disagreements, missing or corrupt chunks
     dsclab server | deploy | worker                team Prefect server, work pools, GPU workers (flows/server.py)
 
 Exit codes: 0 success; 2 bad input (nothing created or changed); 3 finished with failed cells;
-1 anything else. Prefect is imported only by ``run``, so the rest works without a server.
+1 anything else. Prefect is imported only by ``run`` and ``search``, so the rest works without a server.
 """
 from __future__ import annotations
 
@@ -43,13 +44,15 @@ def _prepare_run(args):
 
     data = load_yaml(args.spec)
     kind = _kind(data)
+    if isinstance(data, dict):  # --workers and --store set the spec's fields (validated with it)
+        data = {**data, **{k: v for k, v in (("workers", args.workers), ("store", args.store)) if v is not None}}
     spec = kind.parse(data)
-    if args.workers is not None:
-        spec = spec.model_copy(update={"workers": args.workers})
-    path = spec.store_path(args.store)
+    path = spec.store_path()
     import storage
+    from storage.confine import confine
 
-    storage.check_store(path, kind.template(spec))  # refuse a mismatched store before any work
+    confine(path)  # a store outside $DSCLAB_RESULTS_ROOT (when set): refused
+    storage.reconcile(kind, spec, path)  # refuse another version's store or a changed setting before any work
     from flows.runners import runner_from_args
     from flows.study import kind_flow
 
@@ -71,6 +74,11 @@ def cmd_run(args) -> int:
         if server is not None:
             server.stop()
         raise
+    if server is None and os.environ.get("PREFECT_API_URL"):  # a team server: are we let in?
+        from flows.access import access_problem
+
+        if problem := access_problem(os.environ["PREFECT_API_URL"]):
+            raise UsageError(problem)
     from contextlib import nullcontext
 
     import storage
@@ -79,7 +87,7 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     try:
         with server.adopt() if server is not None else nullcontext():
-            out = flow(spec=spec, store=path, **runner_kw)
+            out = flow(spec=spec, **runner_kw)
     except StudyTaskError as e:
         return _err(str(e), 1)
     ds = storage.open_results(path)
@@ -91,6 +99,37 @@ def cmd_run(args) -> int:
     print(f"plot: {plot}")
     print(f"open with: python -c \"import xarray as xr; print(xr.open_zarr('{path}'))\"")
     return 3 if out["failed"] else 0
+
+
+def cmd_search(args) -> int:
+    """``dsclab search``: every input is checked (one line, exit 2) before the temporary server
+    starts and before anything is computed; then the rounds run through the search flow
+    (``flows/search.py``) and the report is printed."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from dsclab.spec import load_yaml
+    from flows.search import prepare, search
+
+    request = prepare(load_yaml(args.spec), store=args.store, seeds=args.seeds, workers=args.workers,
+                      metric=args.metric, eps=args.eps, ratio=args.ratio)
+    from contextlib import nullcontext
+
+    from flows.server import TemporaryServer
+    from flows.study import StudyTaskError
+
+    server = TemporaryServer.prestart()
+    t0 = time.perf_counter()
+    try:
+        with server.adopt() if server is not None else nullcontext():
+            out = search(request=request)
+    except StudyTaskError as e:
+        return _err(str(e), 1)
+    print()
+    print(f"store: {out['store']}  ({out['cells_computed']} cells computed in {out['rounds']} round(s), "
+          f"{time.perf_counter() - t0:.0f} s)")
+    print(out["report"])
+    if out["plot"]:
+        print(f"plot: {out['plot']}")
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -123,10 +162,27 @@ def cmd_query(args) -> int:
     return 0
 
 
+def _with_tau(ds, tau: str | None):
+    """``ds`` with the reader's exceedance levels ``--tau 0.1,0.3`` (positive numbers) in
+    ``attrs`` (``dsclab.exceedance.TAU_ATTR``: the dataset read, never the store)."""
+    if tau is None:
+        return ds
+    from dsclab.exceedance import TAU_ATTR
+
+    try:
+        levels = [float(v) for v in tau.split(",")]
+    except ValueError:
+        raise UsageError(f"--tau {tau!r}: expected positive numbers separated by commas, e.g. 0.1,0.3") from None
+    if not levels or not all(v > 0 and v < float("inf") for v in levels):
+        raise UsageError(f"--tau {tau!r}: expected positive numbers separated by commas, e.g. 0.1,0.3")
+    ds.attrs[TAU_ATTR] = sorted(set(levels))
+    return ds
+
+
 def cmd_plot(args) -> int:
     import storage
 
-    ds = storage.open_results(args.store)
+    ds = _with_tau(storage.open_results(args.store), args.tau)
     out = args.out or storage.plot_path(args.store)
     print(_kind(ds).plot(ds, out))
     return 0
@@ -135,7 +191,7 @@ def cmd_plot(args) -> int:
 def cmd_report(args) -> int:
     import storage
 
-    ds = storage.open_results(args.store)
+    ds = _with_tau(storage.open_results(args.store), args.tau)
     kind = _kind(ds)
     print(kind.report(ds))
     print(f"plot: {kind.plot(ds, storage.plot_path(args.store))}")
@@ -154,8 +210,15 @@ def cmd_check(args) -> int:
     return 1 if problems else 0
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``dsclab run: error: ...``), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dsclab", description="Diffusion Sample-Complexity Lab")
+    p = Parser(prog="dsclab", description="Diffusion Sample-Complexity Lab")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run or resume a study from a YAML spec")
     r.add_argument("spec")
@@ -166,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dask-address", help="Dask scheduler address tcp://HOST:8786 (implies --runner dask)")
     r.add_argument("--dask-workers", type=int, help="worker processes of a local Dask cluster (implies --runner dask)")
     r.set_defaults(fn=cmd_run)
+    sr = sub.add_parser("search", help="search n*(eps, d), the smallest n at which an error reaches eps, "
+                                       "by geometric bisection in n")
+    sr.add_argument("spec", help="a study spec whose n values give the range searched")
+    sr.add_argument("--metric", required=True, help="a float variable of the store (averaged over its non-cell "
+                                                    "dims, e.g. score_l2) or score_l2_weighted")
+    sr.add_argument("--eps", type=float, required=True, help="the error level")
+    sr.add_argument("--ratio", type=float, help="the bracket ratio n_hi/n_lo to reach (default 1.25)")
+    sr.add_argument("--seeds", type=int, nargs="+", help="seeds (override the spec's)")
+    sr.add_argument("--store", help="store path or fsspec URL (default: results/<name>.zarr)")
+    sr.add_argument("--workers", type=int, help="tasks run at once (overrides the spec)")
+    sr.set_defaults(fn=cmd_search)
 
     def on_store(name: str, fn, text: str) -> argparse.ArgumentParser:
         """A command that reads one store (its first argument)."""
@@ -179,8 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--var", required=True)
     q.add_argument("--sel", nargs="*", metavar="DIM=VALUE")
     q.add_argument("--mean", nargs="*", metavar="DIM", help="average over these dims")
-    on_store("plot", cmd_plot, "draw the study's figure").add_argument("--out")
-    on_store("report", cmd_report, "the study's text report")
+    pl = on_store("plot", cmd_plot, "draw the study's figure")
+    pl.add_argument("--out")
+    rp = on_store("report", cmd_report, "the study's text report")
+    for c in (pl, rp):
+        c.add_argument("--tau", metavar="T1,T2", help="error levels of P[error > tau] (default: derived from the errors)")
     on_store("check", cmd_check, "cells whose status and values disagree; missing or corrupt chunks")
     for name, text in [("server", "start a Prefect server, create the work pools and deploy the study flows"),
                        ("deploy", "create the work pools and gpu limit and deploy the study flows on a running server"),

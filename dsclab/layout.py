@@ -13,7 +13,8 @@ A template is an ``xr.Dataset`` holding, in this order:
 * the **closed forms** filled when the store is created (``closed``: a Dataset or a mapping of
   ``name -> (dims, values, attrs)``), if the kind has any;
 * the dataset attributes ``study`` (the kind's name, ``spec.kind``), ``name``, ``spec`` (the
-  spec as JSON, keys sorted), ``spec_hash`` and ``dsclab_version``, then the kind's own
+  spec as JSON, keys sorted, without ``store``: a store is not told where it lies), ``spec_hash``, ``settings_hash`` (what a store reused or grown by
+  another spec must share: ``dsclab.spec``) and ``dsclab_version``, then the kind's own
   (``conventions``, ...: ``attrs``).
 """
 from __future__ import annotations
@@ -85,8 +86,8 @@ def template(spec, coords: Mapping[str, np.ndarray], cell_dims: Sequence[str], v
         ds[k].attrs.update(a)
     ds.attrs.update({
         "study": spec.kind, "name": spec.name,
-        "spec": json.dumps(spec.model_dump(mode="json"), sort_keys=True),
-        "spec_hash": spec.hash, "dsclab_version": dsclab.__version__,
+        "spec": json.dumps(spec.model_dump(mode="json", exclude={"store"}), sort_keys=True),  # not its own path
+        "spec_hash": spec.hash, "settings_hash": spec.settings_hash, "dsclab_version": dsclab.__version__,
         **(attrs or {}),
     })
     return ds

@@ -63,8 +63,10 @@ class SlicedW2:
         SW2(x, y) = sqrt( mean over theta and quantiles of (x_(i) . theta - y_(i) . theta)^2 ),
 
     the root mean over the directions of the 1-D squared W2 between the projections (quantile
-    coupling of the sorted projections). Clouds of different sizes are resampled to the larger
-    size by quantile interpolation. One object scores many clouds against one target with the same
+    coupling of the sorted projections). Clouds of different sizes m != m' are coupled exactly
+    by their quantile functions (:func:`w2_1d_squared`): the empirical 1-D W2 is
+    int_0^1 (F_x^{-1}(u) - F_y^{-1}(u))^2 du, and both quantile functions are constant between the
+    breakpoints {i/m} and {j/m'}. One object scores many clouds against one target with the same
     directions (common random numbers)."""
 
     def __init__(self, y: torch.Tensor, generator: torch.Generator, n_proj: int = 256):
@@ -75,11 +77,25 @@ class SlicedW2:
 
     def __call__(self, x: torch.Tensor) -> float:
         px, _ = torch.sort(x.to(torch.float64) @ self.theta, dim=0)
-        py = self.sorted_y
-        if px.shape[0] != py.shape[0]:
-            q = torch.linspace(0, 1, max(px.shape[0], py.shape[0]), dtype=torch.float64, device=px.device)
-            px, py = (torch.quantile(p, q, dim=0) for p in (px, py))
-        return float(((px - py) ** 2).mean().sqrt())
+        return float(w2_1d_squared(px, self.sorted_y).mean().sqrt())
+
+
+def w2_1d_squared(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+    """Squared 1-D W2 between the empirical measures of the columns of sorted ``px (m, P)`` and
+    ``py (m', P)``, one per column (P,): int_0^1 (F_x^{-1}(u) - F_y^{-1}(u))^2 du, exact.
+
+    F_x^{-1} equals px[i] on ((i)/m, (i+1)/m]; in units of 1/(m m') the breakpoints of both
+    quantile functions are the integers {i m'} and {j m}. On the piece [a, b) of their sorted union
+    x's index is a // m' and y's a // m, and the piece weighs (b - a) / (m m'). Equal sizes reduce to
+    the mean of (px - py)^2."""
+    m, mp = px.shape[0], py.shape[0]
+    if m == mp:
+        return ((px - py) ** 2).mean(0)
+    cuts = np.union1d(np.arange(m) * mp, np.arange(mp) * m)  # starts of the pieces, 0 included
+    w = np.diff(np.append(cuts, m * mp)) / (m * mp)
+    ix, iy = (torch.as_tensor(cuts // k, device=px.device) for k in (mp, m))
+    wt = torch.as_tensor(w, dtype=torch.float64, device=px.device)
+    return (wt[:, None] * (px[ix] - py[iy]) ** 2).sum(0)
 
 
 def sliced_w2(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, n_proj: int = 256) -> float:
@@ -93,13 +109,19 @@ def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> float:
-    """RBF-kernel MMD (biased V-statistic, square-rooted). ``bandwidth`` defaults to the median
-    pairwise distance of ``y``. Its bias gives a positive floor even when x and y share a law:
-    compare with :func:`mmd` of two independent draws of the target (``mmd_floor``)."""
+    """RBF-kernel MMD (biased V-statistic, square-rooted): with k(a, b) = exp(-|a - b|^2 / (2 h^2)),
+
+        MMD_V^2 = mean_{i,i'} k(x_i, x_i') + mean_{j,j'} k(y_j, y_j') - 2 mean_{i,j} k(x_i, y_j).
+
+    ``bandwidth`` h defaults to the median distance over the distinct pairs i < j of ``y`` (the
+    lower middle value for an even count; the diagonal, whose computed squared distances are
+    rounding noise of either sign, never enters). Its bias (the diagonal terms k = 1) gives a
+    positive floor even when x and y share a law: compare with :func:`mmd` of two independent
+    draws of the target (``mmd_floor``)."""
     x, y = x.to(torch.float64), y.to(torch.float64)
     if bandwidth is None:
-        dyy = _sqdist(y, y)
-        bandwidth = float(dyy[dyy > 0].median().sqrt())
+        iu = torch.triu_indices(y.shape[0], y.shape[0], offset=1, device=y.device)
+        bandwidth = float(_sqdist(y, y)[iu[0], iu[1]].median().sqrt())
     k = lambda a, b: torch.exp(-_sqdist(a, b) / (2 * bandwidth ** 2))
     val = k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()
     return float(val.clamp_min(0.0).sqrt())

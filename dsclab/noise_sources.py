@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from dsclab import seeds
+
 Noise = Callable[[float, float], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -100,17 +102,6 @@ class Replay:
         if grid != (t_from, t_to):
             raise ValueError("Replay replays one grid; got another")
         return draw
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def _mix64(z: int) -> int:
-    """splitmix64 finaliser: a well-mixed 64-bit integer from any integer (node seeds)."""
-    z = (z + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
 
 
 def bridge_split(w: torch.Tensor, hh: torch.Tensor, delta: float, a: float, z: torch.Tensor):
@@ -184,7 +175,7 @@ class BrownianNoise:
     def __init__(self, shape: Sequence[int], seed, *, t0: float = 0.0, t1: float = 16.0,
                  leaf_rel: float = 1e-3, leaf_min: float = 1e-8, dtype=torch.float32, device="cpu"):
         if isinstance(seed, torch.Generator):
-            seed = int(torch.randint(0, 2 ** 62, (1,), generator=seed).item())
+            seed = seeds.draw_seed(seed)
         if not t1 > t0:
             raise ValueError(f"need t1 > t0, got t0={t0}, t1={t1}")
         if not (leaf_rel > 0 and leaf_min > 0):
@@ -201,8 +192,7 @@ class BrownianNoise:
         self._last: tuple | None = None  # (r, W(r), I(r), leaf) of the last point evaluated
 
     def _normals(self, level: int, index: int) -> torch.Tensor:
-        g = torch.Generator()
-        g.manual_seed(_mix64(_mix64(_mix64(self.seed) ^ (level + 2)) ^ index) & ((1 << 63) - 1))
+        g = seeds.rng("brownian-node", self.seed, level, index)
         return torch.randn((2,) + self.shape, generator=g, dtype=torch.float32).to(torch.float64)
 
     def leaf_width(self, t: float) -> float:

@@ -8,8 +8,17 @@ or a YAML file into it; invalid input raises :class:`SpecError` with one line na
 the value, before anything is created. Axes are validated by the one policy of
 :mod:`dsclab.axes`.
 
-A cell's ``key`` (:meth:`StudyBase.key`) is a stable hash of its parameters, the spec's numerics
-and the code version.
+**Cell identity.** A spec holds *axes* (the grid: the lists whose values become store
+coordinates, declared by each spec model in ``AXES``, store dim -> dotted field path), *settings*
+(everything else that determines numbers: :meth:`StudyBase.settings`), *reading choices* that
+change no number (``READING``) and operational fields (``name``, ``store``, ``workers``,
+``max_cells``, ``group_memory_mb``). A cell's ``key`` (:meth:`StudyBase.key`) hashes the kind, the
+cell's own coordinates (and, for an axis of named objects such as immse's data laws, that cell's
+object), the settings and the code version — never the study's name, its store, or the other
+values of any axis — so the same cell in two studies has the same seeds and the same numbers, and
+a store grows in place when axis values are added (``flows.study.run_study``):
+:meth:`StudyBase.union` merges two specs' axes, :meth:`StudyBase.setting_change` names the first
+setting in which two specs differ.
 """
 from __future__ import annotations
 
@@ -19,7 +28,7 @@ import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 import dsclab
 from dsclab import axes, distributions
 from dsclab.noise import SCHEDULES
-from dsclab.samplers import SAMPLERS
+from dsclab.samplers import NFE_PER_STEP, SAMPLERS
 from dsclab.train import PRECISIONS
 
 
@@ -56,6 +65,20 @@ Precision = axes.Name(PRECISIONS, "precision")
 Sampler = axes.Name(SAMPLERS, "sampler")
 Samplers = axes.Names(SAMPLERS, "sampler")
 Schedule = axes.Name(SCHEDULES, "schedule")
+
+
+def check_nfe(samplers: str | Sequence[str], nfe: int | Sequence[int], field: str = "nfe") -> None:
+    """Refuse an NFE that is not a whole number of steps of every sampler: each sampler's declared
+    ``nfe_per_step`` (``dsclab.samplers.NFE_PER_STEP``) must divide every value of ``nfe`` (field
+    name ``field``), else a run would take fewer evaluations than the NFE it is stored under
+    (samplers are compared per NFE). Raises ValueError, one line naming the sampler and the NFE;
+    every spec with samplers and NFE calls it from its validator."""
+    for name in [samplers] if isinstance(samplers, str) else samplers:
+        k = NFE_PER_STEP[name]
+        bad = [v for v in ([nfe] if isinstance(nfe, int) else nfe) if v % k]
+        if bad:
+            raise ValueError(f"{field} {bad[0]} is not a multiple of {k}, the score evaluations per step of "
+                             f"sampler {name!r}" + (f" (also {bad[1:]})" if len(bad) > 1 else ""))
 
 
 class DistributionSpec(_Frozen):
@@ -111,22 +134,80 @@ class StudyBase(_Frozen):
     workers: int = Field(2, gt=0, description="tasks run at once")
     max_cells: int = Field(10_000, gt=0, description="refuse grids with more cells than this")
 
+    AXES: ClassVar[dict[str, str]] = {}
+    """The spec's axes: store dim -> dotted path of the list field giving its coordinates
+    (declared by each kind's spec model)."""
+    READING: ClassVar[tuple[str, ...]] = ()
+    """Dotted paths of fields that change how results are read (report tables, fits), no number."""
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("store", "workers", "max_cells", "group_memory_mb")
+
     def numerics(self) -> dict:
         """What determines the numbers (not where they are stored or how many tasks run)."""
-        return self.model_dump(mode="json", exclude={"store", "workers", "max_cells", "group_memory_mb"})
+        return self.model_dump(mode="json", exclude=set(self.OPERATIONAL))
 
     @property
     def hash(self) -> str:
         blob = json.dumps({"spec": self.numerics(), "version": dsclab.__version__}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def settings(self) -> dict:
+        """The settings that determine a cell's numbers: the spec's numerics without its name, its
+        axes (``AXES``) and its reading choices (``READING``), as nested JSON-able dicts."""
+        out = self.numerics()
+        out.pop("name", None)
+        for path in (*self.AXES.values(), *self.READING):
+            _pop(out, path)
+        return out
+
+    @property
+    def settings_hash(self) -> str:
+        blob = json.dumps({"settings": self.settings(), "version": dsclab.__version__}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def axis(self, dim: str) -> list:
+        """The values of axis ``dim`` (JSON-able; named objects as dicts)."""
+        return list(_get(self.model_dump(mode="json"), self.AXES[dim]))
+
+    def setting_change(self, other: "StudyBase") -> str | None:
+        """The first setting (dotted path) whose value differs between ``self`` and ``other``, or
+        None when every setting agrees; an axis of named objects whose shared names carry other
+        parameters counts as a setting change too."""
+        path = _first_difference(self.settings(), other.settings())
+        if path is not None:
+            return path
+        for dim in self.AXES:
+            mine, theirs = _named(self.axis(dim)), _named(other.axis(dim))
+            for name in mine.keys() & theirs.keys():
+                if mine[name] != theirs[name]:
+                    return f"{self.AXES[dim]}[{name}]"
+        return None
+
+    def union(self, other: "StudyBase") -> "StudyBase":
+        """This spec with every axis holding its own values and those of ``other`` (numeric axes
+        sorted, names in this spec's order then ``other``'s new ones), validated again."""
+        data = self.model_dump(mode="json")
+        for dim, path in self.AXES.items():
+            mine = self.axis(dim)
+            seen = {json.dumps(_name_of(v), sort_keys=True) for v in mine}
+            extra = [v for v in other.axis(dim) if json.dumps(_name_of(v), sort_keys=True) not in seen]
+            _set(data, path, mine + extra)
+        return type(self).model_validate(data)
+
     def store_path(self, override: str | None = None) -> str:
         return override or self.store or f"results/{self.name}.zarr"
 
     def key(self, **cell) -> str:
-        """Stable key of one cell: its parameters, the spec's numerics and the code version."""
-        blob = json.dumps({**cell, "spec": self.numerics(), "version": dsclab.__version__}, sort_keys=True,
-                          default=str)
+        """Stable key of one cell: the kind, its coordinates (with its own object for an axis of
+        named objects), the settings and the code version."""
+        own = {}
+        for dim, value in cell.items():
+            if dim in self.AXES:
+                obj = _named(self.axis(dim)).get(value)
+                if obj is not None:
+                    own[dim] = obj
+        blob = json.dumps({"kind": getattr(self, "kind", None), "cell": cell, "objects": own,
+                           "settings": self.settings(), "version": dsclab.__version__},
+                          sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def grid(self, cell: type, **cell_axes: Sequence) -> list:
@@ -135,6 +216,49 @@ class StudyBase(_Frozen):
         by :meth:`key` of its coordinates."""
         points = (dict(zip(cell_axes, values)) for values in itertools.product(*cell_axes.values()))
         return [cell(**idx, key=self.key(**idx)) for idx in points]
+
+
+def _get(data: dict, path: str):
+    for part in path.split("."):
+        data = data[part]
+    return data
+
+
+def _set(data: dict, path: str, value) -> None:
+    *head, last = path.split(".")
+    for part in head:
+        data = data[part]
+    data[last] = value
+
+
+def _pop(data: dict, path: str) -> None:
+    *head, last = path.split(".")
+    for part in head:
+        data = data.get(part, {})
+    data.pop(last, None)
+
+
+def _name_of(value):
+    """An axis value's identity: a named object's name, else the value."""
+    return value["name"] if isinstance(value, dict) and "name" in value else value
+
+
+def _named(values: list) -> dict:
+    """The named objects of an axis, by name (empty for plain values)."""
+    return {v["name"]: v for v in values if isinstance(v, dict) and "name" in v}
+
+
+def _first_difference(a, b, prefix: str = "") -> str | None:
+    """The first dotted path (keys sorted) where two nested JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(a.keys() | b.keys()):
+            if k not in a or k not in b:
+                return f"{prefix}{k}"
+            found = _first_difference(a[k], b[k], f"{prefix}{k}.")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else prefix.rstrip(".") or "spec"
 
 
 def format_validation_error(err: ValidationError) -> str:

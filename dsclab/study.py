@@ -108,6 +108,10 @@ class StudyKind:
     description: ClassVar[str] = ""
     small: ClassVar[dict] = {}
     torch_threads: ClassVar[int | None] = None
+    train_axes: ClassVar[tuple[str, ...]] = ()
+    """Axes inside a cell (not ``cell_dims``) whose values a cell's training depends on (the
+    drifts or estimators it trains): its checkpoint is reused by a later run only while they are
+    unchanged (:meth:`checkpoint`)."""
 
     @property
     def flow_name(self) -> str:
@@ -169,6 +173,19 @@ class StudyKind:
             rows.append({"variable": name, "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()),
                          "units": da.attrs.get("units", "")})
         return pd.DataFrame(rows).set_index("variable")
+
+    def checkpoint(self, spec, cell) -> str:
+        """The name of ``cell``'s checkpoint beside the store: its key (its coordinates and the
+        settings), tagged with the values of :attr:`train_axes` when the kind declares some. A
+        checkpoint that exists was written, atomically, by an earlier run of the same training,
+        so the train stage reuses it (a store whose inner axis grew evaluates its cells again)."""
+        if not self.train_axes:
+            return f"{cell.key}.pt"
+        import hashlib
+        import json
+
+        tag = json.dumps([spec.axis(a) for a in self.train_axes], sort_keys=True, default=str)
+        return f"{cell.key}-{hashlib.sha256(tag.encode()).hexdigest()[:8]}.pt"
 
     def __repr__(self) -> str:
         return f"<study kind {self.name}>"

@@ -34,6 +34,7 @@ from torch import nn
 from dsclab.errors import TrainingDiverged
 from dsclab.losses import ESTIMATORS, EnsembleLoss, sample_times
 from dsclab.nets import EnsembleMLP, ScoreMLP
+from dsclab.seeds import generator, rng
 
 
 DRAW_STEPS = 32  # optimiser steps whose random draws are made at once
@@ -275,9 +276,9 @@ def train_score(x: torch.Tensor, *, estimator: str = "dsm", config: TrainConfig 
     dev = resolve_device(device) if isinstance(device, str) else device
     loss_fn = ESTIMATORS[estimator]
     t0 = time.perf_counter()
-    g_init = torch.Generator().manual_seed(seed)
+    g_init = generator(seed)
     model = ScoreMLP(x.shape[1], width=config.width, depth=config.depth, generator=g_init).to(dev)
-    g = torch.Generator(device=dev).manual_seed(seed + 1)
+    g = rng("batches", seed, device=dev)
     x = x.to(dev, torch.float32)
     opt, sched = _adam(model.parameters(), config.lr, config.steps)
     # minibatches are drawn with replacement, whatever n is
@@ -289,7 +290,7 @@ def train_score(x: torch.Tensor, *, estimator: str = "dsm", config: TrainConfig 
 
 
 def _members_init(d: int, seeds: list[int], config: TrainConfig) -> list[ScoreMLP]:
-    return [ScoreMLP(d, width=config.width, depth=config.depth, generator=torch.Generator().manual_seed(s))
+    return [ScoreMLP(d, width=config.width, depth=config.depth, generator=generator(s))
             for s in seeds]
 
 
@@ -310,7 +311,7 @@ def train_ensemble(datasets: list[torch.Tensor], seeds: list[int], *, estimator:
     M = len(datasets)
     members = _members_init(d, seeds, config)
     net = EnsembleMLP(members).to(dev)
-    gens = [torch.Generator(device=dev).manual_seed(s + 1) for s in seeds]
+    gens = [rng("batches", s, device=dev) for s in seeds]
     xs = [x.to(dev, torch.float32) for x in datasets]
     opt, sched = _adam(net.parameters(), config.lr, config.steps)
     draw = ScoreDraws(xs, gens, steps=config.steps, batch_size=config.batch_size, t_min=config.t_min, T=config.T,

@@ -92,7 +92,7 @@ def publish(path: str, log=None, plot_file: str | None = None) -> dict:
 
     ids: dict = {}
     try:
-        ds = storage.open_results(path)
+        ds = storage.open_results(path).load()  # once: the report reads many small selections
         study, name = ds.attrs.get("study", ""), ds.attrs.get("name", "study")
         st = ds["status"].load()
         counts = f"{int((st == 1).sum())} done, {int((st == 0).sum())} pending, {int((st == 2).sum())} failed"

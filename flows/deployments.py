@@ -66,6 +66,10 @@ POOLS = {"sample_complexity": ("gpu", "cpu")}
 DEFAULT_POOLS = ("gpu",)
 # The deployment (kind, pool) that carries the example weekly schedule (inactive).
 EXAMPLE_SCHEDULE = ("sample_complexity", "gpu")
+# The n* search's deployment (flows/search.py:search, ``dsclab search``; deployed with the kind of
+# its spec): its parameter is a request, the spec of this studies/ file plus the search settings.
+SEARCH_SPEC = "search_quick.yaml"
+SEARCH = {"metric": "score_l2", "eps": 0.5, "ratio": 1.25}
 
 HEADER = """\
 # Prefect deployments of dsclab's study flows.
@@ -84,7 +88,11 @@ HEADER = """\
 # own CUDA_VISIBLE_DEVICES) of its flow flows/study.py:<kind>; the sample-complexity study also has
 # one on the `cpu` pool. A run's parameters are typed by the flow's signature (the kind's spec
 # model), so the UI shows a form; the default specs below are the kinds' presets in studies/ (a
-# kind without one there, a plugin kind, uses its `small` preset).
+# kind without one there, a plugin kind, uses its `small` preset). The server checks a run's
+# parameters against that schema when the run is created (enforce_parameter_schema: bounds,
+# registered names, distinct values); the flow's first step checks the rest. Its store is the
+# spec's `store` field (default results/NAME.zarr), which must lie under the worker's results
+# root: DSCLAB_RESULTS_ROOT (`dsclab worker --results-root`), default results/ of this checkout.
 """
 
 DEFINITIONS = """\
@@ -166,6 +174,11 @@ def render(kinds: Iterable[str], builtin_only: bool) -> str:
         body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=100,
                          allow_unicode=True)
         parts.append(f"{head:<{column}}# {where}\n{textwrap.indent(body, ' ' * 6)}")
+    search = yaml.safe_load((STUDIES / SEARCH_SPEC).read_text())
+    if search.get("kind", "sample_complexity") in kinds:
+        body = yaml.dump(search, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=100)
+        parts.append(f"{'    search: &search_spec':<{column}}# studies/{SEARCH_SPEC}, the n* search's\n"
+                     f"{textwrap.indent(body, ' ' * 6)}")
     parts.append("\ndeployments:\n")
     blocks = []
     for kind in kinds:
@@ -177,6 +190,10 @@ def render(kinds: Iterable[str], builtin_only: bool) -> str:
             if (kind, pool) == EXAMPLE_SCHEDULE:
                 lines.append("    schedules: [*weekly]")
             blocks.append("\n".join(lines) + "\n")
+    if search.get("kind", "sample_complexity") in kinds:
+        settings = "".join(f"        {k}: {v}\n" for k, v in SEARCH.items())
+        blocks.append("  - <<: *study\n    name: gpu\n    entrypoint: flows/search.py:search\n    parameters:\n"
+                      f"      request:\n{settings}        spec: *search_spec\n      runner: *threads\n")
     parts.append("\n".join(blocks))
     return "".join(parts)
 

@@ -9,15 +9,24 @@ the spec) and submits its tasks through :func:`start`::
         trained = run.submit(train_group, path, spec, cells, wait_for=[data])
         ...                      # wait for the futures inside the ``with``
 
-Routing: a task tagged ``gpu`` (training) is limited by the Prefect tag concurrency limit ``gpu``
-(one slot per GPU, set by ``dsclab server``) under the threads runner. Under Dask it carries the
-resource annotation ``{"GPU": 1}`` instead, so a Dask worker declaring ``--resources GPU=1`` runs
-at most one such task at a time, whatever its thread count; its Prefect tag becomes ``gpu-dask``
-(no limit), because a Prefect slot taken by a worker that is then killed stays taken until its
-lease expires (about 75 s), stalling every other GPU task of the study. Tasks without the tag (data generation,
-evaluation) run on any worker thread. A GPU task picks its device with :func:`task_device`: the
-``DSCLAB_DEVICE`` variable of the process it runs in (the work pool's job variables set it), else
-CUDA when the process sees a GPU (``CUDA_VISIBLE_DEVICES`` of its worker), else the CPU.
+Routing: a task tagged ``gpu`` (training) holds a guard that keeps one such task per GPU, and is
+submitted without that tag, indeed without any Prefect tag, so that Prefect never asks a server
+for a concurrency slot for it. A slot is a lease that outlives a holder killed mid-task by ~75 s
+(the API's 60 s minimum plus the server's 15 s reclaim period), and forever when it was taken
+through a server that then died; and a process asks for slots through a client it keeps for the
+first server it reported to (Prefect 3.8's slot service is one per tag set, whatever the API
+URL), so a Dask worker that served one run reporting to a temporary server failed every tagged
+task of the next run (``ConcurrencySlotAcquisitionError``). Under Dask with workers declaring the
+resource ``GPU`` the task carries the resource annotation ``{"GPU": 1}``, so a Dask worker
+declaring ``--resources GPU=1`` runs at most one such task at a time, whatever its thread count.
+Otherwise (threads, or Dask without the resource) it holds the lock of its device on the machine
+it runs on (:mod:`flows.gpu_lock`, released by the kernel when its process dies; none on the
+CPU), logging when it has to wait. A Dask worker that leaves the cluster while it runs tasks is
+logged in the flow run, with the tasks Dask reruns elsewhere. Tasks without the tag (data
+generation, evaluation) run on any worker thread. A GPU task picks its device with
+:func:`task_device`: the ``DSCLAB_DEVICE`` variable of the process it runs in (the work pool's
+job variables set it), else CUDA when the process sees a GPU (``CUDA_VISIBLE_DEVICES`` of its
+worker), else the CPU.
 
 Threads: the workers of a local Dask cluster set PyTorch's intra-op threads to the cores divided
 by their total thread count (:func:`local_torch_threads`); on an existing cluster, start each
@@ -44,8 +53,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-GPU_TAG = "gpu"
-DASK_GPU_TAG = "gpu-dask"  # a gpu task guarded by the Dask resource instead of the Prefect limit
+GPU_TAG = "gpu"  # the marker of a task that needs a GPU guard (``tasks.stages.train``); never sent to Prefect
 GPU_RESOURCE = "GPU"
 
 
@@ -185,26 +193,42 @@ def _workers_declare_gpu(client) -> tuple[int, int]:
     return len(workers), sum(1 for w in workers.values() if w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1)
 
 
+def guarded(task, annotate_gpu: bool):
+    """``task`` as submitted: a gpu-tagged task without its tags, guarded by the Dask resource
+    (``annotate_gpu``: :meth:`Runner.submit` annotates it) or with its function run under its
+    device's lock."""
+    if GPU_TAG not in task.tags:
+        return task
+    bare = task.with_options()
+    bare.tags = set()  # with_options keeps the tags when given none
+    if not annotate_gpu:
+        from flows.gpu_lock import DeviceLocked
+
+        bare.fn = DeviceLocked(task.fn)
+    return bare
+
+
 class Runner:
-    """A started task runner; :meth:`submit` is ``task.submit`` on it, adding the Dask GPU
-    annotation to gpu-tagged tasks."""
+    """A started task runner; :meth:`submit` is ``task.submit`` on it, a gpu-tagged task guarded
+    (:func:`guarded`) and, under Dask with ``annotate_gpu``, annotated with the resource GPU=1."""
 
     def __init__(self, spec: RunnerSpec, task_runner, annotate_gpu: bool):
         self.spec, self.task_runner, self.annotate_gpu = spec, task_runner, annotate_gpu
+        self._guarded: dict[int, Any] = {}
 
     def submit(self, task, *args, wait_for=None, **kwargs):
         from prefect.utilities.callables import get_call_parameters
 
         parameters = get_call_parameters(task.fn, args, kwargs)
         ctx = contextlib.nullcontext()
-        if self.annotate_gpu and GPU_TAG in task.tags:
-            import dask
+        if GPU_TAG in task.tags:
+            if self.annotate_gpu:
+                import dask
 
-            ctx = dask.annotate(resources={GPU_RESOURCE: 1})
-            # Dask's resource is the guard here; Prefect's tag slot would outlive a worker killed
-            # mid-task (its lease is renewed by the dead process only) and stall every other GPU
-            # task for ~75 s, so the task carries DASK_GPU_TAG instead of GPU_TAG.
-            task = task.with_options(tags=(set(task.tags) - {GPU_TAG}) | {DASK_GPU_TAG})
+                ctx = dask.annotate(resources={GPU_RESOURCE: 1})
+            if id(task) not in self._guarded:
+                self._guarded[id(task)] = (task, guarded(task, self.annotate_gpu))  # keeps task alive
+            task = self._guarded[id(task)][1]
         with ctx:
             return self.task_runner.submit(task, parameters, wait_for)
 
@@ -212,6 +236,30 @@ class Runner:
     def client(self):
         """The Dask client (kind 'dask' only)."""
         return self.task_runner.client
+
+
+@contextlib.contextmanager
+def _report_lost_workers(client, log) -> Iterator[None]:
+    """Log in the flow run each Dask worker that leaves the cluster (killed, lost) while it runs
+    tasks or holds their results: Dask reruns those on the remaining workers, and the study waits
+    for them (a training task, for a worker with a free GPU resource)."""
+    def on_event(event) -> None:
+        _, msg = event
+        if not isinstance(msg, dict) or msg.get("action") != "remove-worker":
+            return
+        running = sorted(str(k) for k in msg.get("processing-tasks") or ())
+        held = sorted(str(k) for k in msg.get("lost-computed-tasks") or ())
+        if running or held:
+            log.warning("Dask worker %s left the cluster while running %d task(s) %s and holding the results "
+                        "of %d %s: Dask reruns them on the remaining workers and the study waits for them",
+                        msg.get("worker"), len(running), running, len(held), held)
+
+    client.subscribe_topic("all", on_event)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # the client may be closing already
+            client.unsubscribe_topic("all")
 
 
 @contextlib.contextmanager
@@ -298,6 +346,7 @@ def start(spec: RunnerSpec | None, workers: int, log=None, torch_threads: int | 
             if log is not None:
                 log.info("Dask cluster %s: %d workers (%d declare %s), gpu annotation %s",
                          spec.address or "local", n, with_gpu, GPU_RESOURCE, "on" if annotate else "off")
+                stack.enter_context(_report_lost_workers(client, log))
         yield Runner(spec, tr, annotate)
 
 

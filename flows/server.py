@@ -7,9 +7,7 @@ They run the plain Prefect commands of the README and add what Prefect leaves to
             PostgreSQL), waits until it answers, then does ``deploy``, and stays in the foreground
             (Ctrl-C stops it).
 ``deploy``  against a running server: creates the process work pools ``cpu`` and ``gpu`` if
-            missing (``prefect work-pool create NAME --type process``), sets the task concurrency
-            limit ``gpu`` to the number of GPUs (``prefect concurrency-limit create gpu N``; 1 on a
-            machine without GPUs, where the gpu pool runs on the CPU), and deploys the flow of
+            missing (``prefect work-pool create NAME --type process``) and deploys the flow of
             every registered study kind, plugins included: it writes their deployments to the
             git-ignored ``deploy/prefect.local.yaml`` (``flows.deployments``) and runs ``prefect
             deploy --all --prefect-file deploy/prefect.local.yaml`` from the repository root.
@@ -18,6 +16,18 @@ They run the plain Prefect commands of the README and add what Prefect leaves to
             workers on the ``cpu`` pool; stops them all together.
 
 Telemetry is off (``PREFECT_SERVER_ANALYTICS_ENABLED=false``) in every process started here.
+
+Credentials: a server that listens beyond loopback (``--host 0.0.0.0``) requires Prefect's API
+auth string, HTTP basic credentials ``USER:PASSWORD`` that every request must carry (Prefect's
+UI asks for it once): ``server`` refuses to start without ``PREFECT_API_AUTH_STRING`` (or the
+server-side ``PREFECT_SERVER_API_AUTH_STRING``) in its environment, with one line saying how to
+set it. Whichever is set is given to the server and to every client started here (work pools,
+``prefect deploy``, workers and the flow runs they start), and ``worker`` / ``deploy`` /
+``dsclab run`` check it against the server first (:mod:`flows.access`).
+
+Results root: ``worker --results-root DIR`` sets ``DSCLAB_RESULTS_ROOT`` for its workers; a
+deployment's run then refuses a store outside it (:mod:`storage.confine`; default: ``results/``
+of the checkout).
 
 ``TemporaryServer``, the temporary server ``dsclab run`` starts before its imports when no API
 is configured, lives in :mod:`flows.temporary_server` and is importable from here. This module
@@ -34,11 +44,13 @@ import sys
 import time
 from pathlib import Path
 
+from flows.access import (
+    AUTH, HOW_TO_AUTH, RESULTS_ROOT, SERVER_AUTH, access_problem, auth_headers, auth_string, loopback, results_root,
+)
 from flows.temporary_server import TemporaryServer  # noqa: F401 - ``from flows.server import TemporaryServer``
 
 ROOT = Path(__file__).resolve().parents[1]
 POOLS = ("cpu", "gpu")
-GPU_TAG = "gpu"
 DEFAULT_API = "http://127.0.0.1:4200/api"
 
 
@@ -50,6 +62,8 @@ def prefect(*args: str) -> list[str]:
 def base_env(api_url: str | None = None, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if auth_string():
+        env[AUTH] = auth_string()
     if api_url:
         env["PREFECT_API_URL"] = api_url
     env.update(extra)
@@ -101,6 +115,7 @@ def api_request(method: str, url: str, attempts: int = 20, **kw):
     answers 503 (SQLite busy under load) or 429; bounded (about 30 s of waiting at most)."""
     import httpx
 
+    kw["headers"] = {**auth_headers(), **kw.get("headers", {})}
     for attempt in range(attempts):
         r = httpx.request(method, url, timeout=30, **kw)
         if r.status_code not in (429, 503):
@@ -115,14 +130,14 @@ def existing_pools(api_url: str) -> set[str]:
     return {p["name"] for p in r.json()}
 
 
-def setup(api_url: str, gpus: int, deploy: bool = True, prefect_file: Path | None = None) -> None:
-    """Pools, the ``gpu`` concurrency limit and the deployments on the server at ``api_url``: those
+def setup(api_url: str, deploy: bool = True, prefect_file: Path | None = None) -> None:
+    """Pools and the deployments on the server at ``api_url`` (no concurrency limit: a GPU is
+    guarded on the machine that trains, ``flows.gpu_lock``, or by Dask's resource): those
     of ``prefect_file``, by default every registered study kind's (deploy/prefect.local.yaml,
     written now by ``flows.deployments.write``)."""
     env = base_env(api_url)
     missing = [p for p in POOLS if p not in existing_pools(api_url)]
     cmds = [prefect("work-pool", "create", p, "--type", "process") for p in missing]
-    cmds.append(prefect("concurrency-limit", "create", GPU_TAG, str(max(1, gpus))))
     procs = []
     for c in cmds:  # independent: run them side by side
         print("+", " ".join(["prefect", *c[3:]]), flush=True)
@@ -225,12 +240,19 @@ def connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
 
 
+def _err(msg: str) -> int:
+    print(f"dsclab: error: {msg}", file=sys.stderr)
+    return 2
+
+
 def cmd_server(args) -> int:
     api_url = f"http://{connect_host(args.host)}:{args.port}/api"
+    auth = auth_string()
+    if not loopback(args.host) and not auth:
+        return _err(f"--host {args.host} listens beyond this machine and needs credentials: {HOW_TO_AUTH}")
     if health(api_url):
-        print(f"a Prefect server already answers at {api_url}", file=sys.stderr)
-        return 2
-    extra = {}
+        return _err(f"a Prefect server already answers at {api_url}")
+    extra = {SERVER_AUTH: auth, AUTH: auth} if auth else {}
     if args.database_url:
         extra["PREFECT_API_DATABASE_CONNECTION_URL"] = args.database_url
     # The UI finds the API at PREFECT_UI_API_URL, which Prefect derives from these two settings
@@ -238,16 +260,13 @@ def cmd_server(args) -> int:
     extra["PREFECT_SERVER_API_HOST"], extra["PREFECT_SERVER_API_PORT"] = args.host, str(args.port)
     extra["PREFECT_UI_API_URL"] = args.ui_api_url or (
         f"http://{socket.getfqdn()}:{args.port}/api" if args.host in ("0.0.0.0", "::") else api_url)
-    extra["PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS"] = os.environ.get(
-        "PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS", str(args.slot_wait))
     env = base_env(None, **extra)
     env.pop("PREFECT_API_URL", None)
     group = Group()
     try:
         proc = group.start("server", prefect("server", "start", "--host", args.host, "--port", str(args.port)), env)
         wait_healthy(api_url, args.timeout, proc)
-        gpus = detect_gpus(args.gpus)
-        setup(api_url, len(gpus), deploy=not args.no_deploy)
+        setup(api_url, deploy=not args.no_deploy)
     except BaseException:
         group.stop()
         raise
@@ -260,7 +279,9 @@ def cmd_server(args) -> int:
 def cmd_deploy(args) -> int:
     api_url = args.api or os.environ.get("PREFECT_API_URL") or DEFAULT_API
     wait_healthy(api_url, args.timeout)
-    setup(api_url, len(detect_gpus(args.gpus)), deploy=not args.no_deploy)
+    if problem := access_problem(api_url):
+        return _err(problem)
+    setup(api_url, deploy=not args.no_deploy)
     return 0
 
 
@@ -275,10 +296,13 @@ def worker_specs(gpus: list[str], cpu: int, host: str | None = None) -> list[tup
 def cmd_worker(args) -> int:
     api_url = args.api or os.environ.get("PREFECT_API_URL") or DEFAULT_API
     wait_healthy(api_url, args.timeout)
+    if problem := access_problem(api_url):
+        return _err(problem)
+    root = {RESULTS_ROOT: results_root(args.results_root)} if args.results_root else {}
     group = Group()
     try:
         for name, pool, visible in worker_specs(detect_gpus(args.gpus), args.cpu):
-            env = base_env(api_url, CUDA_VISIBLE_DEVICES=visible)
+            env = base_env(api_url, CUDA_VISIBLE_DEVICES=visible, **root)
             group.start(name, prefect("worker", "start", "--pool", pool, "--name", name, "--limit", str(args.limit),
                                       "--type", "process"), env)
     except BaseException:
@@ -287,38 +311,68 @@ def cmd_worker(args) -> int:
     return _foreground(group)
 
 
+def count(lowest: int):
+    """An argparse type: an integer no smaller than ``lowest``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lowest:
+            raise argparse.ArgumentTypeError(f"{v} is below {lowest}")
+        return v
+    return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return v
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def add_parsers(sub) -> None:
     """Add the server / deploy / worker subcommands to an argparse subparsers object."""
     s = sub.add_parser("server", help="start a Prefect server, create the pools and deploy the study flows")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for other machines)")
-    s.add_argument("--port", type=int, default=4200)
+    s.add_argument("--port", type=count(1), default=4200)
     s.add_argument("--database-url", help="e.g. postgresql+asyncpg://user:pw@host:5432/prefect "
                                           "(default: SQLite under PREFECT_HOME)")
     s.add_argument("--ui-api-url", help="API URL as browsers reach it (default http://HOST:PORT/api, "
                                         "the machine's name when HOST is 0.0.0.0)")
-    s.add_argument("--gpus", default="auto", help="GPUs the team has, for the gpu limit: auto, none, or 0,1,...")
-    s.add_argument("--slot-wait", type=float, default=5.0,
-                   help="seconds a task waits before retrying a full gpu concurrency slot")
-    s.add_argument("--no-deploy", action="store_true", help="create the pools and limit only")
-    s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to answer")
+    s.add_argument("--no-deploy", action="store_true", help="create the pools only")
+    s.add_argument("--timeout", type=seconds, default=120.0, help="seconds to wait for the server to answer")
     s.set_defaults(fn=cmd_server)
-    d = sub.add_parser("deploy", help="create the pools and gpu limit and deploy the study flows on a running server")
+    d = sub.add_parser("deploy", help="create the pools and deploy the study flows on a running server")
     d.add_argument("--api", help=f"server API URL (default: PREFECT_API_URL or {DEFAULT_API})")
-    d.add_argument("--gpus", default="auto")
     d.add_argument("--no-deploy", action="store_true")
-    d.add_argument("--timeout", type=float, default=60.0)
+    d.add_argument("--timeout", type=seconds, default=60.0)
     d.set_defaults(fn=cmd_deploy)
     w = sub.add_parser("worker", help="start one gpu-pool worker per GPU (and --cpu N cpu-pool workers)")
     w.add_argument("--api", help=f"server API URL (default: PREFECT_API_URL or {DEFAULT_API})")
     w.add_argument("--gpus", default="auto", help="auto (CUDA_VISIBLE_DEVICES, else all), none, or 0,1,...")
-    w.add_argument("--cpu", type=int, default=1, help="workers on the cpu pool (default 1)")
-    w.add_argument("--limit", type=int, default=1, help="flow runs at once per worker")
-    w.add_argument("--timeout", type=float, default=60.0)
+    w.add_argument("--cpu", type=count(0), default=1, help="workers on the cpu pool (default 1)")
+    w.add_argument("--limit", type=count(1), default=1, help="flow runs at once per worker")
+    w.add_argument("--results-root", default=os.environ.get(RESULTS_ROOT),
+                   help=f"folder or URL prefix the deployments' runs may write under (sets {RESULTS_ROOT}; "
+                        "default: its value, else results/ of the checkout)")
+    w.add_argument("--timeout", type=seconds, default=60.0)
     w.set_defaults(fn=cmd_worker)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m flows.server") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p = Parser(prog=prog, description=__doc__.splitlines()[0])
     add_parsers(p.add_subparsers(dest="cmd", required=True))
     args = p.parse_args(argv)
     return args.fn(args)

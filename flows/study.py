@@ -14,16 +14,22 @@ typed by the kind's spec model, so that its deployment renders the kind's own fo
 UI; deployments point at ``flows/study.py:<kind>``, plugin kinds included.
 """
 import functools
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from prefect import flow, get_run_logger
+from prefect import Flow, get_run_logger
 from prefect.futures import as_completed
+from prefect.context import FlowRunContext
+from prefect.states import Failed
+from pydantic import ValidationError
 
 import storage
+from dsclab.spec import SpecError, format_validation_error
 from dsclab.study import KINDS, StudyKind
 from flows import artifacts, runners
 from flows.runners import RunnerSpec
+from storage.confine import confine
 from tasks import stages
 
 
@@ -77,15 +83,30 @@ def finish(log, path: str) -> str | None:
     return plot_file if "plot" in ids else None
 
 
-def run_study(kind: StudyKind, spec, store: str | None = None, runner: RunnerSpec | None = None) -> dict:
+def selected(cells: Sequence, index, only: Sequence[Mapping] | None) -> list:
+    """The cells matching any of the partial coordinate mappings of ``only`` (all when None)."""
+    if only is None:
+        return list(cells)
+    return [c for c in cells if any(all(index(c).get(k) == v for k, v in sel.items()) for sel in only)]
+
+
+def run_study(kind: StudyKind, spec, store: str | None = None, runner: RunnerSpec | None = None,
+              only: Sequence[Mapping] | None = None) -> dict:
     """Run (or resume) a study of ``kind`` inside a flow run; returns {store, cells, done, failed,
-    computed, plot}."""
+    computed, plot}.
+
+    The store is created, reused or grown in place (``storage.growth``): a spec whose settings
+    agree with the store's adds its new axis values and computes only the cells not yet done.
+    ``only`` (partial coordinates, e.g. ``[{"d": 2, "n": 300}]``) restricts the run to the
+    matching cells of ``spec``; the others stay as they are (pending when new)."""
     log = get_run_logger()
     path = spec.store_path(store)
-    storage.create_or_open(path, kind.template(spec), kind.cell_dims)
-    cells = kind.cells(spec)
+    confine(path, deployed=deployment_run())  # a store outside the results root: refused
+    covered = storage.open_store(kind, spec, path)
+    cells = selected(kind.cells(spec), kind.index, only)
     todo = pending_cells(path, cells, kind.index)
     log.info("store %s: %d cells, %d to compute", path, len(cells), len(todo))
+    spec = covered  # the stages evaluate every inner-axis value the store holds
     groups = kind.plan(spec, todo)
     with runners.start(runner, spec.workers, log, torch_threads=kind.torch_threads) as run:
         # Every prepare and train task is submitted before any evaluation: a thread-pool worker
@@ -115,23 +136,89 @@ def run_study(kind: StudyKind, spec, store: str | None = None, runner: RunnerSpe
     return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo), "plot": plot}
 
 
+def deployment_run() -> bool:
+    """Whether the current flow run is a deployment's (started by a worker, from the UI, the API
+    or a schedule)."""
+    ctx = FlowRunContext.get()
+    return ctx is not None and ctx.flow_run is not None and ctx.flow_run.deployment_id is not None
+
+
+class RefusalTraceback(logging.Filter):
+    """Drops the records with a traceback that Prefect's engine logs when a flow run ends Failed
+    (``Engine execution exited with unexpected exception``) where the run was refused with a
+    SpecError or StoreError: the flow logged its one line already, which says everything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], (SpecError, storage.StoreError)))
+
+
+for _name in ("prefect.flow_runs", "prefect.engine"):  # the run's own logger, and the engine's
+    logging.getLogger(_name).addFilter(RefusalTraceback())
+
+
+def parameters(kind: StudyKind, spec, runner) -> tuple:
+    """(spec, runner) of a flow call: models are kept, mappings (a deployment's parameters, as
+    JSON) are validated; SpecError with one line otherwise."""
+    if not isinstance(spec, kind.spec_model):
+        spec = kind.parse(spec)
+    if runner is not None and not isinstance(runner, RunnerSpec):
+        try:
+            runner = RunnerSpec.model_validate(runner)
+        except ValidationError as e:
+            raise SpecError(f"runner.{format_validation_error(e)}") from None
+    return spec, runner
+
+
+def with_store(spec, store: str):
+    """``spec`` (a spec model, or a mapping) with its ``store`` field set to ``store``."""
+    return spec.model_copy(update={"store": store}) if hasattr(spec, "model_copy") else {**spec, "store": store}
+
+
+class StudyFlow(Flow):
+    """A study kind's flow. Its parameters, the deployment's run form, are ``spec`` and ``runner``
+    (one store field: ``spec.store``); a Python call may also pass ``store=``, which sets
+    ``spec.store`` as ``dsclab run --store`` does."""
+
+    def __call__(self, *args, store: str | None = None, **kwargs):
+        if store is not None:
+            if args:
+                args = (with_store(args[0], store), *args[1:])
+            else:
+                kwargs["spec"] = with_store(kwargs["spec"], store)
+        return super().__call__(*args, **kwargs)
+
+
 @functools.cache
 def kind_flow(name: str):
-    """The Prefect flow of study kind ``name``: ``(spec: <its spec model>, store, runner) -> dict``."""
+    """The Prefect flow of study kind ``name`` (a :class:`StudyFlow`): ``(spec: <its spec model>,
+    runner) -> dict``; the store is ``spec.store`` (default results/NAME.zarr).
+
+    Prefect does not validate its parameters (``validate_parameters=False``): its deployments
+    enforce their parameter schema at a run's creation (what JSON Schema can say of the spec
+    model: bounds, registered names, distinct values, patterns), and the flow's first step
+    validates the rest (rules between fields, the store). A refused spec or store is logged as
+    one line, without a traceback, and ends the run Failed with that line as its message, before
+    anything is written."""
     kind = KINDS[name]
 
-    def study_flow(spec, store: str | None = None, runner: RunnerSpec = RunnerSpec()) -> dict:
-        return run_study(kind, spec, store, runner)
+    def study_flow(spec, runner: RunnerSpec = RunnerSpec()) -> dict:
+        try:
+            spec, runner = parameters(kind, spec, runner)
+            return run_study(kind, spec, runner=runner)
+        except (SpecError, storage.StoreError) as e:
+            get_run_logger().error("%s", e)
+            return Failed(message=str(e), data=e)
 
-    study_flow.__annotations__ = {"spec": kind.spec_model, "store": str | None, "runner": RunnerSpec, "return": dict}
+    study_flow.__annotations__ = {"spec": kind.spec_model, "runner": RunnerSpec, "return": dict}
     study_flow.__name__ = study_flow.__qualname__ = name
     study_flow.__doc__ = (f"Run (or resume) a {name} study; returns {{store, cells, done, failed, computed, plot}}. "
                           f"{kind.description}")
-    return flow(name=kind.flow_name, description=kind.description or None)(study_flow)
+    return StudyFlow(study_flow, name=kind.flow_name, description=kind.description or None, validate_parameters=False)
 
 
 def run_flow(kind: StudyKind, spec, store: str | None = None, runner: RunnerSpec | None = None) -> dict:
-    """Call ``kind``'s flow (a flow run on the current Prefect API)."""
+    """Call ``kind``'s flow (a flow run on the current Prefect API) on ``spec``, its store set to
+    ``store`` when given."""
     return kind_flow(kind.name)(spec=spec, store=store, **({"runner": runner} if runner else {}))
 
 
@@ -140,3 +227,15 @@ def __getattr__(name: str):
     if not name.startswith("_") and name in KINDS:
         return kind_flow(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if __name__ not in ("flows.study", "__main__"):
+    # A deployment's entrypoint ``flows/study.py:<kind>``: Prefect executes this file as a script
+    # module named ``study``, which Dask workers cannot import when the task context (holding the
+    # flow) is pickled for them. Hand out the package module's objects instead, so that everything
+    # pickled refers to ``flows.study``, importable wherever dsclab is installed.
+    import importlib as _importlib
+
+    _package = _importlib.import_module("flows.study")
+    globals().update({k: v for k, v in vars(_package).items() if not k.startswith("__")})
+    __getattr__ = _package.__getattr__  # noqa: F811 - the package's flows, not this copy's

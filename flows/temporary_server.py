@@ -6,10 +6,12 @@ module imports only the standard library: neither PyTorch nor Prefect
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -24,18 +26,24 @@ class TemporaryServer:
 
     The process is the one ``prefect.server.api.server.SubprocessASGIServer`` runs (prefect 3.8.8:
     uvicorn on the server's app factory, ``PREFECT__SERVER_EPHEMERAL=1``, UI off) on a free local
-    port, with the same database (PREFECT_HOME), so the runs appear where Prefect's own temporary
-    server would put them. It is used only when Prefect's settings name no API (environment,
-    profile, ``prefect.toml``) and allow the temporary server; otherwise, and if it fails to
-    start in time, it is stopped and Prefect goes its own way. It stops when the process exits,
-    after Prefect has sent its remaining logs and events, and, on Linux, also when the process is
+    port, with a database of its own: a SQLite file in a temporary folder
+    (``<tmp>/dsclab-prefect-<pid>-*``) removed when it stops, never PREFECT_HOME's ``prefect.db``
+    nor ``PREFECT_API_DATABASE_CONNECTION_URL``, which a team server may be using. A temporary
+    server that shared a team's database and then died left the team's concurrency slots it had
+    handed out held for good (their leases lived in its memory), and commands sharing one SQLite
+    file lock each other out. The next ``prestart`` removes the folders of killed commands. It is
+    used only when Prefect's settings name no API (environment, profile, ``prefect.toml``) and
+    allow the temporary server; otherwise it is stopped and Prefect goes its own way; if it fails
+    to start in time, it is stopped and Prefect starts its own, which ``adopt`` points at a
+    database of its own too. It stops when the process exits, after Prefect has sent its
+    remaining logs and events, and, on Linux, also when the process is
     killed (parent-death signal), which Prefect's own temporary server does not do.
     """
 
     _running: "TemporaryServer | None" = None  # one per process, reused by later runs in it
 
-    def __init__(self, port: int, proc: subprocess.Popen):
-        self.port, self.proc = port, proc
+    def __init__(self, port: int, proc: subprocess.Popen, home: Path | None = None):
+        self.port, self.proc, self.home = port, proc, home
         self.api_url = f"http://127.0.0.1:{port}/api"
 
     @classmethod
@@ -57,11 +65,13 @@ class TemporaryServer:
                    "--log-level", "error", "--lifespan", "on"]
             from flows.server import base_env
 
-            env = base_env(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
+            home = own_database_folder()
+            env = base_env(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1",
+                           PREFECT_API_DATABASE_CONNECTION_URL=database_url(home))
             proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         except Exception:  # noqa: BLE001 - an optimisation: Prefect starts its own server instead
             return None
-        cls._running = server = cls(port, proc)
+        cls._running = server = cls(port, proc, home)
         import atexit
 
         atexit.register(server.stop)  # after Prefect's log and event workers drain (threading exit hooks)
@@ -73,8 +83,8 @@ class TemporaryServer:
         the server is stopped."""
         import contextlib
 
-        from prefect.settings import (PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings,
-                                      temporary_settings)
+        from prefect.settings import (PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_API_URL,
+                                      PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings)
 
         from flows.server import wait_healthy
 
@@ -86,7 +96,12 @@ class TemporaryServer:
                          proc=self.proc, poll=0.05)
         except (RuntimeError, TimeoutError):
             self.stop()
-            return contextlib.nullcontext()
+            # Prefect's own temporary server (a subprocess given these settings) on a database of its own
+            home = own_database_folder()
+            import atexit
+
+            atexit.register(shutil.rmtree, home, ignore_errors=True)
+            return temporary_settings({PREFECT_API_DATABASE_CONNECTION_URL: database_url(home)})
         # No flow-run heartbeats: they let a long-lived server mark a run crashed when its process
         # dies, but this server dies with the process; and the engine's wait for the heartbeat
         # thread adds up to 1 s (0.5 s on average) to the end of every run.
@@ -100,8 +115,31 @@ class TemporaryServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.home is not None:
+            shutil.rmtree(self.home, ignore_errors=True)
         if TemporaryServer._running is self:
             TemporaryServer._running = None
+
+
+FOLDER_PREFIX = "dsclab-prefect-"
+
+
+def own_database_folder() -> Path:
+    """A new temporary folder for a temporary server's database, named after this process; first
+    removes those of processes that no longer exist (commands that were killed)."""
+    tmp = Path(tempfile.gettempdir())
+    for old in tmp.glob(f"{FOLDER_PREFIX}*-*"):
+        try:
+            os.kill(int(old.name[len(FOLDER_PREFIX):].split("-")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except (ValueError, PermissionError):  # not ours, or another user's live process
+            pass
+    return Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
+
+
+def database_url(folder: Path) -> str:
+    return f"sqlite+aiosqlite:///{folder / 'prefect.db'}"
 
 
 def _wants_temporary() -> bool:

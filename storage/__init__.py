@@ -7,6 +7,8 @@ from storage.store import (
     DONE, FAILED, PENDING, StoreError, check_store, consolidate, create_or_open, failures, files_url,
     mark_cells, open_results, plot_path, read_status, write_cell,
 )
+from storage.growth import open_store, reconcile, recover
 
 __all__ = ["DONE", "FAILED", "PENDING", "StoreError", "check_store", "consolidate", "create_or_open",
-           "failures", "files_url", "mark_cells", "open_results", "plot_path", "read_status", "write_cell"]
+           "failures", "files_url", "mark_cells", "open_results", "open_store", "plot_path", "read_status",
+           "reconcile", "recover", "write_cell"]

@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+import dsclab
 from dsclab.study import Status  # noqa: E402
 
 PENDING, DONE, FAILED = Status.PENDING, Status.DONE, Status.FAILED
@@ -107,9 +108,21 @@ def _writable_local(path: str) -> None:
         raise StoreError(f"cannot create store {path}: {parent} is not writable ({e.strerror})") from None
 
 
+def check_version(path: str, made_by: str | None, this: str | None = None) -> None:
+    """Refuse (one line) a store made by another dsclab version (``this``: the running one's by
+    default): its numbers differ from this one's."""
+    this = this or dsclab.__version__
+    if made_by != this:
+        raise StoreError(
+            f"store {path} was made by dsclab {made_by or 'unknown'}, whose numbers differ from this dsclab {this}'s; "
+            "use --store to choose another path")
+
+
 def check_store(path: str, template: xr.Dataset) -> bool:
     """Check, without writing anything, that ``template`` can be created at ``path`` or matches
-    the store there. Returns True if a store exists. Raises StoreError with one line otherwise."""
+    the store there (same dsclab version, same settings: ``attrs['settings_hash']``, and every
+    variable of the template). Returns True if a store exists. Raises StoreError with one line
+    otherwise. (Axis values may differ: ``storage.growth`` reconciles them.)"""
     exists, isdir = _exists(path)
     if exists and not isdir:
         raise StoreError(f"store path {path} is a file, not a zarr store")
@@ -117,16 +130,16 @@ def check_store(path: str, template: xr.Dataset) -> bool:
         _writable_local(path)
         return False
     ds = open_results(path)
-    have, want = ds.attrs.get("spec_hash"), template.attrs.get("spec_hash")
-    made_by, this = ds.attrs.get("dsclab_version"), template.attrs.get("dsclab_version")
-    if have != want and made_by and this and made_by != this:
-        raise StoreError(
-            f"store {path} was made by dsclab {made_by}, whose numbers differ from this dsclab {this}'s; "
-            "use --store to choose another path")
+    check_version(path, ds.attrs.get("dsclab_version"), template.attrs.get("dsclab_version"))
+    have, want = ds.attrs.get("settings_hash"), template.attrs.get("settings_hash")
     if have != want:
         raise StoreError(
-            f"store {path} was made from another spec (hash {have}, this spec {want}); "
-            "use --store to choose another path, or rename the study")
+            f"store {path} was made from another spec (settings hash {have}, this spec {want}); "
+            "use --store to choose another path")
+    for dim in template.dims:
+        if dim in ds.dims and not np.array_equal(ds[dim].values, template[dim].values):
+            raise StoreError(f"store {path} holds other values of the axis {dim} than this spec's "
+                             "(storage.growth.open_store grows a store); use --store to choose another path")
     missing = sorted(set(template.data_vars) - set(ds.data_vars))
     if missing:
         raise StoreError(
@@ -148,7 +161,7 @@ def create_or_open(path: str, template: xr.Dataset, cell_dims: Sequence[str]) ->
     """Write ``template`` as a new store at ``path``, or check that the store there matches it.
 
     Returns True when the store was created. Refuses (StoreError) a path that is a file, a folder
-    that is not a store, or a store made from another spec (``attrs['spec_hash']`` differs);
+    that is not a store, or a store of other settings or another version (:func:`check_store`);
     nothing is changed then.
     """
     if check_store(path, template):

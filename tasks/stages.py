@@ -115,13 +115,19 @@ def train(kind: str, store: str, spec, cells: list, prepared: dict) -> dict[str,
     beside the store; a group that runs out of memory is split (:func:`train_splitting`). Returns
     {cell key: checkpoint URL, or None for a cell that failed}.
 
-    Tagged ``gpu``: the Prefect concurrency limit ``gpu`` (threads) or the Dask resource GPU=1
-    keeps one training task per GPU (``flows.runners``)."""
+    Tagged ``gpu``: the runner guards it to one training task per GPU, with the Dask resource
+    GPU=1 or its device's lock on the machine (``flows.runners``, ``flows.gpu_lock``), never a
+    Prefect concurrency slot."""
     k = KINDS[kind]
-    results = train_splitting(k, spec, cells, FileCache(store), prepared, _device(spec), get_run_logger())
-    out: dict[str, str | None] = {}
+    # a checkpoint that exists was written, atomically, by an earlier run of the same training
+    # (``StudyKind.checkpoint``): reused (a store whose inner axis grew evaluates its cells again)
+    saved = {c.key: files.url(store, "checkpoints", k.checkpoint(spec, c)) for c in cells}
+    saved = {key: u for key, u in saved.items() if files.exists(u)}
+    todo = [c for c in cells if c.key not in saved]
+    results = train_splitting(k, spec, todo, FileCache(store), prepared, _device(spec), get_run_logger()) if todo else {}
+    out: dict[str, str | None] = dict(saved)
     failed: dict[int, tuple[BaseException, list]] = {}  # one entry per exception: the cells it failed
-    for c in cells:
+    for c in todo:
         res = results[c.key]
         if isinstance(res, BaseException):
             if not isinstance(res, FAILURES):
@@ -129,7 +135,7 @@ def train(kind: str, store: str, spec, cells: list, prepared: dict) -> dict[str,
             failed.setdefault(id(res), (res, []))[1].append(c)
             out[c.key] = None
             continue
-        u = files.url(store, "checkpoints", f"{c.key}.pt")
+        u = files.url(store, "checkpoints", k.checkpoint(spec, c))
         files.save_checkpoint(u, res)
         out[c.key] = u
     for e, group in failed.values():

@@ -7,7 +7,8 @@ PREFECT_HOME and a free port: ``dsclab server`` (``python -m flows.server server
 ``prefect concurrency-limit create gpu 1`` and ``prefect deploy --all --prefect-file
 deploy/prefect.local.yaml``, the deployments of every registered study kind written by
 ``flows.deployments``), then ``dsclab worker`` for the gpu pool (``prefect worker start --pool gpu
---limit 1`` with ``CUDA_VISIBLE_DEVICES`` empty: it runs on the CPU). Every process started here is
+--limit 1`` with ``CUDA_VISIBLE_DEVICES`` empty: it runs on the CPU), whose runs may write under
+the temporary folder only (``--results-root``). Every process started here is
 stopped at the end of the session (SIGTERM to its process group and descendants, SIGKILL after
 10 s).
 
@@ -46,7 +47,7 @@ def team(tmp_path_factory):
     t0 = time.perf_counter()
     try:
         server = group.start("dsclab server", [sys.executable, "-m", "flows.server", "server", "--host", "127.0.0.1",
-                                               "--port", str(port), "--gpus", "none", "--slot-wait", "1"],
+                                               "--port", str(port)],
                              env, stdout=logs["server"].open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + 240
         while "Prefect server ready" not in logs["server"].read_text():  # up, pools, limit, deployments
@@ -54,7 +55,7 @@ def team(tmp_path_factory):
             assert time.monotonic() < deadline, logs["server"].read_text()[-3000:]
             time.sleep(0.3)
         group.start("dsclab worker", [sys.executable, "-m", "flows.server", "worker", "--api", api, "--gpus", "none",
-                                      "--cpu", "0"],
+                                      "--cpu", "0", "--results-root", str(tmp)],
                     env, stdout=logs["worker"].open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
         print(f"\nteam server ready in {time.perf_counter() - t0:.1f} s at {base}")
         yield {"base": base, "api": api, "tmp": tmp, "logs": logs}
@@ -85,7 +86,7 @@ def tiny_run(team):
     t0 = time.perf_counter()
     r = srv.api_request("POST", f"{api}/deployments/{dep['id']}/create_flow_run", json={
         "state": {"type": "SCHEDULED", "message": "Run from the Prefect UI"},
-        "parameters": {"spec": TINY, "store": store}})
+        "parameters": {"spec": {**TINY, "store": store}}})
     assert r.status_code == 201, r.text
     fr_id = r.json()["id"]
     deadline = time.monotonic() + 300

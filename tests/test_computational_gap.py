@@ -50,7 +50,7 @@ def test_flow_complete_store_then_rerun_computes_nothing(study_run, tmp_path):
     se = ds.mse_se.sel(drift="constant", seed=0, k=2)
     target = 0.5 - 0.25 / ds.n
     assert (abs(c - target) <= 5 * se).all()
-    assert np.allclose(ds.mse_constant.values, [0.5 - 0.25 / 6, 0.5 - 0.25 / 8])
+    assert np.allclose(ds.mse_constant.isel(k=0).values, [0.5 - 0.25 / 6, 0.5 - 0.25 / 8])
     # fixed_sample returns one exact target draw per trajectory: every sample is 0 or some u u^T.
     nf = ds.sample_norm.sel(drift="fixed_sample").values
     assert np.allclose(np.minimum(abs(nf), abs(nf - 1)), 0, atol=1e-12)
@@ -66,3 +66,60 @@ def test_flow_complete_store_then_rerun_computes_nothing(study_run, tmp_path):
     assert (tmp_path / "gap.png").stat().st_size > 0 and png.endswith("gap.png")
 
     run.rerun_computes_nothing(ds)
+
+
+def test_family_is_a_registry_and_hidden_clique_runs_through_the_kind():
+    """family chooses the law (a registry, validated like any name); the hidden clique's law has
+    + signs, its closed forms follow (C(n,k) Bayes terms; constant MSE p - p^2 (1/n + (k-1)^2/(n(n-1))))."""
+    from dsclab.study import KINDS
+
+    kind = KINDS["computational_gap"]
+    with pytest.raises(SpecError):
+        parse_spec({**TINY, "family": "nope"}, ComputationalGapSpec)
+    spec = parse_spec({**TINY, "family": "hidden_clique", "n": [6], "drift": ["bayes", "spectral_paper", "constant"]},
+                      ComputationalGapSpec)
+    assert spec.law(6, 2).signs == "plus" and spec.law(6, 2).p_spike == 0.5
+    ds = kind.template(spec)
+    assert ds.attrs["family"] == "hidden_clique" and float(ds.bayes_terms.sel(n=6, k=2)) == 15.0
+    assert math.isclose(float(ds.mse_constant.sel(n=6, k=2)), 0.5 - 0.25 * (1 / 6 + 1 / 30))
+    cell = kind.cells(spec)[0]
+    out = kind.evaluate(spec, cell, None, {}, None, "cpu").assign_coords(drift=spec.drift)
+    # the constant's MC mean within 5 standard errors of its closed form; Bayes never above it
+    c, se = out.mse.sel(drift="constant"), out.mse_se.sel(drift="constant")
+    assert (abs(c - float(ds.mse_constant.sel(n=6, k=2))) <= 5 * se).all()
+    assert (out.mse.sel(drift="bayes") <= c + 5 * se).all()
+    # the paper's spectral baseline outputs 0 or a rank-one + matrix: its samples have norm 0 or 1
+    nr = out.sample_norm.sel(drift="spectral_paper").values
+    assert np.allclose(np.minimum(nr, abs(nr - 1)), 0, atol=1e-12)
+
+
+def test_report_and_plot_against_published_at_paper_size(tmp_path):
+    """At n = 350, k = 20 the report prints ours against the published numbers per t (mean,
+    min-max, in band) and the plot draws the band; a store filled with the published seed means
+    is in band at every t."""
+    from dsclab.spike.paper import published
+    from dsclab.study import KINDS
+
+    kind = KINDS["computational_gap"]
+    pub = published()
+    spec = parse_spec({"kind": "computational_gap", "name": "pub", "n": [350], "k": [20], "seed": [0],
+                       "drift": ["spectral_paper", "constant", "mpnn"], "mpnn": {"budget": 0.1},
+                       "evaluation": {"t": [200, 300, 400], "n_samples": 4}}, ComputationalGapSpec)
+    ds = kind.template(spec)
+    ds["status"][:] = 1
+    for i, t in enumerate([200, 300, 400]):
+        j = int(t // 20 - 1)
+        ds["mse"].loc[{"t": t, "drift": "mpnn"}] = pub["network"][:, j].mean()
+        ds["mse"].loc[{"t": t, "drift": "spectral_paper"}] = pub["spectral"][j]
+    for v in ("frac_norm_above_half", "frac_norm_below_tenth", "w1_norm", "frac_rank_one", "integrated_loss",
+              "frac_diverged", "mpnn_train_loss", "mpnn_train_seconds"):
+        ds[v][:] = 0.0
+    ds["sample_norm"][:] = 0.005
+    rep = report(ds)
+    assert "ours vs published" in rep and "budget 0.1" in rep and "frac(norm<0.1)" in rep
+    rows = [line.split() for line in rep.splitlines() if line.strip().split(" ")[0] in ("200", "300", "400")
+            and "[" in line]
+    assert len(rows) == 6 and all(r[-1] == "yes" for r in rows[:3]) and all(r[-1] == "+0.0000" for r in rows[3:])
+    assert (tmp_path / "p.png").exists() is False
+    plot(ds, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 0

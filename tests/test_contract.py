@@ -59,7 +59,20 @@ def test_layout_and_plan(name):
     tpl = kind.template(spec)
     assert tpl.attrs["study"] == name and tpl.attrs["spec_hash"] == spec.hash
     assert tpl.attrs["dsclab_version"] == dsclab.__version__
-    assert json.loads(tpl.attrs["spec"]) == spec.model_dump(mode="json")
+    assert json.loads(tpl.attrs["spec"]) == spec.model_dump(mode="json", exclude={"store"})
+    assert tpl.attrs["settings_hash"] == spec.settings_hash
+    # cell identity (issue 19): every declared axis is a dim of the store holding the spec's values,
+    # and keys depend on neither the study's name nor the other values of the grid
+    assert set(kind.cell_dims) <= set(spec.AXES), "every cell dim must be a declared axis"
+    for dim in spec.AXES:
+        values = [v["name"] if isinstance(v, dict) else v for v in spec.axis(dim)]
+        assert list(tpl[dim].values) == values, dim
+    renamed = kind.parse({**spec.model_dump(mode="json"), "name": "renamed"})
+    assert [c.key for c in kind.cells(renamed)] == [c.key for c in kind.cells(spec)]
+    first = kind.cells(spec)[0]
+    fewer = kind.parse({**spec.model_dump(mode="json"), **{d: [kind.index(first)[d]] for d in kind.cell_dims
+                                                           if "." not in spec.AXES[d] and d != "data"}})
+    assert first.key in {c.key for c in kind.cells(fewer)}
     assert tpl["status"].dims == tuple(kind.cell_dims) and (tpl["status"] == Status.PENDING).all()
     for v, da in tpl.data_vars.items():
         if da.dtype.kind == "f":
@@ -99,7 +112,22 @@ def test_small_preset_through_the_flow(study_run, tmp_path, name):
     table = kind.table(ds)
     assert len(table) > 0
 
+    # the figure beside the store (which `dsclab run` prints) is the run's plot artifact
+    import base64
+
+    from prefect.artifacts import Artifact
+
+    from flows.artifacts import artifact_key
+
+    art = Artifact.get(artifact_key(spec.name, "plot"))
+    figure = (tmp_path / "s.files" / "plot.png").read_bytes()
+    assert art.data == "data:image/png;base64," + base64.b64encode(figure).decode()
+    # a rerun computes nothing: no checkpoint is written again (kinds with a train stage)
+    ckpts = sorted((tmp_path / "s.files" / "checkpoints").glob("*.pt"))
+    assert bool(ckpts) == kind.trains(spec)
+    mtimes = [p.stat().st_mtime_ns for p in ckpts]
     run.rerun_computes_nothing(ds)
+    assert [p.stat().st_mtime_ns for p in ckpts] == mtimes
 
 
 def bad_specs(data: dict) -> list[tuple[dict, str]]:

@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal, norm
+
 from dsclab import distributions, noise
+from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.losses import dsm_loss
+from dsclab.seeds import derive_seed, generator
 
 
 def test_noise_conversions_round_trip():
@@ -59,19 +64,69 @@ def test_per_point_times_match_scalar_times():
 
 
 def test_pushforward_moments_by_monte_carlo():
-    """q_t of N(mu, Sigma) is N(e^-t mu, e^-2t Sigma + sigma_t^2 I): moments of forward-noised
-    samples agree with the exact sampler of q_t within 5 standard errors."""
+    """q_t of N(mu, Sigma) is N(e^-t mu, e^-2t Sigma + sigma_t^2 I): the moments of forward-noised
+    samples and of the exact sampler of q_t (``dist.sample(m, g, t=t)``) each agree with it within
+    5 standard errors."""
     dist = distributions.make("gaussian", 3, mean=1.0, cond=4.0)
-    g = torch.Generator().manual_seed(2)
+    g = generator(derive_seed("test-core-pushforward"))
     t, m = 0.4, 200_000
     x0 = dist.sample(m, g)
-    xt = noise.mean_coef(t) * x0 + noise.sigma(t) * torch.randn(m, 3, generator=g, dtype=torch.float64)
+    forward = noise.mean_coef(t) * x0 + noise.sigma(t) * torch.randn(m, 3, generator=g, dtype=torch.float64)
     cov_t = math.exp(-2 * t) * dist.cov() + noise.sigma2(t) * torch.eye(3, dtype=torch.float64)
     se_mean = torch.sqrt(torch.diagonal(cov_t) / m)
-    assert ((xt.mean(0) - math.exp(-t) * dist.mean()).abs() < 5 * se_mean).all()
-    # var of a sample variance of a Gaussian: 2 s^4 / m
-    se_var = torch.sqrt(2 * torch.diagonal(cov_t) ** 2 / m)
-    assert ((xt.var(0) - torch.diagonal(cov_t)).abs() < 5 * se_var).all()
+    se_var = torch.sqrt(2 * torch.diagonal(cov_t) ** 2 / m)  # var of a Gaussian sample variance: 2 s^4 / m
+    for xt in (forward, dist.sample(m, g, t=t)):
+        assert ((xt.mean(0) - math.exp(-t) * dist.mean()).abs() < 5 * se_mean).all()
+        assert ((xt.var(0) - torch.diagonal(cov_t)).abs() < 5 * se_var).all()
+
+
+def _mixture():
+    """Three components with unequal weights and full, unequal covariances in d = 3."""
+    gg = generator(derive_seed("test-core-mixture"))
+    A = torch.randn(3, 3, 3, generator=gg, dtype=torch.float64)
+    covs = A @ A.transpose(1, 2) / 3 + 0.2 * torch.eye(3, dtype=torch.float64)
+    means = torch.tensor([[2.0, 0.0, 0.0], [-1.0, 1.5, 0.0], [0.0, -1.0, 2.0]], dtype=torch.float64)
+    return GaussianMixture([0.2, 0.5, 0.3], means, covs), np.array([0.2, 0.5, 0.3]), means.numpy(), covs.numpy()
+
+
+@pytest.mark.parametrize("t", [0.0, 0.05, 0.7])
+def test_log_prob_matches_scipy_on_the_pushed_components(t):
+    """log q_t(x) against scipy, component by component: q_t = sum_j w_j N(e^-t mu_j, e^-2t C_j +
+    sigma_t^2 I) (logsumexp of scipy's multivariate-normal log densities); the product Rademacher law
+    (p of +1) per coordinate p N(e^-t, sigma_t^2) + (1 - p) N(-e^-t, sigma_t^2). Independent of the
+    library's shared density/score helper, so with ``test_exact_score_is_gradient_of_log_density``
+    it pins the score too. rtol 1e-10: float64 against float64."""
+    law, w, mu, C = _mixture()
+    x = law.sample(40, generator(derive_seed("test-core-logprob", t)), t=t)
+    a, s2 = math.exp(-t), noise.sigma2(t)
+    comps = np.stack([multivariate_normal(a * mu[j], a * a * C[j] + s2 * np.eye(3)).logpdf(x.numpy()) + math.log(w[j])
+                      for j in range(3)])
+    np.testing.assert_allclose(law.log_prob(x, t).numpy(), logsumexp(comps, axis=0), rtol=1e-10)
+    if t > 0:  # the Rademacher law has a density only for t > 0
+        p = 0.3
+        rad = distributions.make("rademacher", 4, p=p)
+        y = rad.sample(40, generator(derive_seed("test-core-rademacher", t)), t=t).numpy()
+        sd = math.sqrt(s2)
+        want = np.logaddexp(math.log(p) + norm.logpdf(y, a, sd), math.log1p(-p) + norm.logpdf(y, -a, sd)).sum(1)
+        np.testing.assert_allclose(rad.log_prob(torch.as_tensor(y), t).numpy(), want, rtol=1e-10)
+
+
+def test_sample_at_t_has_the_moments_of_q_t():
+    """``dist.sample(m, g, t=t)`` against the closed-form moments of the mixture q_t: mean
+    sum_j w_j e^-t mu_j and covariance sum_j w_j (C_j(t) + m_j m_j^T) - mean mean^T, each entry
+    within 5 standard errors (of a mean: sd / sqrt(m); of a covariance entry: the sd of the centred
+    products over the sample, / sqrt(m), which does not assume Gaussian data)."""
+    law, w, mu, C = _mixture()
+    t, m = 0.3, 200_000
+    x = law.sample(m, generator(derive_seed("test-core-sample-at-t")), t=t).numpy()
+    a, s2 = math.exp(-t), noise.sigma2(t)
+    mt = a * mu
+    mean = (w[:, None] * mt).sum(0)
+    cov = sum(w[j] * (a * a * C[j] + s2 * np.eye(3) + np.outer(mt[j], mt[j])) for j in range(3)) - np.outer(mean, mean)
+    assert (np.abs(x.mean(0) - mean) < 5 * x.std(0) / math.sqrt(m)).all()
+    xc = x - x.mean(0)
+    prods = xc[:, :, None] * xc[:, None, :]
+    assert (np.abs(prods.mean(0) - cov) < 5 * prods.std(0) / math.sqrt(m)).all()
 
 
 def test_denoiser_is_tweedie_and_exact_for_gaussian():

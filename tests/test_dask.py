@@ -17,6 +17,7 @@ from dsclab.spec import parse_spec
 from dsclab.studies.sample_complexity import numerics as sc
 from flows import runners
 from flows.runners import RunnerSpec
+from team_api import TERMINAL, deployment_run, flow_run_logs, held_slots, wait_flow_run
 
 pytest_plugins = ["prefect_team"]
 
@@ -146,7 +147,8 @@ def test_gpu_tasks_never_overlap_on_a_worker(api, tmp_path):
                       dashboard_address=None, local_directory=str(tmp_path / "dask")) as cluster, \
             Client(cluster, set_as_default=False) as client:
         client.register_plugin(Timeline())
-        out = sample_complexity(spec=spec, store=path, runner=RunnerSpec(kind="dask", address=cluster.scheduler_address))
+        out = sample_complexity(spec=spec.model_copy(update={"store": path}),
+                                runner=RunnerSpec(kind="dask", address=cluster.scheduler_address))
         timelines = client.run(lambda dask_worker: dask_worker.plugins["test-timeline"].records)
 
     cells = spec.cells()
@@ -189,7 +191,7 @@ def _training_probe(dask_worker):
             "executing": executing}
 
 
-def test_worker_killed_mid_task_is_retried_elsewhere(api, tmp_path):
+def test_worker_killed_mid_task_is_retried_elsewhere(api, team, tmp_path):
     """A Dask worker process killed (SIGKILL) while it trains a group: the scheduler reruns that
     train task on another worker, the nanny restarts the killed one, and the study (the
     sample-complexity flow on a LocalCluster of 2 worker processes, reporting to the team server)
@@ -254,12 +256,13 @@ def test_worker_killed_mid_task_is_retried_elsewhere(api, tmp_path):
         watcher = threading.Thread(target=killer, args=(client,), daemon=True)
         watcher.start()
         try:
-            out = sample_complexity(spec=spec, store=path,
-                                    runner=RunnerSpec(kind="dask", address=cluster.scheduler_address))
+            state = sample_complexity(spec=spec.model_copy(update={"store": path}), return_state=True,
+                                      runner=RunnerSpec(kind="dask", address=cluster.scheduler_address))
         finally:
             stop.set()
             watcher.join(30)
         t_flow = time.perf_counter() - t0
+        out = state.result()
         assert "error" not in kill, kill
         assert kill, "no worker was ever caught inside a training loop: the kill did not happen"
         done = client.run(lambda dask_worker: (os.getpid(), dask_worker.plugins["test-done"].done))
@@ -290,9 +293,29 @@ def test_worker_killed_mid_task_is_retried_elsewhere(api, tmp_path):
     assert len(finished_on) == 1, (kill, done)
     assert kill["addr"] not in finished_on and kill["pid"] not in [pid for pid, _ in finished_on.values()]
 
+    # the flow run's log says why it waited: the worker, and the training task Dask reruns
+    fr = str(state.state_details.flow_run_id)
+    logs = flow_run_logs(api, fr)
+    lost_lines = [m for m in logs if f"Dask worker {kill['addr']} left the cluster" in m]
+    assert len(lost_lines) == 1 and kill["key"] in lost_lines[0], logs
+    # no concurrency slot is held, and a deployment run that follows starts at once
+    assert held_slots(api) == {}
+    t0 = time.perf_counter()
+    follow = deployment_run(api, {"spec": {**TINY, "name": "tiny-dask-follow", "d": [2], "n": [60], "seed": [0],
+                                           "store": str(team["tmp"] / "dask-follow.zarr")}})
+    started = wait_flow_run(api, follow, 60, until={"RUNNING"} | TERMINAL)
+    t_start = time.perf_counter() - t0
+    final = wait_flow_run(api, follow, 120)
+    print(f"following deployment run: Running {t_start:.1f} s after it was created, {final['state_type']} "
+          f"{time.perf_counter() - t0:.1f} s after")
+    assert started["state_type"] in {"RUNNING", "COMPLETED"} and t_start < 10, (started["state"], t_start)
+    assert final["state_type"] == "COMPLETED", final["state"]
+    assert not [m for m in flow_run_logs(api, follow) if m.startswith("waiting for")]
+    assert held_slots(api) == {}
+
     # the same study run serially on threads gives the same numbers
     ref = str(tmp_path / "ref.zarr")
-    sample_complexity(spec=spec, store=ref)
+    sample_complexity(spec=spec.model_copy(update={"store": ref}))
     r = xr.open_zarr(ref)
     for name in ("score_l2", "sliced_w2", "train_loss"):
         np.testing.assert_array_equal(ds[name].values, r[name].values, err_msg=name)

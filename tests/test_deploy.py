@@ -1,8 +1,7 @@
 """The deployments (flows/deployments.py: generated from the registry of study kinds and the
 presets in studies/), and the team server end to end: a real ``prefect server`` on 127.0.0.1
 (temporary PREFECT_HOME, free port) set up by the README's "Team server and GPU workers" commands
-(``team`` in tests/prefect_team.py: ``dsclab server`` = server, work pools, the gpu concurrency
-limit, ``prefect deploy --all`` of every registered kind from deploy/prefect.local.yaml; ``dsclab
+(``team`` in tests/prefect_team.py: ``dsclab server`` = server, work pools, ``prefect deploy --all`` of every registered kind from deploy/prefect.local.yaml; ``dsclab
 worker`` for the gpu pool, running on the CPU here). A tiny study is triggered through the REST API
 the way the UI's run form does, it runs on the gpu worker, and the store it writes is opened with
 plain xarray."""
@@ -22,6 +21,7 @@ from dsclab.spec import load_yaml, parse_spec
 from dsclab.study import BUILTIN, KINDS
 from flows import deployments
 from flows import server as srv
+from prefect_team import TINY
 
 pytest_plugins = ["prefect_team"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +35,24 @@ def kind_of_deployment(dep: dict) -> str:
     path, kind = dep["entrypoint"].split(":")
     assert path == "flows/study.py", dep
     return kind
+
+
+def study_deployments(deps: list[dict]) -> list[dict]:
+    """The study flows' deployments (the n* search's, flows/search.py:search, checked apart)."""
+    return [d for d in deps if d["entrypoint"] != "flows/search.py:search"]
+
+
+def check_search_deployment(deps: list[dict]) -> None:
+    """The n* search's deployment: on the gpu pool, its request the search spec of studies/ plus
+    the settings of flows.deployments.SEARCH, valid for the flow's parameter model."""
+    from flows.search import SearchRequest
+
+    (dep,) = [d for d in deps if d["entrypoint"] == "flows/search.py:search"]
+    assert dep["name"] == "gpu" and dep["work_pool"]["name"] == "gpu" and dep["schedules"] == []
+    request = dep["parameters"]["request"]
+    assert request["spec"] == load_yaml(ROOT / "studies" / deployments.SEARCH_SPEC)
+    assert {k: request[k] for k in deployments.SEARCH} == deployments.SEARCH
+    assert SearchRequest.model_validate(request).spec.name == "search_quick"
 
 
 # -- the deployment files -----------------------------------------------------------------------
@@ -68,14 +86,16 @@ def test_check_names_the_first_stale_line(tmp_path, capsys):
 def test_default_specs_are_the_study_presets():
     """Built-in kinds: the studies/ preset, as the file holds it; every default spec parses with
     its kind's model."""
-    deps = yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
+    all_deps = yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
+    check_search_deployment(all_deps)
+    deps = study_deployments(all_deps)
     assert sorted({kind_of_deployment(d) for d in deps}) == sorted(BUILTIN)
     for dep in deps:
         kind, spec = kind_of_deployment(dep), dep["parameters"]["spec"]
         assert spec["name"] == PRESET_NAMES[kind], dep
         assert spec == load_yaml(ROOT / "studies" / deployments.PRESETS[kind])
         assert KINDS[kind].parse(spec) == parse_spec(spec)
-    for dep in deployments.document(KINDS)["deployments"]:  # plugins included
+    for dep in study_deployments(deployments.document(KINDS)["deployments"]):  # plugins included
         kind = kind_of_deployment(dep)
         assert KINDS[kind].parse(dep["parameters"]["spec"]).name, dep
 
@@ -100,7 +120,9 @@ def test_pools_schedules_and_flows(which):
 
     kinds = list(BUILTIN) if which == "checked-in" else list(KINDS)
     doc = yaml.safe_load(PREFECT_YAML.read_text()) if which == "checked-in" else deployments.document(KINDS)
-    deps = doc["deployments"]
+    check_search_deployment(doc["deployments"])
+    assert load_flow_from_entrypoint(str(ROOT / "flows/search.py:search")).name == "search-n-star"
+    deps = study_deployments(doc["deployments"])
     pools: dict[str, list] = {}
     for dep in deps:
         pool = dep["work_pool"]
@@ -141,7 +163,7 @@ def test_every_registered_kind_is_deployed(team):
     flows = {f["id"]: f["name"] for f in srv.api_request("POST", f"{api}/flows/filter", json={}).json()}
     deployed = {(flows[d["flow_id"]], d["name"])
                 for d in srv.api_request("POST", f"{api}/deployments/filter", json={}).json()}
-    expect = {(k.flow_name, "gpu") for k in KINDS.values()} | {("sample-complexity", "cpu")}
+    expect = {(k.flow_name, "gpu") for k in KINDS.values()} | {("sample-complexity", "cpu"), ("search-n-star", "gpu")}
     assert deployed == expect
     for name, kind in KINDS.items():
         dep = srv.api_request("GET", f"{api}/deployments/name/{kind.flow_name}/gpu").json()
@@ -155,15 +177,16 @@ def test_deployed_flow_runs_on_the_gpu_worker(team, tiny_run):
     dep = srv.api_request("GET", f"{api}/deployments/name/sample-complexity/gpu").json()
     assert dep["work_pool_name"] == "gpu"
     props = dep["parameter_openapi_schema"]["properties"]
-    assert {"spec", "store", "runner"} <= set(props)  # the typed form the UI renders
+    assert set(props) == {"spec", "runner"}  # the typed form the UI renders; the store is spec.store
     assert dep["parameters"]["spec"]["name"] == "quick"
     assert [s["active"] for s in dep["schedules"]] == [False]
     other = srv.api_request("GET", f"{api}/deployments/name/sample-complexity/cpu").json()
     assert other["work_pool_name"] == "cpu"
     for pool in ("cpu", "gpu"):
         assert srv.api_request("GET", f"{api}/work_pools/{pool}").json()["type"] == "process"
-    limit = srv.api_request("GET", f"{api}/concurrency_limits/tag/gpu").json()
-    assert limit["concurrency_limit"] == 1  # one slot per GPU; 1 on a machine without one
+    # no Prefect concurrency limit guards GPUs (a slot of a run that dies would stay taken): a lock
+    # on the training machine does (flows.gpu_lock; tests/test_slots.py)
+    assert srv.api_request("GET", f"{api}/concurrency_limits/tag/gpu").status_code == 404
 
     fr, fr_id, store = tiny_run["flow_run"], tiny_run["id"], tiny_run["store"]
     assert fr["state_type"] == "COMPLETED", fr["state"]
@@ -175,13 +198,11 @@ def test_deployed_flow_runs_on_the_gpu_worker(team, tiny_run):
     for var in ["score_l2", "sliced_w2", "mmd", "train_seconds"]:
         assert np.isfinite(ds[var].values).all(), var
 
-    # gpu-tagged training tasks: one per (d, seed) group, never two at once (gpu limit 1)
+    # training tasks: one per (d, seed) group, none carrying a Prefect tag (none asks for a slot)
     trs = srv.api_request("POST", f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [fr_id]}}}).json()
-    gpu = sorted((t["start_time"], t["end_time"]) for t in trs if "gpu" in t["tags"])
-    assert len(gpu) == len(spec.d) * len(spec.seed)
-    assert all(t["name"].startswith("train-") for t in trs if "gpu" in t["tags"])
-    for (s0, e0), (s1, e1) in zip(gpu, gpu[1:]):
-        assert s1 >= e0, gpu
+    train = [t for t in trs if t["name"].startswith("train-")]
+    assert len(train) == len(spec.d) * len(spec.seed)
+    assert all(t["tags"] == [] for t in trs), [t["tags"] for t in trs]
 
     # artifacts on the flow run: progress at 100 %, the summary table, the report, the plot
     arts = srv.api_request("POST", f"{api}/artifacts/filter",
@@ -198,3 +219,27 @@ def test_deployed_flow_runs_on_the_gpu_worker(team, tiny_run):
     url = by_type["image"]["data"]
     assert url.startswith("data:image/png;base64,")
     assert base64.b64decode(url.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_the_schema_refuses_is_not_created(team):
+    """Through the API, as the UI's Custom run does: ``n: [0]`` is refused at creation (409) with a
+    message naming ``spec.n``, and no flow run is created; a run the schema accepts is."""
+    api = team["api"]
+    dep = srv.api_request("GET", f"{api}/deployments/name/sample-complexity/gpu").json()
+    assert dep["enforce_parameter_schema"] is True
+
+    def runs() -> int:
+        return srv.api_request("POST", f"{api}/flow_runs/count",
+                               json={"deployments": {"id": {"any_": [dep["id"]]}}}).json()
+
+    before = runs()
+    for bad, field in [({"n": [0]}, "spec.n[0]"), ({"sampler": ["nope"]}, "spec.sampler[0]"),
+                       ({"nfe": [-5]}, "spec.nfe[0]"), ({"seed": [1, 1]}, "spec.seed")]:
+        r = srv.api_request("POST", f"{api}/deployments/{dep['id']}/create_flow_run", json={
+            "state": {"type": "SCHEDULED", "message": "Run from the Prefect UI"},
+            "parameters": {"spec": {**TINY, **bad, "store": str(team["tmp"] / "refused.zarr")}}})
+        assert r.status_code == 409, r.text
+        assert f"'{field}'" in r.json()["detail"], r.text
+    assert runs() == before  # nothing scheduled
+    assert not (team["tmp"] / "refused.zarr").exists()
+

@@ -81,7 +81,7 @@ def test_kill_minus_nine_at_random_points_then_resume(tmp_path):
     store = str(tmp_path / "killed.zarr")
     keys = {(c.d, c.n, c.seed): c.key for c in parse_spec(SPEC).cells()}
     kills = 0
-    for _ in range(5):  # five kills at random moments
+    for _ in range(3):  # three kills at random moments
         done_before = {}
         if Path(store).exists():
             st = storage.read_status(store).isel(estimator=0)
@@ -96,7 +96,7 @@ def test_kill_minus_nine_at_random_points_then_resume(tmp_path):
         st = storage.read_status(store).isel(estimator=0)
         assert all(int(st.sel(d=k[0], n=k[1], seed=k[2])) == storage.DONE
                    for k in keys if keys[k] in done_before), "a done cell lost its status"
-    assert kills == 5, f"only {kills} kills landed"
+    assert kills == 3, f"only {kills} kills landed"
     status_before_last = storage.read_status(store)
     assert _run(spec_file, store, env, False, rng) == 0
     a, b = xr.open_zarr(ref).load(), xr.open_zarr(store).load()

@@ -79,3 +79,25 @@ def test_cli_refuses_malformed_yaml(tmp_path, capsys):
 def test_cli_refuses_unknown_kind(tmp_path, capsys):
     code, err, _ = _run_cli(tmp_path, {**GOOD, "kind": "astrology"}, capsys)
     assert code == 2 and "kind: unknown study kind 'astrology'" in err
+
+
+def test_nfe_check_reads_the_declared_nfe_per_step():
+    """check_nfe uses each sampler's declared nfe_per_step (dsclab.samplers.NFE_PER_STEP), so a
+    plugin sampler taking 3 evaluations per step is held to multiples of 3 in every spec."""
+    from dsclab.registry import declare
+    from dsclab.samplers import SAMPLERS, sample_euler_maruyama
+    from dsclab.spec import check_nfe
+
+    SAMPLERS.register("triple_em", declare(nfe_per_step=3, order=(1.0, 1.0))(
+        lambda score, x, ts, *, noise: sample_euler_maruyama(score, x, ts, noise=noise)))
+    try:
+        check_nfe(["euler_maruyama", "triple_em"], [3, 30])  # accepted: returns without raising
+        with pytest.raises(ValueError) as e:
+            check_nfe("triple_em", [3, 10, 20])
+        assert str(e.value) == ("nfe 10 is not a multiple of 3, the score evaluations per step of sampler "
+                                "'triple_em' (also [20])")
+        with pytest.raises(SpecError, match=r"^spec: nfe 10 is not a multiple of 3, .* sampler 'triple_em'$"):
+            parse_spec({**GOOD, "sampler": ["triple_em"], "nfe": [3, 10]})
+        assert parse_spec({**GOOD, "sampler": ["triple_em"], "nfe": [3, 9]}).nfe == [3, 9]
+    finally:
+        SAMPLERS.unregister("triple_em")

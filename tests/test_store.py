@@ -59,8 +59,10 @@ def test_reopen_same_spec_keeps_values_and_refuses_other_spec(tmp_path):
     storage.mark_cells(path, [idx], storage.DONE)
     assert storage.create_or_open(path, sc.template(spec()), sc.CELL_DIMS) is False
     before = storage.open_results(path).load()
-    with pytest.raises(storage.StoreError, match="another spec"):
+    with pytest.raises(storage.StoreError, match="other values of the axis n"):
         storage.create_or_open(path, sc.template(spec(n=[10, 30])), sc.CELL_DIMS)
+    with pytest.raises(storage.StoreError, match="another spec"):
+        storage.create_or_open(path, sc.template(spec(train={"steps": 7})), sc.CELL_DIMS)
     assert_identical(storage.open_results(path).load(), before)
     # the same spec under another dsclab version (its hash includes the version): named as such
     newer = sc.template(spec())

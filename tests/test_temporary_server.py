@@ -2,10 +2,8 @@
 command's heavy imports, used only when no API is configured, gone when the command is."""
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -49,22 +47,59 @@ def test_prestart_imports_neither_torch_nor_prefect(tmp_path):
     assert out.stdout.split() == ["True", "False", "False"], out.stderr
 
 
+def _own_folders(pid: int) -> list[Path]:
+    import tempfile
+
+    return sorted(Path(tempfile.gettempdir()).glob(f"dsclab-prefect-{pid}-*"))
+
+
 def test_run_uses_the_early_server_and_stops_it(tmp_path):
-    """A study through ``dsclab run`` without an API: the flow run is recorded in PREFECT_HOME's
-    database by the early server (Prefect did not start its own: no 'Starting temporary server'
-    line), and no server of that home outlives the command."""
+    """A study through ``dsclab run`` without an API: the flow run is recorded by the early server
+    (Prefect did not start its own: no 'Starting temporary server' line) in a database of its own,
+    neither PREFECT_HOME's prefect.db nor PREFECT_API_DATABASE_CONNECTION_URL (a team server's,
+    here a file that must stay untouched), and no server of that home, nor its database folder,
+    outlives the command."""
     home = tmp_path / "home"
+    team_db = tmp_path / "team.db"
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(TINY))
-    out = subprocess.run([sys.executable, "-m", "dsclab.cli", "run", str(spec), "--store", str(tmp_path / "s.zarr")],
-                         cwd=ROOT, env=_env(home), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "Starting temporary server" not in out.stdout + out.stderr
-    with contextlib.closing(sqlite3.connect(home / "prefect.db")) as db:
-        states = db.execute("SELECT state_type FROM flow_run").fetchall()
-    assert states == [("COMPLETED",)]
+    env = _env(home) | {"PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{team_db}"}
+    p = subprocess.Popen([sys.executable, "-m", "dsclab.cli", "run", str(spec), "--store", str(tmp_path / "s.zarr")],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, lines, had_db = [], [], False
+    for line in p.stdout:  # while it runs, its server's database lives in a folder named after it
+        lines.append(line)
+        seen = seen or _own_folders(p.pid)
+        had_db = had_db or bool(seen and (seen[0] / "prefect.db").exists())
+    out = "".join(lines)
+    assert p.wait(timeout=300) == 0, out[-3000:]
+    assert "Starting temporary server" not in out
+    assert len(seen) == 1 and had_db, seen
     time.sleep(0.5)
+    assert not (home / "prefect.db").exists() and not team_db.exists()
+    assert _own_folders(p.pid) == [], "the temporary server's database folder outlived the command"
     assert _servers_of(home) == []
+
+
+def test_own_database_per_server(tmp_path):
+    """Each temporary server has its own database folder, named after its process; the folders of
+    processes that are gone (a killed command) are removed by the next one."""
+    from flows import temporary_server as ts
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = Path(ts.tempfile.gettempdir()) / f"{ts.FOLDER_PREFIX}{dead.pid}-x"
+    stale.mkdir(exist_ok=True)
+    (stale / "prefect.db").write_bytes(b"")
+    mine = ts.own_database_folder()
+    try:
+        assert mine.name.startswith(f"{ts.FOLDER_PREFIX}{os.getpid()}-") and mine.is_dir()
+        assert not stale.exists()
+        assert ts.database_url(mine) == f"sqlite+aiosqlite:///{mine}/prefect.db"
+    finally:
+        import shutil
+
+        shutil.rmtree(mine, ignore_errors=True)
 
 
 def test_server_dies_with_a_killed_command(tmp_path):

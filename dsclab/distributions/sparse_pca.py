@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from dsclab.distributions.gaussian import GaussianMixture
+from dsclab.seeds import generator
 
 
 def spike_direction(d: int, k: int, support_seed: int) -> torch.Tensor:
@@ -34,7 +35,7 @@ def spike_direction(d: int, k: int, support_seed: int) -> torch.Tensor:
     ``support_seed``: support = first k of a uniform permutation, signs i.i.d. fair coins."""
     if not (isinstance(d, int) and isinstance(k, int) and 1 <= k <= d):
         raise ValueError(f"need integers 1 <= k <= d, got d={d}, k={k}")
-    g = torch.Generator().manual_seed(int(support_seed))
+    g = generator(int(support_seed))
     support = torch.randperm(d, generator=g)[:k]
     signs = torch.randint(0, 2, (k,), generator=g).to(torch.float64) * 2 - 1
     u = torch.zeros(d, dtype=torch.float64)

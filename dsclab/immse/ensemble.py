@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.distributions.rademacher import Rademacher
+from dsclab.seeds import derive_seed, draw_seed, generator as seed_generator
 from dsclab.immse.core import (
     REFERENCES, Denoiser, EnsembleEstimate, Estimate, _randn, _setup, _summarise, logsnr_range, mmse_eps,
     mmse_gaussian, mse_eps_paired, nll_discrete, sample_logsnr,
@@ -282,9 +283,12 @@ def data_set_nll(x: torch.Tensor, denoisers: Sequence[Denoiser], dist, generator
     with torch.no_grad():
         terms = gap_terms(x, denoisers, generator, lam=lam, discrete=box is not None, left_tail=box is not None,
                           n_alpha=n_alpha, clip=clip, stratified=stratified, dtype=dtype)
-        curve_seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
-        curves = torch.stack([mmse_eps(x, grid, den, torch.Generator().manual_seed(curve_seed), dtype=dtype).mean(0)
-                              for den in denoisers]) / d  # (K, k)
+        curve_seed = draw_seed(generator)
+        # one generator per (denoiser, grid point), from the point's own value: a point's value does
+        # not depend on the rest of the grid (a store grows along logsnr in place)
+        curves = torch.stack([torch.cat([
+            mmse_eps(x, a.reshape(1), den, seed_generator(derive_seed("mmse-curve", curve_seed, float(a))),
+                     dtype=dtype).mean(0) for a in grid]) for den in denoisers]) / d  # (K, k)
     est = crossed_estimates(terms, members)
     nan = math.nan
     gap = CrossedEstimate(torch.full((K,), nan), torch.full((K,), nan), torch.tensor(nan), torch.tensor(nan), est.choice)

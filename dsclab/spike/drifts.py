@@ -1,7 +1,9 @@
 """Drifts ``m(y, t) -> estimate of x`` (conventions: ``dsclab.spike``; science.md §5).
 
 Every drift takes ``y (m, n, n)`` and ``t`` (float or ``(m,)``) and returns ``(m, n, n)`` in y's
-dtype. :data:`DRIFTS` maps a name to a factory ``(dist, **params) -> drift``.
+dtype. :data:`DRIFTS` maps a name to a :class:`DriftEntry` (its factory ``(dist, **params) -> drift``
+and its declared facts). The paper's hard-test baselines are in ``dsclab.spike.paper``, its
+message-passing network in ``dsclab.spike.mpnn``.
 
 Polynomial-time drifts (spectral, power iteration, thresholding) share one last step: a candidate
 ``u_hat in B_{n,k}`` is turned into an estimate by the *single-candidate posterior*
@@ -21,6 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -334,22 +337,64 @@ def _network_factory(dist: SparseSpike, net, device="cpu", batch: int = 1024) ->
     return network_drift(net, device=device, batch=batch)
 
 
-DRIFTS: dict[str, Callable[..., Drift]] = {
-    "bayes": bayes_drift,
-    "spectral": spectral_drift,
-    "power_iteration": power_iteration_drift,
-    "threshold": threshold_drift,
-    "constant": constant_drift,
-    "gated": _gated_factory,
-    "fixed_sample": _fixed_factory,
-    "network": _network_factory,
+def _mpnn_factory(dist: SparseSpike, net, generator: torch.Generator, device="cpu", batch: int = 512) -> Drift:
+    from dsclab.spike.mpnn import mpnn_drift
+    return mpnn_drift(net, generator, device=device, batch=batch)
+
+
+def _spectral_paper_factory(dist: SparseSpike, threshold: float = 0.8) -> Drift:
+    from dsclab.spike.paper import spectral_paper_drift
+    return spectral_paper_drift(dist, threshold)
+
+
+def _power_paper_factory(dist: SparseSpike, generator: torch.Generator, n_iter: int = 25,
+                         threshold: float = 0.7) -> Drift:
+    from dsclab.spike.paper import power_iteration_paper_drift
+    return power_iteration_paper_drift(dist, generator, n_iter, threshold)
+
+
+@dataclass(frozen=True)
+class DriftEntry:
+    """A registered drift: ``build(dist, **params) -> drift`` and its declared facts.
+
+    ``needs``: the parameters the caller must supply beyond the law (``net``: a trained network;
+    ``generator``: a ``torch.Generator`` the drift draws from at each call; ``x_star``, ``t0``);
+    ``trained``: the drift is a trained network (``net``); ``random``: its value at (y, t) is
+    random (drawn from ``generator``); ``exact``: it is the Bayes drift (exponential cost).
+    Calling the entry builds the drift."""
+
+    build: Callable[..., Drift]
+    needs: tuple[str, ...] = ()
+    trained: bool = False
+    random: bool = False
+    exact: bool = False
+
+    def __call__(self, dist: SparseSpike, **params) -> Drift:
+        return self.build(dist, **params)
+
+
+DRIFTS: dict[str, DriftEntry] = {
+    "bayes": DriftEntry(bayes_drift, exact=True),
+    "spectral": DriftEntry(spectral_drift),
+    "power_iteration": DriftEntry(power_iteration_drift),
+    "threshold": DriftEntry(threshold_drift),
+    "constant": DriftEntry(constant_drift),
+    "gated": DriftEntry(_gated_factory),
+    "fixed_sample": DriftEntry(_fixed_factory, needs=("x_star", "t0")),
+    "network": DriftEntry(_network_factory, needs=("net",), trained=True),
+    "spectral_paper": DriftEntry(_spectral_paper_factory),
+    "power_iteration_paper": DriftEntry(_power_paper_factory, needs=("generator",), random=True),
+    "mpnn": DriftEntry(_mpnn_factory, needs=("net", "generator"), trained=True, random=True),
 }
 
 
 def make_drift(name: str, dist: SparseSpike, **params) -> Drift:
     """Build drift ``name`` for the law ``dist`` with its keyword parameters."""
     try:
-        factory = DRIFTS[name]
+        entry = DRIFTS[name]
     except KeyError:
         raise ValueError(f"unknown drift {name!r} (known: {', '.join(sorted(DRIFTS))})") from None
-    return factory(dist, **params)
+    missing = [p for p in entry.needs if p not in params]
+    if missing:
+        raise ValueError(f"drift {name!r} needs {', '.join(missing)}")
+    return entry(dist, **params)

@@ -29,19 +29,24 @@ def summarize(values) -> tuple[np.ndarray, np.ndarray]:
     return v.mean(axis=-1), v.std(axis=-1, ddof=1) / math.sqrt(v.shape[-1])
 
 
-def mse_curve(drifts: Mapping[str, object], dist: SparseSpike, ts, m: int, generator: torch.Generator
-              ) -> dict[str, np.ndarray]:
+def mse_curve(drifts: Mapping[str, object], dist: SparseSpike, ts, m: int, generator: torch.Generator, *,
+              chunk: int | None = None) -> dict[str, np.ndarray]:
     """MSE(t) = E||m(y_t, t) - x||^2 by Monte Carlo: ``{name: (len(ts), m) per-sample losses}``.
 
     All drifts see the same held-out x and the same noise at each t (common random numbers), so
-    differences between drifts have small Monte Carlo error; each t gets fresh (x, z).
+    differences between drifts have small Monte Carlo error; each t gets fresh (x, z), drawn from
+    ``generator`` on its device, ``chunk`` points at a time (default: all m at once; memory is
+    O(chunk n^2)).
     """
     out = {name: np.empty((len(ts), m)) for name in drifts}
+    step = m if chunk is None else max(1, int(chunk))
     for i, t in enumerate(ts):
-        x = dist.sample(m, generator)
-        z = torch.randn(x.shape, generator=generator, dtype=torch.float64)
-        for name, d in drifts.items():
-            out[name][i] = drift_loss(d, x, float(t), z)
+        for a in range(0, m, step):
+            b = min(m, a + step)
+            x = dist.sample(b - a, generator)
+            z = torch.randn(x.shape, generator=generator, dtype=torch.float64, device=generator.device)
+            for name, d in drifts.items():
+                out[name][i, a:b] = drift_loss(d, x, float(t), z)
     return out
 
 
@@ -58,7 +63,7 @@ def integrated_loss(drift, dist: SparseSpike, T: float, *, steps: int, m: int, g
     """
     ts = np.linspace(0.0, float(T), int(steps) + 1, dtype=np.float64)
     x = dist.sample(m, generator)
-    z = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    z = torch.randn(x.shape, generator=generator, dtype=torch.float64, device=generator.device)
     vals = np.stack([drift_loss(drift, x, float(t), z) for t in ts])   # (steps+1, m)
     w = np.full(len(ts), ts[1] - ts[0])
     w[0] *= 0.5

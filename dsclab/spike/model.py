@@ -82,16 +82,17 @@ class SparseSpike:
 
     # -- sampling ----------------------------------------------------------------------------
     def sample_u(self, m: int, generator: torch.Generator, dtype=torch.float64) -> torch.Tensor:
-        """u ``(m, n)``: a point of B_{n,k}, or the zero vector for the delta_0 component."""
-        n, k = self.n, self.k
-        support = torch.rand((m, n), generator=generator, dtype=torch.float64).argsort(dim=1)[:, :k]
+        """u ``(m, n)``: a point of B_{n,k}, or the zero vector for the delta_0 component (on the
+        generator's device)."""
+        n, k, dev = self.n, self.k, generator.device
+        support = torch.rand((m, n), generator=generator, dtype=torch.float64, device=dev).argsort(dim=1)[:, :k]
         if self.signs == "pm":
-            s = torch.randint(0, 2, (m, k), generator=generator).to(torch.float64) * 2.0 - 1.0
+            s = torch.randint(0, 2, (m, k), generator=generator, device=dev).to(torch.float64) * 2.0 - 1.0
         else:
-            s = torch.ones((m, k), dtype=torch.float64)
-        u = torch.zeros((m, n), dtype=torch.float64).scatter_(1, support, s / math.sqrt(k))
+            s = torch.ones((m, k), dtype=torch.float64, device=dev)
+        u = torch.zeros((m, n), dtype=torch.float64, device=dev).scatter_(1, support, s / math.sqrt(k))
         if self.p_spike < 1.0:
-            keep = torch.rand(m, generator=generator, dtype=torch.float64) < self.p_spike
+            keep = torch.rand(m, generator=generator, dtype=torch.float64, device=dev) < self.p_spike
             u = u * keep[:, None]
         return u.to(dtype)
 

@@ -11,7 +11,7 @@ from dsclab.spike.model import sym
 
 class SLNoise:
     """Brownian increments for increasing SL times: ``noise(t_from, t_to) -> dB``, dB ~ N(0, h I),
-    ``h = t_to - t_from > 0``, shape ``shape``, drawn in float64 from ``generator``."""
+    ``h = t_to - t_from > 0``, shape ``shape``, drawn in float64 from ``generator`` (on its device)."""
 
     def __init__(self, shape, generator: torch.Generator, dtype=torch.float64, device="cpu"):
         self.shape, self.generator, self.dtype, self.device = tuple(shape), generator, dtype, device
@@ -20,7 +20,7 @@ class SLNoise:
         h = float(t_to - t_from)
         if h <= 0:
             raise ValueError(f"SL times must increase, got {t_from} -> {t_to}")
-        z = torch.randn(self.shape, generator=self.generator, dtype=torch.float64)
+        z = torch.randn(self.shape, generator=self.generator, dtype=torch.float64, device=self.generator.device)
         return (math.sqrt(h) * z).to(dtype=self.dtype, device=self.device)
 
 
@@ -58,7 +58,8 @@ def sl_times(delta: float, T: float) -> np.ndarray:
 def sl_generate(drift, m: int, n: int, *, delta: float, T: float, generator: torch.Generator,
                 dtype=torch.float64, device="cpu") -> torch.Tensor:
     """m samples ``(m, n, n)`` from the SL Euler scheme started at y_0 = 0 with step ``delta`` up to T
-    (the paper's runs: delta = 0.5, T = 4n); noise drawn from ``generator`` (float64 on CPU)."""
+    (the paper's runs: delta = 0.5, T = 4n); noise drawn from ``generator`` (float64, on the
+    generator's device), the state kept on ``device``."""
     y0 = torch.zeros((m, n, n), dtype=dtype, device=device)
     noise = SLNoise((m, n, n), generator, dtype=dtype, device=device)
     return sample_sl_euler(drift, y0, sl_times(delta, T), noise=noise)

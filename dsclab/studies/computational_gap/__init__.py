@@ -17,8 +17,10 @@ class ComputationalGap(StudyKind):
     name = "computational_gap"
     spec_model = ComputationalGapSpec
     cell_dims = CELL_DIMS
+    train_axes = ("drift",)  # the trained networks are those of this axis
     description = ("Denoising MSE(t) of the Bayes drift, spectral, power-iteration, thresholding, gated and "
-                   "trained drifts; norms of generated samples; integrated losses (Montanari-Vu 2025).")
+                   "trained drifts (the paper's message-passing network and baselines among them), sparse spike "
+                   "or hidden clique; norms of generated samples; integrated losses (Montanari-Vu 2025).")
     small = small_preset(__file__)
     torch_threads = 1  # tiny tensors: one thread per task is faster than sharing cores
     template = staticmethod(numerics.template)
@@ -26,11 +28,20 @@ class ComputationalGap(StudyKind):
     plot = staticmethod(_plot.plot)
 
     def plan(self, spec, cells):
-        """One task per (n, k, seed) cell (train its network, evaluate every drift), largest n first."""
+        """One task per (n, k, seed) cell (train its networks, evaluate every drift), largest n first."""
         return [Group(cells=(c,)) for c in sorted(cells, key=lambda c: (-c.n, -c.k, c.seed))]
 
+    def trains(self, spec) -> bool:
+        """The train stage runs when ``mpnn`` is a drift (the ``network`` drift trains in evaluate)."""
+        return spec.trains_mpnn
+
+    def train(self, spec, cells, cache, prepared, device):
+        """The paper's training of each cell's mpnn (one after another), resuming from its stage
+        checkpoints beside the store; {cell key: checkpoint payload}."""
+        return {c.key: numerics.train_mpnn_cell(spec, c, cache, device) for c in cells}
+
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return numerics.compute_cell(spec, cell, device)
+        return numerics.compute_cell(spec, cell, device, mpnn_payload=trained)
 
 
 KIND = ComputationalGap()

@@ -3,8 +3,10 @@ store layout, training of the network drift and evaluation of one cell. No I/O a
 here (the kind's stages, ``dsclab.studies.computational_gap``, wrap these; the spec is in
 ``.spec``).
 
-Law. ``mu_bar = 1/2 delta_0 + 1/2 mu_{n,k}`` (``dsclab.spike.sparse_spike_mixture``), x = u u^T,
-observed in stochastic-localisation time t (SNR): ``y_t = t x + W_t`` (conventions in
+Law. The spec's ``family`` (``spec.STUDY_FAMILIES``): ``sparse_spike`` is
+``mu_bar = 1/2 delta_0 + 1/2 mu_{n,k}`` (``dsclab.spike.sparse_spike_mixture``), ``hidden_clique``
+the same with all signs + (a planted clique's signal, ``dsclab.spike.hidden_clique``, p = 1/2);
+x = u u^T, observed in stochastic-localisation time t (SNR): ``y_t = t x + W_t`` (conventions in
 ``dsclab.spike``).
 
 Cells. One cell per (n, k, seed) (``CELL_DIMS``). A cell trains the equivariant network
@@ -24,10 +26,16 @@ then evaluates every drift of the ``drift`` axis on common random numbers:
   network can drive the sampler to infinity) gets norm +inf, counts in ``frac_diverged`` and
   makes ``w1_norm`` +inf; the cell still completes.
 
-Drifts (``STUDY_DRIFTS``): bayes (exact enumeration; only where C(n,k) 2^{k-1} <= ``bayes_max_terms``,
+The ``mpnn`` drift (the paper's message-passing network, ``dsclab.spike.mpnn``) trains in the
+kind's train stage (:func:`train_mpnn_cell`, the paper's three stages with the spec's ``mpnn.budget``,
+stage checkpoints in the files beside the store so that a killed training resumes); its samples
+also give ``frac_norm_below_tenth`` (the paper's collapse: norms ~0.004-0.013).
+
+Drifts (``STUDY_DRIFTS``): spectral_paper / power_iteration_paper (the paper's hard-test baselines,
+``dsclab.spike.paper``), mpnn, bayes (exact enumeration; only where C(n,k) 2^{k-1} <= ``bayes_max_terms``,
 else its values stay NaN and ``bayes_terms`` tells why), spectral, gated_spectral (the spectral
 drift gated at t_alg = n/2: zero below 0.9 t_alg, times the spectral test above 1.1 t_alg),
-power_iteration, threshold, constant (E x, MSE 1/2 - 1/(4n)), network, fixed_sample (outputs one
+power_iteration, threshold, constant (E x, MSE ``dist.constant_mse()``: 1/2 - 1/(4n) for sparse_spike), network, fixed_sample (outputs one
 target draw per trajectory for all t >= 0: samples perfectly, loss ~1 per unit time for mu_bar).
 """
 from __future__ import annotations
@@ -40,14 +48,8 @@ import torch
 import xarray as xr
 
 from dsclab import layout, spike
-from dsclab.seeds import derive_seed
+from dsclab.seeds import rng
 from dsclab.studies.computational_gap.spec import CELL_DIMS, STUDY_DRIFTS, ComputationalGapSpec, GapCell
-
-
-def bayes_terms(n: int, k: int) -> float:
-    """C(n,k) 2^(k-1): the terms of the exact Bayes enumeration over the supports and signs of u
-    (u and -u give the same x)."""
-    return float(math.comb(n, k) * 2 ** (k - 1))
 
 
 # -------------------------------------------------------------------------------------------
@@ -58,6 +60,7 @@ PER_DRIFT = {
     "integrated_loss": ("int_0^T E||m(y_t,t) - x||^2 dt, T = T_mult n (uniform in SL time)", "1"),
     "integrated_loss_se": ("standard error of integrated_loss over samples", "1"),
     "frac_norm_above_half": ("fraction of generated samples with ||x_hat||_F > 1/2 (target 1/2)", "1"),
+    "frac_norm_below_tenth": ("fraction of generated samples with ||x_hat||_F < 0.1 (target 1/2)", "1"),
     "w1_norm": ("W1 between the law of ||x_hat||_F and the target's (0 or 1 w.p. 1/2)", "1"),
     "frac_rank_one": ("fraction of samples within min(0.25, 0.45/sqrt k) of some u u^T (target 1/2)", "1"),
     "frac_diverged": ("fraction of generated samples that overflowed (non-finite; their norm is stored as inf)", "1"),
@@ -67,6 +70,10 @@ PER_CELL = {
     "train_seconds": ("training wall time of the network", "s"),
     "train_loss": ("mean drift loss over the last 10% of training steps", "1"),
     "cell_seconds": ("wall time of the cell", "s"),
+}
+PER_CELL_MPNN = {
+    "mpnn_train_seconds": ("training wall time of the mpnn (all three stages, resumed ones included)", "s"),
+    "mpnn_train_loss": ("best training loss (epoch mean of sum_ij (x_hat - x)^2) of the mpnn's last stage", "1"),
 }
 
 
@@ -84,6 +91,7 @@ def template(spec: ComputationalGapSpec) -> xr.Dataset:
         **layout.over(("drift",) + CELL_DIMS, PER_DRIFT),
         **layout.over(CELL_DIMS, {name: v for name, v in PER_CELL.items()
                                   if spec.trains or not name.startswith("train_")}),
+        **(layout.over(CELL_DIMS, PER_CELL_MPNN) if spec.trains_mpnn else {}),
     }
     nk = ("n", "k")
     grid = lambda f: np.array([[f(n, k) for k in spec.k] for n in spec.n], dtype=np.float64)
@@ -92,30 +100,34 @@ def template(spec: ComputationalGapSpec) -> xr.Dataset:
         "t_spectral": (nk, grid(spike.threshold_spectral), {"long_name": "spectral (BBP) threshold n/2", "units": "1"}),
         "t_threshold": (nk, grid(spike.threshold_thresholding),
                         {"long_name": "entrywise-thresholding scale k^2 log(n/k^2)", "units": "1"}),
-        "bayes_terms": (nk, grid(bayes_terms), {"long_name": "C(n,k) 2^(k-1), terms of the Bayes enumeration",
-                                                "units": "1", "max_terms": ev.bayes_max_terms}),
-        "mse_constant": (("n",), np.array([0.5 - 0.25 / n for n in spec.n]),
-                         {"long_name": "MSE of the best constant drift, 1/2 - 1/(4n)", "units": "1"}),
+        "bayes_terms": (nk, grid(lambda n, k: float(spec.law(n, k).n_points)),
+                        {"long_name": "terms of the Bayes enumeration: C(n,k) 2^(k-1) (sparse_spike), C(n,k) (hidden_clique)",
+                         "units": "1", "max_terms": ev.bayes_max_terms}),
+        "mse_constant": (nk, grid(lambda n, k: spec.law(n, k).constant_mse()),
+                         {"long_name": "MSE of the best constant drift E||x||^2 - ||E x||^2 "
+                                       "(1/2 - 1/(4n) for sparse_spike)", "units": "1"}),
     }
     coord_attrs = layout.coord_attrs(t={"long_name": "stochastic-localisation time (SNR)", "units": "1"},
                                      n="matrix size (d = n^2)", k="sparsity")
-    return layout.template(spec, coords, CELL_DIMS, variables, coord_attrs, closed=closed, attrs={
-        "conventions": "x = u u^T, u k-sparse in {0, +-1/sqrt k}, law 1/2 delta_0 + 1/2 mu_{n,k}; "
-                       "y_t = t x + W_t (SL time), see dsclab.spike",
-    })
+    attrs = {"family": spec.family,
+             "conventions": "x = u u^T, u k-sparse in {0, +-1/sqrt k} (hidden_clique: {0, +1/sqrt k}), "
+                            "law 1/2 delta_0 + 1/2 mu_{n,k}; y_t = t x + W_t (SL time), see dsclab.spike"}
+    if spec.trains_mpnn:
+        attrs["mpnn_budget"] = spec.mpnn.budget
+        attrs["mpnn_steps"] = spec.mpnn.schedule().steps()
+    return layout.template(spec, coords, CELL_DIMS, variables, coord_attrs, closed=closed, attrs=attrs)
 
 
 # -------------------------------------------------------------------------------------------
-# One cell
+# Training
 # -------------------------------------------------------------------------------------------
 
 def train(spec: ComputationalGapSpec, n: int, k: int, seed: int, device: str = "cpu"):
-    """Train the cell's network; returns (net, mean loss of the last 10% of steps, seconds).
-    A loss that becomes NaN or infinite raises :class:`dsclab.errors.TrainingDiverged` (from the
-    training loop, ``dsclab.train.fit``)."""
+    """Train the cell's equivariant ``network``; returns (net, mean loss of the last 10% of steps,
+    seconds). A loss that becomes NaN or infinite raises :class:`dsclab.errors.TrainingDiverged`."""
     tr = spec.train
-    dist = spike.sparse_spike_mixture(n, k)
-    g = torch.Generator().manual_seed(derive_seed("gap-train", n, k, seed))
+    dist = spec.law(n, k)
+    g = rng("gap-train", spec.family, n, k, seed)
     data = dist.sample(tr.n_train, g)
     net = spike.SpikeNet(n, width=tr.width, depth=tr.depth, t_scale=spec.evaluation.T_mult * n, generator=g)
     t0 = time.perf_counter()
@@ -125,27 +137,77 @@ def train(spec: ComputationalGapSpec, n: int, k: int, seed: int, device: str = "
     return net, float(np.mean(tail)), secs
 
 
-def _build(spec: ComputationalGapSpec, name: str, dist, m: int, g: torch.Generator, net, device: str):
-    """Drift ``name`` for a batch of ``m`` trajectories (fixed_sample draws its m targets from g)."""
+class StageCheckpoints:
+    """The mpnn's stage checkpoints of one cell in the kind's cache (files beside the store):
+    ``mpnn/<cell key>/stage<s>.npy`` (``dsclab.spike.mpnn_train`` defines the content)."""
+
+    def __init__(self, cache, key: str):
+        self.cache, self.key = cache, key
+
+    def _name(self, stage: int) -> str:
+        return f"mpnn/{self.key}/stage{stage}.npy"
+
+    def load(self, stage: int):
+        name = self._name(stage)
+        return self.cache.load_array(name) if self.cache.exists(name) else None
+
+    def save(self, stage: int, array) -> None:
+        self.cache.save_array(self._name(stage), array)
+
+
+def train_mpnn_cell(spec: ComputationalGapSpec, cell: GapCell, cache, device: str = "cpu", log=None) -> dict:
+    """Train the cell's ``mpnn`` (the paper's schedule at the spec's budget), resuming from its last
+    stage checkpoint in ``cache``; returns the checkpoint payload {vector, config, loss, seconds}."""
+    from dsclab.spike.mpnn import MPNN, to_vector
+    from dsclab.spike.mpnn_train import train_mpnn
+
+    dist = spec.law(cell.n, cell.k)
+    net = MPNN(cell.n, cell.k, generator=rng("mpnn-init", cell.key))
+    ckpt = None if cache is None else StageCheckpoints(cache, cell.key)
+    net, loss, secs = train_mpnn(net, dist, spec.mpnn.schedule(), (cell.key,), device=device,
+                                 checkpoints=ckpt, log=log)
+    return {"vector": to_vector(net), "config": net.config(), "loss": loss, "seconds": secs}
+
+
+def restore_mpnn(payload: dict):
+    from dsclab.spike.mpnn import MPNN, from_vector
+
+    return from_vector(MPNN(**payload["config"]), torch.as_tensor(payload["vector"])).eval()
+
+
+# -------------------------------------------------------------------------------------------
+# One cell
+# -------------------------------------------------------------------------------------------
+
+def _build(spec: ComputationalGapSpec, name: str, dist, m: int, cell: GapCell, purpose: str, nets: dict,
+           device: str):
+    """Drift ``name`` for a batch of ``m`` trajectories; its own generators derive from (purpose,
+    drift, cell): fixed_sample draws its m targets, random drifts their start vectors."""
     factory, params = STUDY_DRIFTS[name]
+    entry = spike.DRIFTS[factory]
     if factory == "bayes":
         return spike.make_drift("bayes", dist, max_terms=spec.evaluation.bayes_max_terms)
-    if factory == "network":
-        return spike.make_drift("network", dist, net=net, device=device)
     if factory == "fixed_sample":
-        return spike.make_drift("fixed_sample", dist, x_star=dist.sample(m, g), t0=0.0)
-    return spike.make_drift(factory, dist, **params)
+        return spike.make_drift("fixed_sample", dist, x_star=dist.sample(m, rng("gap-fixed", purpose, cell.key)), t0=0.0)
+    extra = {}
+    if entry.trained:
+        extra.update(net=nets[name], device=device)
+    if entry.random:
+        extra["generator"] = rng("gap-drift", purpose, name, cell.key)
+    return spike.make_drift(factory, dist, **params, **extra)
 
 
-def evaluate(spec: ComputationalGapSpec, cell: GapCell, net=None, train_loss: float = math.nan,
-             train_seconds: float = math.nan, device: str = "cpu") -> xr.Dataset:
+def evaluate(spec: ComputationalGapSpec, cell: GapCell, nets: dict | None = None, train_loss: float = math.nan,
+             train_seconds: float = math.nan, device: str = "cpu", mpnn_payload: dict | None = None) -> xr.Dataset:
     """Every drift of one cell: MSE curve, integrated loss, samples and their norm statistics.
-    Bayes is skipped (NaN) where its enumeration exceeds ``bayes_max_terms``."""
+    Bayes is skipped (NaN) where its enumeration exceeds ``bayes_max_terms``. ``nets``: the trained
+    networks by drift name."""
     t_start = time.perf_counter()
     ev, n, k = spec.evaluation, cell.n, cell.k
-    dist = spike.sparse_spike_mixture(n, k)
+    nets = nets or {}
+    dist = spec.law(n, k)
     T = ev.T_mult * n
-    names = [d for d in spec.drift if not (d == "bayes" and bayes_terms(n, k) > ev.bayes_max_terms)]
+    names = [d for d in spec.drift if not (d == "bayes" and dist.n_points > ev.bayes_max_terms)]
     D, nt = len(spec.drift), len(ev.t)
     mse = np.full((D, nt), np.nan)
     mse_se = np.full((D, nt), np.nan)
@@ -153,22 +215,23 @@ def evaluate(spec: ComputationalGapSpec, cell: GapCell, net=None, train_loss: fl
     per = {name: np.full(D, np.nan) for name in PER_DRIFT}
     idx = {d: i for i, d in enumerate(spec.drift)}
 
-    g = torch.Generator().manual_seed(derive_seed("gap-mse", n, k, cell.seed))
-    gf = torch.Generator().manual_seed(derive_seed("gap-fixed", n, k, cell.seed))
-    drifts = {d: _build(spec, d, dist, ev.n_mse, gf, net, device) for d in names}
-    curves = spike.mse_curve(drifts, dist, ev.t, ev.n_mse, g)
+    drifts = {d: _build(spec, d, dist, ev.n_mse, cell, "mse", nets, device) for d in names}
+    # each t its own points (common to every drift): a value does not depend on the rest of the t grid
+    per_t = [spike.mse_curve(drifts, dist, [t], ev.n_mse, rng("gap-mse", cell.key, t, device=device), chunk=ev.chunk)
+             for t in ev.t]
+    curves = {d: np.concatenate([c[d] for c in per_t]) for d in drifts}
     for d, v in curves.items():
         mse[idx[d]], mse_se[idx[d]] = spike.summarize(v)
     for d in names:
         # same generator state per drift: common random numbers across drifts
-        gi = torch.Generator().manual_seed(derive_seed("gap-int", n, k, cell.seed))
-        drift = _build(spec, d, dist, ev.n_int, gf, net, device)
-        vals = spike.integrated_loss(drift, dist, T, steps=ev.int_steps, m=ev.n_int, generator=gi)
+        drift = _build(spec, d, dist, ev.n_int, cell, "int", nets, device)
+        vals = spike.integrated_loss(drift, dist, T, steps=ev.int_steps, m=ev.n_int,
+                                     generator=rng("gap-int", cell.key, device=device))
         per["integrated_loss"][idx[d]], per["integrated_loss_se"][idx[d]] = spike.summarize(vals)
-        gs = torch.Generator().manual_seed(derive_seed("gap-sample", n, k, cell.seed))
-        drift = _build(spec, d, dist, ev.n_samples, gf, net, device)
+        drift = _build(spec, d, dist, ev.n_samples, cell, "sample", nets, device)
         t0 = time.perf_counter()
-        x = spike.sl_generate(drift, ev.n_samples, n, delta=ev.delta, T=T, generator=gs)
+        x = spike.sl_generate(drift, ev.n_samples, n, delta=ev.delta, T=T,
+                              generator=rng("gap-sample", cell.key, device=device), device=device).cpu()
         per["sample_seconds"][idx[d]] = time.perf_counter() - t0
         # A drift can drive the sampler to overflow (an undertrained network): such a sample has
         # norm +inf (it counts as norm > 1/2 and not rank-one), and the W1 distance is then +inf.
@@ -178,10 +241,11 @@ def evaluate(spec: ComputationalGapSpec, cell: GapCell, net=None, train_loss: fl
         norms[idx[d]] = nr
         per["frac_diverged"][idx[d]] = 1.0 - float(finite.double().mean())
         per["frac_norm_above_half"][idx[d]] = float(np.mean(nr > 0.5))
+        per["frac_norm_below_tenth"][idx[d]] = float(np.mean(nr < 0.1))
         per["w1_norm"][idx[d]] = spike.w1_norm_law(nr, dist.p_spike) if bool(finite.all()) else math.inf
         n_fin = int(finite.sum())
-        per["frac_rank_one"][idx[d]] = (spike.frac_close_rank_one(x[finite], k) * n_fin / ev.n_samples
-                                        if n_fin else 0.0)
+        per["frac_rank_one"][idx[d]] = (spike.frac_close_rank_one(x[finite], k, signs=dist.signs) * n_fin
+                                        / ev.n_samples if n_fin else 0.0)
     out = {
         "mse": (("drift", "t"), mse), "mse_se": (("drift", "t"), mse_se),
         "sample_norm": (("drift", "sample"), norms),
@@ -191,12 +255,19 @@ def evaluate(spec: ComputationalGapSpec, cell: GapCell, net=None, train_loss: fl
     if spec.trains:
         out["train_seconds"] = ((), train_seconds)
         out["train_loss"] = ((), train_loss)
+    if spec.trains_mpnn:
+        out["mpnn_train_seconds"] = ((), float(mpnn_payload["seconds"]))
+        out["mpnn_train_loss"] = ((), float(mpnn_payload["loss"]))
     return xr.Dataset(out)
 
 
-def compute_cell(spec: ComputationalGapSpec, cell: GapCell, device: str = "cpu") -> xr.Dataset:
-    """Train (when the network is a drift) and evaluate one cell."""
+def compute_cell(spec: ComputationalGapSpec, cell: GapCell, device: str = "cpu", mpnn_payload: dict | None = None
+                 ) -> xr.Dataset:
+    """Train the equivariant network (when it is a drift) and evaluate one cell; ``mpnn_payload`` is
+    the cell's trained mpnn (from the train stage) when mpnn is a drift."""
+    nets, loss, secs = {}, math.nan, math.nan
     if spec.trains:
-        net, loss, secs = train(spec, cell.n, cell.k, cell.seed, device)
-        return evaluate(spec, cell, net, loss, secs, device)
-    return evaluate(spec, cell, device=device)
+        nets["network"], loss, secs = train(spec, cell.n, cell.k, cell.seed, device)
+    if spec.trains_mpnn:
+        nets["mpnn"] = restore_mpnn(mpnn_payload)
+    return evaluate(spec, cell, nets, loss, secs, device, mpnn_payload)

@@ -12,8 +12,10 @@ from dsclab.study import Status
 
 def plot(ds: xr.Dataset, out: str) -> str:
     """MSE(t) per drift for each (n, k) (first row of panels) with vertical lines at the Bayes
-    2k log(n/k), spectral n/2 and thresholding k^2 log(n/k^2) thresholds and the constant
-    1/2 - 1/(4n); histograms of sample norms per drift (second row). Writes ``out``; returns it."""
+    2k log(n/k), spectral n/2 and thresholding k^2 log(n/k^2) thresholds and the constant's MSE
+    (1/2 - 1/(4n) for sparse_spike); at n = 350, k = 20 the published network's min-max band over
+    its 6 seeds and the published spectral curve; histograms of sample norms per drift (second
+    row). Writes ``out``; returns it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -30,7 +32,14 @@ def plot(ds: xr.Dataset, out: str) -> str:
             v = float(ds[var].sel(n=n, k=k))
             if math.isfinite(v) and v > 0:
                 ax.axvline(v, color="k", ls=style, lw=0.8, label=var)
-        ax.axhline(float(ds.mse_constant.sel(n=n)), color="grey", lw=0.8, label="1/2 - 1/(4n)")
+        ax.axhline(float(ds.mse_constant.sel(n=n, k=k)), color="grey", lw=0.8, label="constant E||x - E x||^2")
+        if (int(n), int(k)) == (350, 20) and ds.attrs.get("family", "sparse_spike") == "sparse_spike":
+            from dsclab.spike.paper import published
+
+            pub = published()
+            ax.fill_between(pub["t"], pub["network"].min(0), pub["network"].max(0), color="C0", alpha=0.25,
+                            label="published network (min-max, 6 seeds)")
+            ax.plot(pub["t"], pub["spectral"], color="k", lw=0.8, ls=(0, (1, 1)), label="published spectral")
         ax.set_xscale("log")
         ax.set_ylim(0, 1.5)  # an undertrained network (or t beyond its training range T) can go far above
         ax.set_title(f"n={int(n)} k={int(k)}", fontsize=9)

@@ -5,7 +5,7 @@ the order given)."""
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -24,8 +24,18 @@ STUDY_DRIFTS: dict[str, tuple[str, dict]] = {
     "constant": ("constant", {}),
     "network": ("network", {}),
     "fixed_sample": ("fixed_sample", {}),
+    "spectral_paper": ("spectral_paper", {}),
+    "power_iteration_paper": ("power_iteration_paper", {}),
+    "mpnn": ("mpnn", {}),
 }
 Drifts = axes.Names(STUDY_DRIFTS, "drift")
+DEFAULT_DRIFTS = [d for d in STUDY_DRIFTS if d != "mpnn"]  # mpnn trains for minutes: opt in
+# study family name -> (dsclab.spike.SPIKE_FAMILIES factory, its parameters): the law of x
+STUDY_FAMILIES: dict[str, tuple[str, dict]] = {
+    "sparse_spike": ("sparse_spike_mixture", {"p_spike": 0.5}),
+    "hidden_clique": ("hidden_clique", {"p_spike": 0.5}),
+}
+Family = axes.Name(STUDY_FAMILIES, "family")
 
 
 class GapTrainSpec(_Frozen):
@@ -40,6 +50,25 @@ class GapTrainSpec(_Frozen):
     device: str = Field("cpu", description="cpu, cuda or auto")
 
 
+class MpnnTrainSpec(_Frozen):
+    """The paper's three-stage training of the ``mpnn`` drift (``dsclab.spike.mpnn_train``; defaults
+    are the paper's: budget 1.0 is its 60,000 steps of batch 200). It runs on the train task's device (``train.device``)."""
+
+    budget: float = Field(1.0, gt=0, le=10, description="factor on every epoch count (1.0 = the paper's)")
+    n_train: int = Field(10_000, gt=0, description="fresh training points per stage")
+    batch_size: int = Field(200, gt=0, description="matrices per step")
+    lr: tuple[float, float, float] = Field((3e-3, 1e-3, 7e-4), description="AdamW learning rate per stage")
+    clip: tuple[float, float, float] = Field((1.0, 1.0, 0.9), description="gradient-norm clip per stage")
+    theta: tuple[float, float, float] = Field((400.0, 325.0, 205.0),
+                                              description="5% of the times at t <= theta, per stage (at n = 350)")
+
+    def schedule(self):
+        from dsclab.spike.mpnn_train import PaperSchedule
+
+        return PaperSchedule(budget=self.budget, n_train=self.n_train, batch_size=self.batch_size,
+                             lr=tuple(self.lr), clip=tuple(self.clip), theta=tuple(self.theta))
+
+
 class GapEvalSpec(_Frozen):
     """How each cell is evaluated."""
 
@@ -50,18 +79,24 @@ class GapEvalSpec(_Frozen):
     n_samples: int = Field(100, ge=2, description="samples drawn with each drift")
     delta: float = Field(0.5, gt=0, description="SL Euler step")
     T_mult: float = Field(4.0, gt=0, description="sampler horizon T = T_mult * n")
-    bayes_max_terms: float = Field(5e4, gt=0, description="Bayes runs only where C(n,k) 2^(k-1) <= this")
+    bayes_max_terms: float = Field(5e4, gt=0, description="Bayes runs only where its terms (C(n,k) 2^(k-1)) <= this")
+    chunk: int = Field(2000, gt=0, description="test points of the MSE drawn and evaluated at once (memory)")
 
 
 class ComputationalGapSpec(StudyBase):
     """A computational-gap study: the grid n x k x seed; every cell evaluates every drift."""
 
+    AXES: ClassVar[dict[str, str]] = {"n": "n", "k": "k", "seed": "seed", "drift": "drift", "t": "evaluation.t"}
+
     kind: Literal["computational_gap"] = Field("computational_gap", description="study kind (selects the flow)")
     n: PositiveInts = Field(..., description="matrix sizes (d = n^2)")
     k: PositiveInts = Field(..., description="sparsities; each below every n")
     seed: Seeds = Field([0], description="seeds (training data, initialisation, evaluation)")
-    drift: Drifts = Field(list(STUDY_DRIFTS), description="drifts evaluated in every cell")
+    family: Family = Field("sparse_spike", description="law of x: sparse_spike (1/2 delta_0 + 1/2 mu_{n,k}) "
+                           "or hidden_clique (the same with all signs +, a planted clique's signal)")
+    drift: Drifts = Field(DEFAULT_DRIFTS, description="drifts evaluated in every cell")
     train: GapTrainSpec = GapTrainSpec()
+    mpnn: MpnnTrainSpec = MpnnTrainSpec()
     evaluation: GapEvalSpec = GapEvalSpec()
 
     @model_validator(mode="after")
@@ -77,7 +112,20 @@ class ComputationalGapSpec(StudyBase):
 
     @property
     def trains(self) -> bool:
+        """The equivariant ``network`` drift is a drift (it trains inside each cell's evaluation)."""
         return "network" in self.drift
+
+    @property
+    def trains_mpnn(self) -> bool:
+        """The ``mpnn`` drift is a drift (it trains in the kind's train stage, checkpointed)."""
+        return "mpnn" in self.drift
+
+    def law(self, n: int, k: int):
+        """The law of x at (n, k): the family's ``dsclab.spike`` object."""
+        from dsclab import spike
+
+        name, params = STUDY_FAMILIES[self.family]
+        return spike.make_spike(name, n, k, **params)
 
     def cells(self) -> list["GapCell"]:
         return self.grid(GapCell, n=self.n, k=self.k, seed=self.seed)

@@ -29,16 +29,17 @@ import xarray as xr
 
 from dsclab import immse, noise
 from dsclab.errors import NonFiniteSamples
-from dsclab.seeds import derive_seed
+from dsclab.seeds import derive_seed, draw_rows, rng
 from dsclab.studies.immse.denoisers import DENOISERS, ENSEMBLE_MEMBERS, denoisers_for
 from dsclab.studies.immse.spec import ImmseCell, ImmseSpec, cell_index
 from dsclab.train import TrainConfig, resolve_device, train_score
 
 
 def training_data(spec: ImmseSpec, name: str, d: int, seed: int) -> torch.Tensor:
-    """max(n) draws from the law for (data, d, seed); a cell trains on the first n."""
-    g = torch.Generator().manual_seed(derive_seed("immse-train-data", spec.data_params(name), d, seed))
-    return spec.law(name, d).sample(max(spec.n), g)
+    """max(n) draws from the law for (data, d, seed), in independently seeded blocks
+    (``dsclab.seeds.draw_rows``); a cell trains on the first n, the same whatever the grid's
+    largest n."""
+    return draw_rows(spec.law(name, d).sample, max(spec.n), "immse-train-data", spec.data_params(name), d, seed)
 
 
 def train_t_min(spec: ImmseSpec, law) -> float:
@@ -76,7 +77,7 @@ def run_cell(spec: ImmseSpec, cell: ImmseCell) -> xr.Dataset:
     dens["trained"] = immse.denoiser_from_score_fn(model.score, dtype=torch.float32)
     order = list(dens)  # exact, gaussian, mismatched, trained
     ev = spec.evaluation
-    g = torch.Generator().manual_seed(derive_seed("immse-heldout", spec.data_params(cell.data), cell.d, cell.seed))
+    g = rng("immse-heldout", spec.data_params(cell.data), cell.d, cell.seed)
     x = law.sample(ev.n_points, g)
     out = immse.data_set_nll(x, [dens[k] for k in order], law, g, logsnr=ev.logsnr,
                              members=[order.index(k) for k in ENSEMBLE_MEMBERS], n_alpha=ev.n_alpha, clip=ev.clip)

@@ -10,7 +10,7 @@ Cells. One cell per (data, d, n, seed): it trains one network and evaluates all 
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -38,6 +38,9 @@ def _default_data() -> list[DistributionSpec]:
 
 class ImmseSpec(StudyBase):
     """An I-MMSE study: the grid data x d x n x seed; every cell evaluates all denoisers."""
+
+    AXES: ClassVar[dict[str, str]] = {"data": "data", "d": "d", "n": "n", "seed": "seed",
+                                      "logsnr": "evaluation.logsnr"}
 
     kind: Literal["immse"] = Field("immse", description="study kind (selects the flow)")
     data: list[DistributionSpec] = Field(default_factory=_default_data, description="data laws (distinct names)")

@@ -19,8 +19,10 @@ from dsclab.train import TrainResult
 
 
 def data_name(spec: StudySpec, d: int, seed: int) -> str:
-    tag = derive_seed("data", spec.distribution.model_dump(mode="json"), max(spec.n))
-    return f"data/{spec.distribution.name}-{tag:016x}-d{d}-seed{seed}.npy"
+    """The data file of (d, seed): named by the law, d, seed and its rows (files of one (d, seed)
+    with other row counts agree on their common rows: ``numerics.generate_data``)."""
+    tag = derive_seed("data", spec.distribution.model_dump(mode="json")) & (2 ** 64 - 1)
+    return f"data/{spec.distribution.name}-{tag:016x}-d{d}-seed{seed}-rows{sc.data_rows(spec)}.npy"
 
 
 class SampleComplexity(StudyKind):

@@ -2,14 +2,24 @@
 labelled layout of its results (science.md §2). No I/O and no Prefect here: the kind's adapter
 (``dsclab.studies.sample_complexity.KIND``) calls these from the generic stages of ``tasks.stages``.
 
+Every draw of a cell is seeded by what it is for and the cell's key, and each value of an inner
+axis by its own coordinate (a score error at t by (key, t); samples by (key, sampler, nfe); the
+projections of a metric by (key, metric), the same for every sampler, NFE and the floor), so a
+cell's numbers do not depend on the other values of any axis and a store grows in place. The
+training data of (d, seed) are drawn in blocks (``dsclab.seeds.draw_rows``): the first n rows
+are the same whatever the largest n of the grid.
+
 Results layout (the store's template):
 
 * dims ``d, n, seed, estimator`` (the cell axes), ``sampler, nfe`` (evaluations), ``t`` (score-error
   grid) and ``delta`` (quantile levels);
 * ``status (d, n, seed, estimator)`` int8, a :class:`dsclab.study.Status` (0 pending, 1 done, 2 failed);
-* ``train_seconds``, ``train_loss``, ``eval_seconds``, ``mmd_floor`` per cell;
+* ``train_seconds``, ``train_loss``, ``eval_seconds`` per cell;
 * ``score_l2``, ``score_l2_rel (..., t)``; ``score_quantile (..., t, delta)``;
-* ``sliced_w2``, ``mmd``, ``w2``, ``kl_gauss (..., sampler, nfe)``;
+* ``sliced_w2``, ``mmd``, ``w2``, ``kl_gauss (..., sampler, nfe)``, and per cell each one's floor
+  (``sliced_w2_floor``, ``mmd_floor``, ``w2_floor``, ``kl_gauss_floor``): the same metric between two
+  independent exact samples of q_t_min of the same size, with the same projection directions (a
+  metric's value at its floor says the sampler is as good as this estimator can tell);
 * ``nll_immse``, ``nll_immse_se``, ``nll_exact`` (nats per dimension) and ``mmse (..., logsnr)``:
   the trained model as a likelihood model through the I-MMSE identity (science.md §6).
 """
@@ -23,10 +33,10 @@ import xarray as xr
 
 from dsclab import distributions, immse, layout, noise
 from dsclab.errors import NonFiniteSamples
-from dsclab.metrics import SAMPLE_METRICS, mmd, score_errors
+from dsclab.metrics import SAMPLE_METRICS, score_errors
 from dsclab.noise_sources import GaussianNoise
 from dsclab.samplers import SAMPLERS, steps_for_nfe
-from dsclab.seeds import derive_seed
+from dsclab.seeds import block_rows, derive_seed, draw_rows, rng
 from dsclab.studies.sample_complexity.spec import Cell, StudySpec
 from dsclab.train import TrainConfig, TrainResult, group_size, train_group
 
@@ -43,8 +53,13 @@ VARIABLES = {
     "sliced_w2": (("sampler", "nfe"), "sliced W2 distance of samples to q_t_min", "1"),
     "mmd": (("sampler", "nfe"), "RBF MMD of samples to q_t_min", "1"),
     "w2": (("sampler", "nfe"), "exact W2 distance of samples to q_t_min (optimal transport)", "1"),
-    "kl_gauss": (("sampler", "nfe"), "KL between Gaussian fits of samples and q_t_min", "nats"),
-    "mmd_floor": ((), "RBF MMD between two independent target samples (bias floor)", "1"),
+    "kl_gauss": (("sampler", "nfe"), "KL(N_fit(samples) || N_fit(q_t_min sample)) between Gaussian fits",
+                 "nats"),
+    "sliced_w2_floor": ((), "sliced W2 between two independent q_t_min samples, same directions (floor)", "1"),
+    "mmd_floor": ((), "RBF MMD between two independent q_t_min samples (bias floor)", "1"),
+    "w2_floor": ((), "exact W2 between two independent q_t_min samples (floor)", "1"),
+    "kl_gauss_floor": ((), "KL(N_fit(sample) || N_fit(q_t_min sample)) between two independent q_t_min samples "
+                           "(floor)", "nats"),
     "nll_immse": ((), "I-MMSE estimate of -log p(x) of the trained model on held-out data (matched-Gaussian "
                       "reference; discrete estimator for lattice data)", "nats per dimension"),
     "nll_immse_se": ((), "standard error of nll_immse (held-out points and log-SNR draws)", "nats per dimension"),
@@ -69,11 +84,18 @@ def template(spec: StudySpec) -> xr.Dataset:
         "conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise)"})
 
 
-def generate_data(spec: StudySpec, d: int, seed: int) -> np.ndarray:
-    """The training data of every cell with this (d, seed): max(n) draws; a cell uses a prefix."""
+def data_rows(spec: StudySpec) -> int:
+    """Rows of the data file of a (d, seed): max(n) rounded up to whole blocks."""
+    return block_rows(max(spec.n))
+
+
+def generate_data(spec: StudySpec, d: int, seed: int, rows: int | None = None) -> np.ndarray:
+    """The training data of every cell with this (d, seed): ``rows`` draws (default
+    :func:`data_rows`) in independently seeded blocks (``dsclab.seeds.draw_rows``); a cell of size
+    n uses the first n rows, the same whatever ``rows`` is."""
     dist = distributions.make(spec.distribution.name, d, **spec.distribution.params)
-    g = torch.Generator().manual_seed(derive_seed("data", spec.distribution.model_dump(mode="json"), d, seed))
-    return dist.sample(max(spec.n), g).numpy()
+    rows = data_rows(spec) if rows is None else rows
+    return draw_rows(dist.sample, rows, "data", spec.distribution.model_dump(mode="json"), d, seed).numpy()
 
 
 def train_config(spec: StudySpec) -> TrainConfig:
@@ -97,7 +119,7 @@ def immse_eval(spec: StudySpec, cell: Cell, score_hat, dist) -> immse.DataSetNLL
     differences along n are much less noisy than each value). The network runs in float32.
     """
     ev = spec.evaluation
-    g = torch.Generator().manual_seed(derive_seed("immse", spec.distribution.model_dump(mode="json"), cell.d, cell.seed))
+    g = rng("immse", spec.distribution.model_dump(mode="json"), cell.d, cell.seed)
     x = dist.sample(ev.n_nll, g)
     den = immse.denoiser_from_score_fn(score_hat, dtype=torch.float32)
     return immse.data_set_nll(x, [den], dist, g, logsnr=ev.logsnr, n_alpha=ev.n_alpha)
@@ -124,23 +146,27 @@ def evaluate(spec: StudySpec, cell: Cell, score_hat, result: TrainResult | None 
     ev = spec.evaluation
     t0 = time.perf_counter()
     dist = distributions.make(spec.distribution.name, cell.d, **spec.distribution.params)
-    g = torch.Generator().manual_seed(derive_seed("eval", cell.key))
-    errs = score_errors(score_hat, dist, ev.t, ev.n_score, ev.delta, g)
-    target = dist.sample(ev.n_samples, g, t=ev.t_min)
-    target2 = dist.sample(ev.n_samples, g, t=ev.t_min)
+    per_t = [score_errors(score_hat, dist, [t], ev.n_score, ev.delta, rng("score", cell.key, t)) for t in ev.t]
+    errs = {k: np.concatenate([e[k] for e in per_t]) for k in ("l2", "l2_rel", "quantile")}
+    target = dist.sample(ev.n_samples, rng("target", cell.key), t=ev.t_min)
+    target2 = dist.sample(ev.n_samples, rng("target-2", cell.key), t=ev.t_min)
     names = list(SAMPLE_METRICS.builtin_names)  # the template's variables, whatever plugins add
+
+    def metric(k, y):  # the same projections (a fresh generator, one seed per metric) for every call
+        return SAMPLE_METRICS[k](y, target, rng("projections", cell.key, k))
+
     vals = {k: np.full((len(spec.sampler), len(spec.nfe)), np.nan) for k in names}
     for i, name in enumerate(spec.sampler):
         for j, nfe in enumerate(spec.nfe):
             ts = noise.time_grid(ev.T, ev.t_min, steps_for_nfe(name, nfe), ev.schedule)
-            gs = torch.Generator().manual_seed(derive_seed("sample", cell.key, name, nfe))
+            gs = rng("sample", cell.key, name, nfe)
             x = torch.randn(ev.n_samples, cell.d, generator=gs)
             with torch.no_grad():
                 y = SAMPLERS[name](score_hat, x, ts, noise=GaussianNoise(x.shape, gs)).to(torch.float64)
             if not torch.isfinite(y).all():
                 raise NonFiniteSamples(f"sampler {name} at nfe={nfe} produced non-finite samples")
             for k in names:
-                vals[k][i, j] = SAMPLE_METRICS[k](y, target, g)
+                vals[k][i, j] = metric(k, y)
     nll = immse_eval(spec, cell, score_hat, dist)
     ds = xr.Dataset(
         {
@@ -152,7 +178,7 @@ def evaluate(spec: StudySpec, cell: Cell, score_hat, result: TrainResult | None 
             "score_l2_rel": (("t",), errs["l2_rel"]),
             "score_quantile": (("t", "delta"), errs["quantile"]),
             **{k: (("sampler", "nfe"), v) for k, v in vals.items()},
-            "mmd_floor": ((), mmd(target2, target)),
+            **{f"{k}_floor": ((), metric(k, target2)) for k in names},
             "train_seconds": ((), result.seconds if result else np.nan),
             "train_loss": ((), result.loss if result else np.nan),
         },

@@ -13,13 +13,13 @@ spec's numerics and the code version (:meth:`dsclab.spec.StudyBase.key`).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from dsclab import axes
 from dsclab.losses import ESTIMATORS
-from dsclab.spec import DistributionSpec, Samplers, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen
+from dsclab.spec import DistributionSpec, Samplers, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen, check_nfe
 
 Estimators = axes.Names(ESTIMATORS, "estimator")
 
@@ -58,6 +58,10 @@ class Cell(_Frozen):
 class StudySpec(StudyBase):
     """A sample-complexity study: the grid d x n x seed x estimator, evaluated per sampler x nfe."""
 
+    AXES: ClassVar[dict[str, str]] = {
+        "d": "d", "n": "n", "seed": "seed", "estimator": "estimator", "sampler": "sampler", "nfe": "nfe",
+        "t": "evaluation.t", "delta": "evaluation.delta", "logsnr": "evaluation.logsnr"}
+
     kind: Literal["sample_complexity"] = Field("sample_complexity", description="study kind (selects the flow)")
     distribution: DistributionSpec = DistributionSpec()
     d: axes.PositiveInts = Field(..., description="dimensions")
@@ -73,6 +77,7 @@ class StudySpec(StudyBase):
     @model_validator(mode="after")
     def _budget(self) -> "StudySpec":
         self.distribution.check_dims(self.d)
+        check_nfe(self.sampler, self.nfe)
         axes.grid_size(len(self.d) * len(self.n) * len(self.seed) * len(self.estimator), self.max_cells)
         return self
 

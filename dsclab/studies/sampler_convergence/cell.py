@@ -12,7 +12,7 @@ import time
 import numpy as np
 import xarray as xr
 
-from dsclab.studies.sampler_convergence.exact import gaussian_kl_curves, product_kl_1d
+from dsclab.studies.sampler_convergence.exact import gaussian_kl_pair, product_kl_1d
 from dsclab.studies.sampler_convergence.sampled import Reference, sampled_curves, score_l2
 from dsclab.studies.sampler_convergence.spec import SamplerConvergenceSpec, SrkCell, exact_route, sampled_route
 from dsclab.studies.sampler_convergence.targets import exact_score, make_target, member_score, perturb, trained_scores
@@ -28,6 +28,7 @@ def run_cell(spec: SamplerConvergenceSpec, cell: SrkCell, kl1d: dict | None = No
     t0 = time.perf_counter()
     S, N, R, Tn = len(spec.sampler), len(spec.nfe), len(spec.seed), len(spec.sampling.score_t)
     kl = np.full((S, N), np.nan)
+    kl_rev = np.full((S, N), np.nan)  # KL(q_tmin || p_out): exact on the gaussian target only
     defect = np.full((S, N), np.nan)
     sw, mm = np.full((S, N, R), np.nan), np.full((S, N, R), np.nan)
     l2 = np.full((R, Tn), np.nan)
@@ -35,7 +36,7 @@ def run_cell(spec: SamplerConvergenceSpec, cell: SrkCell, kl1d: dict | None = No
     dist = make_target(spec, cell.target, cell.d)
     if exact_route(cell):
         if cell.target == "gaussian":
-            kl = gaussian_kl_curves(spec, cell.d, cell.score)
+            kl, kl_rev = gaussian_kl_pair(spec, cell.d, cell.score)
         else:
             if kl1d is None:
                 kl1d = product_kl_1d(spec, cell.score)
@@ -65,7 +66,7 @@ def run_cell(spec: SamplerConvergenceSpec, cell: SrkCell, kl1d: dict | None = No
     sn = ("sampler", "nfe")
     ds = xr.Dataset(
         {
-            "kl": (sn, kl), "kl_mass_defect": (sn, defect),
+            "kl": (sn, kl), "kl_reverse": (sn, kl_rev), "kl_mass_defect": (sn, defect),
             "sliced_w2": (sn + ("seed",), sw), "mmd": (sn + ("seed",), mm),
             "sliced_w2_floor": (("seed",), sw_floor), "mmd_floor": (("seed",), mm_floor),
             "score_l2": (("seed", "t"), l2),

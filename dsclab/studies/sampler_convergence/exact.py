@@ -1,8 +1,16 @@
 """Exact KL routes of the sampler-convergence study: KL(sampler output || q_tmin) per (sampler, NFE).
 
-* ``gaussian`` (:func:`gaussian_kl_curves`): every step of every sampler is affine for an affine
-  score, so the output law is exactly Gaussian, propagated in float64 by
-  ``dsclab.gaussian_exact.sampler_kl``.
+Direction. The stored ``kl`` is KL(p_out || q_tmin), the output law first (what density
+propagation and quadrature give). The convergence theorems (Wu–Chen–Wei 2024; science.md §3)
+bound the other direction, KL(q_tmin || p_out); the two share their rate in NFE at small KL
+(both are (1/2) chi^2 to leading order) but not their floors. Where both are exact and cheap
+(the Gaussian target: closed form both ways, :func:`gaussian_kl_pair`) the reverse is stored
+too (``kl_reverse``).
+
+* ``gaussian`` (:func:`gaussian_kl_pair`): every step of every sampler is affine for an affine
+  score, so the output law is exactly Gaussian, N(m, C), propagated in float64 by
+  ``dsclab.gaussian_exact.sampler_law``; both KLs are ``metrics.gaussian_kl`` of (m, C) and
+  q_tmin's exact moments, in either order.
 * ``product_mixture`` (:func:`product_kl_1d`): samplers act coordinatewise, so KL(output ||
   q_tmin) = d x the 1-D KL, computed once per (score, sampler, NFE) by density propagation on a
   grid and quadrature (``dsclab.exact_kl``), then multiplied by d. The grid:
@@ -37,7 +45,7 @@ import numpy as np
 import torch
 
 from dsclab.exact_kl import default_grid, kl_1d, mixture1d, propagate_density_1d
-from dsclab.gaussian_exact import gaussian_score, sampler_kl
+from dsclab.gaussian_exact import gaussian_kl, gaussian_score, sampler_law, target_law
 from dsclab.samplers import SAMPLERS
 from dsclab.studies.sampler_convergence.schemes import grid, is_noise_free
 from dsclab.studies.sampler_convergence.spec import EXACT_KL_SCORES, SamplerConvergenceSpec, kl_exact
@@ -49,24 +57,36 @@ def _check_score(score_kind: str) -> None:
         raise ValueError(f"score kind {score_kind!r} has no exact KL (exact: {', '.join(EXACT_KL_SCORES)})")
 
 
-def gaussian_kl_curves(spec: SamplerConvergenceSpec, d: int, score_kind: str) -> np.ndarray:
-    """Exact KL (sampler, nfe) for the Gaussian target (``gaussian_exact.sampler_kl``).
+def gaussian_kl_pair(spec: SamplerConvergenceSpec, d: int, score_kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact KL(p_out || q_tmin) and KL(q_tmin || p_out), each (sampler, nfe), for the Gaussian
+    target: the output law N(m, C) (``gaussian_exact.sampler_law``, propagated once) against
+    q_tmin = N(mt, Ct) (``gaussian_exact.target_law``), ``metrics.gaussian_kl`` in either order.
 
     NaN for a sampler without an exact KL (``spec.kl_exact``); an output covariance that lost
-    positive definiteness gives +inf; exceptions propagate (module docstring).
+    positive definiteness gives +inf (both directions); exceptions propagate (module docstring).
     """
     _check_score(score_kind)
     dist = make_target(spec, "gaussian", d)
     score = gaussian_score(dist)
     if score_kind == "perturbed":
         score = perturb(score, spec.eta)
-    out = np.full((len(spec.sampler), len(spec.nfe)), np.nan)
+    fwd = np.full((len(spec.sampler), len(spec.nfe)), np.nan)
+    rev = np.full_like(fwd, np.nan)
     for i, name in enumerate(spec.sampler):
         if not kl_exact("gaussian", score_kind, name):
             continue
         for j, nfe in enumerate(spec.nfe):
-            out[i, j] = sampler_kl(name, dist, grid(spec, name, nfe), start=spec.start, score=score)
-    return out
+            ts = grid(spec, name, nfe)
+            m, C = sampler_law(name, dist, ts, start=spec.start, score=score)
+            mt, Ct = target_law(dist, float(ts[-1]))  # q_tmin, tmin = the grid's last time
+            fwd[i, j] = gaussian_kl(m, C, mt, Ct)
+            rev[i, j] = gaussian_kl(mt, Ct, m, C) if np.isfinite(fwd[i, j]) else math.inf
+    return fwd, rev
+
+
+def gaussian_kl_curves(spec: SamplerConvergenceSpec, d: int, score_kind: str) -> np.ndarray:
+    """Exact KL(p_out || q_tmin) (sampler, nfe) for the Gaussian target (:func:`gaussian_kl_pair`)."""
+    return gaussian_kl_pair(spec, d, score_kind)[0]
 
 
 def product_kl_1d(spec: SamplerConvergenceSpec, score_kind: str) -> dict[str, list]:

@@ -36,11 +36,11 @@ def has(da: xr.DataArray) -> bool:
     return bool(np.isfinite(da.values).any())
 
 
-def kl_fits(ds: xr.Dataset, spec: SamplerConvergenceSpec | None = None) -> xr.Dataset:
+def kl_fits(ds: xr.Dataset, spec: SamplerConvergenceSpec | None = None, var: str = "kl") -> xr.Dataset:
     """Slopes of log KL against log NFE over ``analysis.fit_nfe`` (exact: no band), per
-    (target, d, sampler, score)."""
+    (target, d, sampler, score); ``var`` = ``kl_reverse`` for KL(q_tmin || p_out)."""
     spec = spec or spec_of(ds)
-    return analysis.slope_table(done(ds, "kl"), "nfe", x_range=spec.analysis.fit_nfe, min_points=3)
+    return analysis.slope_table(done(ds, var), "nfe", x_range=spec.analysis.fit_nfe, min_points=3)
 
 
 def kl_crossings(ds: xr.Dataset, level: float, spec: SamplerConvergenceSpec | None = None,

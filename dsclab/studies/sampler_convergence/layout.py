@@ -5,8 +5,11 @@ Cell dims (target, d, score); one task per cell computes every sampler x NFE (an
 where sampled). The product target's 1-D curves do not depend on d: one task per score computes
 them and the d cells multiply. Variables:
 
-* ``kl (target, d, sampler, nfe, score)`` nats, exact (NaN where not exact: by declaration,
-  ``spec.kl_exact``, never from a caught exception);
+* ``kl (target, d, sampler, nfe, score)`` nats, exact KL(p_out || q_tmin), the sampler's output
+  law first (NaN where not exact: by declaration, ``spec.kl_exact``, never from a caught
+  exception); ``kl_reverse``, the same dims: KL(q_tmin || p_out), the direction the convergence
+  theorems bound, where it is exact and cheap (the gaussian target, closed form; NaN elsewhere:
+  ``exact``). Each carries its direction in the attribute ``direction``;
 * ``kl_mass_defect (target, d, sampler, nfe, score)``: product_mixture only;
 * ``sliced_w2``, ``mmd (target, d, sampler, nfe, score, seed)``: sampled cells (mixture
   target, trained score; every cell with ``sample_all``) up to ``sampling.max_nfe``, +inf
@@ -31,6 +34,8 @@ VARIABLES = {
     # name: (dims, long name, units)
     "kl": (("target", "d", "sampler", "nfe", "score"),
            "exact KL(sampler output || q_t_min) (NaN where not exact)", "nats"),
+    "kl_reverse": (("target", "d", "sampler", "nfe", "score"),
+                   "exact KL(q_t_min || sampler output) (gaussian target; NaN elsewhere)", "nats"),
     "kl_mass_defect": (("target", "d", "sampler", "nfe", "score"),
                        "1 - output mass on the quadrature grid (product_mixture; > 1e-4: KL rough)", "1"),
     "sliced_w2": (("target", "d", "sampler", "nfe", "score", "seed"),
@@ -44,6 +49,13 @@ VARIABLES = {
                       "training wall time of the score (share of the seeds' ensemble; 0: closed form)", "s"),
     "seconds": (("target", "d", "score"), "wall time of the cell", "s"),
 }
+
+KL_DIRECTIONS = {
+    "kl": "KL(p_out || q_t_min): the sampler's output law first (density propagation and quadrature give this "
+          "one); the convergence theorems bound KL(q_t_min || p_out): same rate in NFE, different floor",
+    "kl_reverse": "KL(q_t_min || p_out): the direction the convergence theorems (Wu et al. 2024) bound",
+}
+"""The ``direction`` attribute of each KL variable."""
 
 COORD_ATTRS = layout.coord_attrs("d", "sampler", "nfe", target="target law",
                                  score="score kind (exact, perturbed = exact + eta (1,...,1), trained)",
@@ -59,10 +71,13 @@ def template(spec: SamplerConvergenceSpec) -> xr.Dataset:
         "nfe": np.array(spec.nfe, dtype=np.int64), "seed": np.array(spec.seed, dtype=np.int64),
         "t": np.array(spec.sampling.score_t, dtype=np.float64),
     }
-    return layout.template(spec, coords, CELL_DIMS, VARIABLES, COORD_ATTRS, attrs={
+    ds = layout.template(spec, coords, CELL_DIMS, VARIABLES, COORD_ATTRS, attrs={
         "conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise); reverse SDE from "
                        f"{'q_T' if spec.start == 'exact' else 'N(0, I)'} at T={spec.T} to t_min={spec.t_min} "
                        f"on the '{spec.schedule}' grid; NFE = score evaluations per sample",
         "kl_route": "gaussian: exact Gaussian propagation; product_mixture: d x 1-D quadrature KL; "
                     "trained score and mixture target: no exact KL (sliced_w2, mmd from samples)",
     })
+    for name, direction in KL_DIRECTIONS.items():
+        ds[name].attrs["direction"] = direction
+    return ds

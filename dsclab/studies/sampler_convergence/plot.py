@@ -44,6 +44,11 @@ def plot(ds: xr.Dataset, out: str) -> str:
                     y = np.where(np.isfinite(y) & (y > 0), y, np.nan)
                     ax.plot(nfe, y, marker="o", ms=3, color=colors[s], label=s)
                     shown.append(y[clip])
+                    if "kl_reverse" in ds:  # KL(q_tmin || p_out), where exact: dotted, same colour
+                        yr = done(ds, "kl_reverse").sel(target=target, score=score, d=d, sampler=s).values
+                        yr = np.where(np.isfinite(yr) & (yr > 0), yr, np.nan)
+                        if np.isfinite(yr).any():
+                            ax.plot(nfe, yr, ls=":", lw=1, color=colors[s])
                 else:
                     cur = sw.sel(target=target, score=score, d=d, sampler=s)
                     cur = cur.where(np.isfinite(cur))
@@ -62,7 +67,8 @@ def plot(ds: xr.Dataset, out: str) -> str:
             if vals.size:
                 ax.set_ylim(0.3 * vals.min(), 10 * vals.max())
             ax.set_title(f"{target}, {score}, d={int(d)}", fontsize=9)
-            ax.set_xlabel("NFE"), ax.set_ylabel("KL (exact)" if var == "kl" else "sliced W2")
+            ax.set_xlabel("NFE"), ax.set_ylabel("KL(p_out||q) exact (dotted: KL(q||p_out))" if var == "kl"
+                                                else "sliced W2", fontsize=8)
             ax.grid(alpha=0.3, which="both")
         for j in range(nd, ncol):
             axes[r, j].axis("off")

@@ -20,7 +20,7 @@ import torch
 from dsclab.metrics import SlicedW2, mmd
 from dsclab.noise_sources import BlockGaussianNoise
 from dsclab.samplers import SAMPLERS, uses_levy_area
-from dsclab.seeds import derive_seed
+from dsclab.seeds import rng
 from dsclab.studies.sampler_convergence.schemes import grid
 from dsclab.studies.sampler_convergence.spec import SamplerConvergenceSpec, SrkCell
 from dsclab.studies.sampler_convergence.targets import Score, exact_score
@@ -40,11 +40,11 @@ class Reference:
 
     def __init__(self, spec: SamplerConvergenceSpec, cell: SrkCell, dist, seed: int):
         tp, m = spec.target_params(cell.target), spec.sampling.n_samples
-        g = torch.Generator().manual_seed(derive_seed("srk-points", tp, cell.d, seed))
+        g = rng("srk-points", tp, cell.d, seed)
         self.x0 = (dist.sample(m, g, t=spec.T) if spec.start == "exact"
                    else torch.randn(m, cell.d, generator=g, dtype=torch.float64))
         self.ref, ref2 = dist.sample(m, g, t=spec.t_min), dist.sample(m, g, t=spec.t_min)
-        self.sliced_w2 = SlicedW2(self.ref, torch.Generator().manual_seed(derive_seed("srk-proj", tp, cell.d, seed)),
+        self.sliced_w2 = SlicedW2(self.ref, rng("srk-proj", tp, cell.d, seed),
                                   n_proj=spec.sampling.n_proj)
         self.bandwidth = _bandwidth(self.ref)
         self.sliced_w2_floor, self.mmd_floor = self.sliced_w2(ref2), self.mmd(ref2)
@@ -72,7 +72,7 @@ def sampled_curves(spec: SamplerConvergenceSpec, cell: SrkCell, score: Score, re
         for j, nfe in enumerate(spec.nfe):
             if sp.max_nfe is not None and nfe > sp.max_nfe:
                 continue
-            gens = [torch.Generator().manual_seed(derive_seed("srk-noise", tp, cell.d, seed, name, nfe))
+            gens = [rng("srk-noise", tp, cell.d, seed, name, nfe)
                     for seed in spec.seed]
             src = BlockGaussianNoise((m, cell.d), gens, dtype=dtype, levy_area=levy_area)
             with torch.no_grad():
@@ -89,10 +89,10 @@ def sampled_curves(spec: SamplerConvergenceSpec, cell: SrkCell, score: Score, re
 
 def score_l2(spec: SamplerConvergenceSpec, cell: SrkCell, dist, score: Score, seed: int) -> np.ndarray:
     """E||s_hat - s||^2 at each ``sampling.score_t`` on fresh x ~ q_t (n_samples points)."""
-    g = torch.Generator().manual_seed(derive_seed("srk-score-points", spec.target_params(cell.target), cell.d, seed))
+    tp = spec.target_params(cell.target)
     ex = exact_score(cell.target, dist)
     out = []
-    for t in spec.sampling.score_t:
-        x = dist.sample(spec.sampling.n_samples, g, t=float(t))
+    for t in spec.sampling.score_t:  # each t its own points: a value does not depend on the t grid
+        x = dist.sample(spec.sampling.n_samples, rng("srk-score-points", tp, cell.d, seed, t), t=float(t))
         out.append(float(((score(x, float(t)).to(torch.float64) - ex(x, float(t))) ** 2).sum(1).mean()))
     return np.array(out)

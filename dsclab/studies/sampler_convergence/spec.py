@@ -22,13 +22,13 @@ before anything runs, never from an exception:
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from dsclab import axes
-from dsclab.samplers import NFE_PER_STEP, SAMPLERS
-from dsclab.spec import Samplers, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen
+from dsclab.samplers import SAMPLERS
+from dsclab.spec import Samplers, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen, check_nfe
 
 CELL_DIMS = ("target", "d", "score")
 TARGETS = ("gaussian", "product_mixture", "mixture")
@@ -137,6 +137,10 @@ class AnalysisSpec(_Frozen):
 class SamplerConvergenceSpec(StudyBase, TimeRange):
     """A sampler-convergence study: target x d x score cells, each over sampler x NFE (x seed)."""
 
+    AXES: ClassVar[dict[str, str]] = {"target": "target", "d": "d", "score": "score", "sampler": "sampler",
+                                      "nfe": "nfe", "seed": "seed", "t": "sampling.score_t"}
+    READING: ClassVar[tuple[str, ...]] = ("analysis",)
+
     kind: Literal["sampler_convergence"] = Field("sampler_convergence", description="study kind (selects the flow)")
     target: Targets = Field(list(TARGETS), description="targets: gaussian, product_mixture, mixture")
     d: axes.PositiveInts = Field(..., description="dimensions")
@@ -162,11 +166,7 @@ class SamplerConvergenceSpec(StudyBase, TimeRange):
 
     @model_validator(mode="after")
     def _check(self) -> "SamplerConvergenceSpec":
-        for s in self.sampler:  # every NFE must be a whole number of steps: samplers compared per NFE
-            k = NFE_PER_STEP[s]
-            bad = [n for n in self.nfe if n % k]
-            if bad:
-                raise ValueError(f"nfe {bad} is not a multiple of {k}, the NFE per step of {s}")
+        check_nfe(self.sampler, self.nfe)  # every NFE a whole number of steps: samplers compared per NFE
         axes.grid_size(len(self.target) * len(self.d) * len(self.score), self.max_cells)
         return self
 

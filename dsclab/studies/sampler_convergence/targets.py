@@ -45,7 +45,7 @@ from dsclab.errors import TrainingDiverged
 from dsclab.exact_kl import mixture1d
 from dsclab.gaussian_exact import gaussian_score
 from dsclab.nets import EnsembleMLP
-from dsclab.seeds import derive_seed
+from dsclab.seeds import derive_seed, rng
 from dsclab.studies.sampler_convergence.spec import SamplerConvergenceSpec, SrkCell
 from dsclab.train import TrainConfig, resolve_device, train_ensemble
 
@@ -166,7 +166,7 @@ def trained_scores(spec: SamplerConvergenceSpec, cell: SrkCell, dist):
     """
     data, seeds = [], []
     for seed in spec.seed:
-        g = torch.Generator().manual_seed(derive_seed("srk-train-data", spec.target_params(cell.target), cell.d, seed))
+        g = rng("srk-train-data", spec.target_params(cell.target), cell.d, seed)
         data.append(dist.sample(spec.n_train, g).to(torch.float32))
         seeds.append(derive_seed("srk-train", cell.key, seed))
     results = train_ensemble(data, seeds, config=train_config(spec), device=resolve_device(spec.train.device))

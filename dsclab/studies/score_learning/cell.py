@@ -8,6 +8,8 @@ evaluation draws on (d, seed), so ratios between estimators or data modes of one
 """
 from __future__ import annotations
 
+import dataclasses
+
 import threading
 import time
 
@@ -23,7 +25,7 @@ from dsclab.errors import NonFiniteSamples
 from dsclab.metrics import gaussian_kl, score_errors, sliced_w2
 from dsclab.noise_sources import GaussianNoise
 from dsclab.samplers import SAMPLERS, steps_for_nfe
-from dsclab.seeds import derive_seed
+from dsclab.seeds import DATA_BLOCK, block_rows, rng
 
 from .spec import ScoreLearningSpec, SLCell
 
@@ -33,10 +35,11 @@ _DATA_CACHE_SIZE = 2
 
 
 def training_data(spec: ScoreLearningSpec, d: int, seed: int, data_mode: str) -> bs.NoisedData:
-    """The fixed training set of every cell with this (d, seed, data_mode), at max(n) rows; a cell
-    uses the first n. Clean points and row times depend on (d, seed) only. The last few sets are
+    """The fixed training set of every cell with this (d, seed, data_mode), at max(n) rows rounded
+    up to whole blocks; a cell uses the first n (the same whatever the grid's largest n). Clean
+    points and row times depend on (d, seed) only. The last few sets are
     kept in memory (float32), so cells sharing one (the flow runs them together) draw it once."""
-    key = (spec.hash, d, seed, data_mode)
+    key = (spec.settings_hash, block_rows(max(spec.n)), d, seed, data_mode)
     with _DATA_LOCK:
         if key in _DATA_CACHE:
             return _DATA_CACHE[key]
@@ -50,16 +53,19 @@ def training_data(spec: ScoreLearningSpec, d: int, seed: int, data_mode: str) ->
 
 
 def draw_training_data(spec: ScoreLearningSpec, d: int, seed: int, data_mode: str) -> bs.NoisedData:
-    """Draw the training set of (d, seed, data_mode) at max(n) rows (float64, not cached)."""
+    """Draw the training set of (d, seed, data_mode) at max(n) rows rounded up to whole blocks of
+    ``dsclab.seeds.DATA_BLOCK`` rows (float64, not cached). Rows are independent; block b's clean
+    points, row times and noise come from generators of (..., b), so the first n rows do not
+    depend on the grid's largest n."""
     law = spec.law(d)
     dist_key = spec.distribution.model_dump(mode="json")
-    g = torch.Generator().manual_seed(derive_seed("sl-x0", dist_key, d, seed))
-    x0 = law.sample(max(spec.n), g)
     tr = spec.train
-    gt = torch.Generator().manual_seed(derive_seed("sl-times", d, seed))
-    times = bs.row_times(max(spec.n), tr.K, tr.t_min, tr.T, gt)
-    gz = torch.Generator().manual_seed(derive_seed("sl-noise", dist_key, d, seed, data_mode))
-    return bs.DATA_MODES[data_mode](x0, times, gz)
+    parts = []
+    for b in range(block_rows(max(spec.n)) // DATA_BLOCK):
+        x0 = law.sample(DATA_BLOCK, rng("sl-x0", dist_key, d, seed, b))
+        times = bs.row_times(DATA_BLOCK, tr.K, tr.t_min, tr.T, rng("sl-times", d, seed, b))
+        parts.append(bs.DATA_MODES[data_mode](x0, times, rng("sl-noise", dist_key, d, seed, data_mode, b)))
+    return bs.NoisedData(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(bs.NoisedData)))
 
 
 def fit_config(spec: ScoreLearningSpec) -> bs.FitConfig:
@@ -71,9 +77,9 @@ def train_cell(spec: ScoreLearningSpec, cell: SLCell, data: bs.NoisedData | None
     """Fit the cell's network on the first n rows of its training set; a loss that becomes NaN or
     infinite raises :class:`dsclab.errors.TrainingDiverged` (the cell is marked failed)."""
     data = (data or training_data(spec, cell.d, cell.seed, cell.data_mode)).head(cell.n)
-    g_init = torch.Generator().manual_seed(derive_seed("sl-init", cell.d, cell.seed, cell.model))
+    g_init = rng("sl-init", cell.d, cell.seed, cell.model)
     model = bs.HYPOTHESES[cell.model](cell.d, width=spec.train.width, depth=spec.train.depth, generator=g_init)
-    g = torch.Generator().manual_seed(derive_seed("sl-batches", cell.d, cell.seed, cell.model))
+    g = rng("sl-batches", cell.d, cell.seed, cell.model)
     return bs.fit(model, data, cell.estimator, fit_config(spec), g, law=spec.law(cell.d))
 
 
@@ -97,10 +103,14 @@ def evaluate(spec: ScoreLearningSpec, cell: SLCell, model, result: bs.FitResult 
     ev, tr = spec.evaluation, spec.train
     t0 = time.perf_counter()
     law = spec.law(cell.d)
-    g = torch.Generator().manual_seed(derive_seed("sl-eval", spec.distribution.model_dump(mode="json"), cell.d, cell.seed))
-    errs = score_errors(model.score, law, ev.t, ev.n_score, ev.delta, g)
+    # common random numbers across n, estimators and models: every draw depends on (law, d, seed)
+    # and, per t, on t alone (a value does not depend on the rest of the t grid)
+    crn = (spec.distribution.model_dump(mode="json"), cell.d, cell.seed)
+    per_t = [score_errors(model.score, law, [t], ev.n_score, ev.delta, rng("sl-score", *crn, t)) for t in ev.t]
+    errs = {k: np.concatenate([e[k] for e in per_t]) for k in ("l2", "l2_rel", "quantile")}
     tv, tv1, tvo = (np.full(len(ev.t), np.nan) for _ in range(3))
     for i, t in enumerate(ev.t):
+        g = rng("sl-var", *crn, t)
         x = law.sample(ev.n_var, g, t=t)
         t_prev = t / tr.ratio
         state = g.get_state()
@@ -113,21 +123,22 @@ def evaluate(spec: ScoreLearningSpec, cell: SLCell, model, result: bs.FitResult 
         tv[i], tv1[i], tvo[i] = float(v.mean()), float(v1.mean()), float(vo.mean())
     T, t_min = tr.T, tr.t_min
     ts = noise.time_grid(T, t_min, steps_for_nfe(ev.sampler, ev.nfe), ev.schedule)
-    gs = torch.Generator().manual_seed(derive_seed("sl-sample", cell.key))
+    gs = rng("sl-sample", cell.key)
     y0 = law.sample(ev.n_samples, gs, t=T).to(torch.float32)
     with torch.no_grad():
         y = SAMPLERS[ev.sampler](model.score, y0, ts, noise=GaussianNoise(y0.shape, gs)).to(torch.float64)
     if not torch.isfinite(y).all():
         raise NonFiniteSamples(f"sampler {ev.sampler} produced non-finite samples")
-    target, target2 = law.sample(ev.n_samples, g, t=t_min), law.sample(ev.n_samples, g, t=t_min)
+    target = law.sample(ev.n_samples, rng("sl-target", *crn), t=t_min)
+    target2 = law.sample(ev.n_samples, rng("sl-target-2", *crn), t=t_min)
     ds = xr.Dataset(
         {
             "score_l2": (("t",), errs["l2"]),
             "score_l2_rel": (("t",), errs["l2_rel"]),
             "score_quantile": (("t", "delta"), errs["quantile"]),
             "target_var": (("t",), tv), "target_var_1": (("t",), tv1), "target_var_oracle": (("t",), tvo),
-            "sliced_w2": ((), sliced_w2(y, target, g)),
-            "sliced_w2_floor": ((), sliced_w2(target2, target, g)),
+            "sliced_w2": ((), sliced_w2(y, target, rng("sl-projections", *crn))),  # the same directions
+            "sliced_w2_floor": ((), sliced_w2(target2, target, rng("sl-projections", *crn))),
             "mode_tv": ((), mode_tv(law, y, t_min)),
             "mode_tv_floor": ((), mode_tv(law, target2, t_min)),
             "kl_gauss": ((), gauss_kl_to(law, y, t_min)),

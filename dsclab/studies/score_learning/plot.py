@@ -11,6 +11,7 @@ from dsclab import analysis
 
 from .bsm import closed_form_ratio
 from .readout import band, done, n_star, ratio_table, sections, weighted_l2
+from .report import exceedances
 
 
 def _line_band(ax, x, da: xr.DataArray, label: str, **kw):
@@ -60,13 +61,36 @@ def _bsm_row(ax, ds: xr.Dataset, mode: str) -> None:
         ax[j].set_xticks([], minor=True)
 
 
+def _exceedance_row(ax, ds: xr.Dataset) -> None:
+    """Gupta et al. (2023), Figure 1: P[error > τ] against n at the smallest t of the grid, side by
+    side for √L2 and each quantile level, one colour per τ (``report.exceedances``), the band the
+    Clopper–Pearson 95% interval over seeds."""
+    ex = exceedances(ds)
+    if not ex:
+        return
+    t = min(ex)
+    e = ex[t]
+    eta = float(ds.attrs.get("min_weight", np.nan))
+    for j, err in enumerate(list(e.error.values)[:3]):
+        for k, tau in enumerate(e.tau.values):
+            r = e.sel(error=err, tau=tau)
+            (line,) = ax[j].plot(e.n.values, r.p, marker="o", color=f"C{k}", label=f"τ={float(tau):.3g}")
+            ax[j].fill_between(e.n.values, r.lo, r.hi, color=line.get_color(), alpha=0.15)
+        ax[j].axvline(1 / eta, color="0.5", ls=":", label="n = 1/η")
+        ax[j].set_xscale("log"), ax[j].set_ylim(-0.03, 1.03), ax[j].set_xlabel("n")
+        ax[j].set_ylabel("P[error > τ] over seeds")
+        ax[j].set_title(f"P[{err} > τ] at t={t:g} ({ds.sizes['seed']} seeds)", fontsize=9)
+        ax[j].grid(True, which="both", alpha=0.3), ax[j].legend(fontsize=7)
+
+
 def plot(ds: xr.Dataset, out: str) -> str:
     """One row per section (:func:`.readout.sections`): error curves in n per d for each class and
     n*(eps, d); per data mode, ratios to dsm per t of the target variance (with the closed forms)
     and of the score error, and the sampling errors (sliced W2, KL of Gaussian fits) against n of
     every estimator; trajectory/independent
-    ratios per t; L2, quantile (δ below / above η) and sampling errors against n. Bands: min–max
-    over seeds."""
+    ratios per t; P[error > τ] against n for √L2 and each quantile level side by side (Gupta et
+    al. 2023, Figure 1; band: Clopper–Pearson interval); L2, quantile (δ below / above η) and
+    sampling errors against n. Bands: min–max over seeds unless said."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -74,6 +98,8 @@ def plot(ds: xr.Dataset, out: str) -> str:
     ds = ds.load()
     rows = [(r, mode) for r in (sections(ds) or ["none"])
             for mode in (ds.data_mode.values if r == "bsm" else [None])]
+    if "quantile" in sections(ds):
+        rows.insert([r for r, _ in rows].index("quantile"), ("exceed", None))
     ncols = 4 if any(r == "bsm" for r, _ in rows) else 3
     fig, axes = plt.subplots(len(rows), ncols, figsize=(5 * ncols, 4.0 * len(rows)), squeeze=False)
     n = ds.n.values
@@ -95,6 +121,8 @@ def plot(ds: xr.Dataset, out: str) -> str:
             _finish_axes(ax[2], "d", "n*(eps, d) per class")
         elif row == "bsm":
             _bsm_row(ax, ds, mode)
+        elif row == "exceed":
+            _exceedance_row(ax, ds)
         elif row == "traj":
             for j, est in enumerate(ds.estimator.values[:3]):
                 for k, nn in enumerate(n):
@@ -121,7 +149,8 @@ def plot(ds: xr.Dataset, out: str) -> str:
             _finish_axes(ax[2], "n", "sampling error vs n")
         else:
             ax[0].text(0.5, 0.5, "no section for this grid", ha="center")
-    fig.suptitle(f"{ds.attrs.get('name', '')} (score_learning): bands = min–max over {ds.sizes['seed']} seeds")
+    fig.suptitle(f"{ds.attrs.get('name', '')} (score_learning): bands = min–max over {ds.sizes['seed']} seeds"
+                 + (" (P[error > τ]: Clopper–Pearson 95% interval)" if ("exceed", None) in rows else ""))
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

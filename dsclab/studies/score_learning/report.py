@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 
 from dsclab import analysis
+from dsclab import exceedance as exc
 from dsclab.study import Status
 
 from . import bsm
@@ -97,13 +98,88 @@ def trajectory_section(ds: xr.Dataset) -> tuple[list[str], dict]:
     return lines, facts
 
 
-def quantile_section(ds: xr.Dataset) -> tuple[list[str], dict]:
-    """Per t: L2 and quantile errors (delta below and above eta) against n; then the t-averaged
-    errors next to the sampling errors."""
+def exceedances(ds: xr.Dataset, levels: int = 3) -> dict[float, xr.Dataset]:
+    """Per t: P[error > tau] over seeds (``analysis.exceedance``, Clopper–Pearson) of the score
+    errors in norm units (``exceedance.score_error_norms``: √L2 and each quantile level) along n,
+    at the tau levels :func:`dsclab.exceedance.taus_for` gives (the reader's, else ``levels``
+    levels derived from the errors at that t); the first d, estimator, data mode and model."""
     eta = float(ds.attrs.get("min_weight", np.nan))
     sub = ds.isel(estimator=0, data_mode=0, model=0, d=0)
-    lines = [f"== L2 against quantile score error and sampling error along n (smallest component weight eta = {eta:.3g}, "
-             f"1/eta = {1 / eta:.3g}; medians over seeds; {sub.estimator.values}, {sub.model.values}, d={int(sub.d)}) =="]
+    out = {}
+    for t in ds.t.values:
+        errs = exc.score_error_norms(done(sub, "score_l2").sel(t=t), done(sub, "score_quantile").sel(t=t), eta)
+        taus = exc.taus_for(ds, errs, levels=levels)
+        if taus:
+            out[float(t)] = analysis.exceedance(errs.reset_coords(drop=True), taus)
+    return out
+
+
+def exceedance_lines(ds: xr.Dataset, ex: dict[float, xr.Dataset]) -> list[str]:
+    """The Figure 1 statistic of Gupta et al. (2023): per t and tau, rows n, columns the errors."""
+    S = ds.sizes["seed"]
+    how = ("the reader's (--tau)" if exc.TAU_ATTR in ds.attrs else
+           "geometric levels between the 10th and 90th percentiles of all errors at that t")
+    lines = [f"== P[score error > τ] against n (Gupta et al. 2023, Figure 1): the fraction of the {S} seeds whose error "
+             f"exceeds τ, with a {exc.INTERVAL_NOTE} [lo, hi]; errors in norm units: √L2 = (E||ŝ-s||²)^½ and the "
+             f"(1-δ)-quantile of ||ŝ-s||; τ: {how} =="]
+    for t, e in ex.items():
+        for tau in e.tau.values:
+            lines += [f"  t={t:g}, τ={float(tau):.3g}:"] + exc.table_lines(e.sel(tau=tau).transpose("error", "n"))
+    return lines
+
+
+def exceedance_note(ex: dict[float, xr.Dataset], eta: float) -> list[str]:
+    """P[√L2 > τ] against P[q_δ > τ] over every (t, τ, n) read (:func:`exceedances`): how often one
+    misses more often than the other with disjoint intervals, and the misses pooled over seeds and
+    n < 1/η at each t's middle τ; weighed against the paper's Figure 1 (L2 misses far more often
+    than the δ>η quantile)."""
+    if not ex:
+        return []
+    errs = [str(e) for e in next(iter(ex.values())).error.values]
+    above = [e for e in errs if e.endswith(">η")]
+    below = [e for e in errs if e.endswith("<η")]
+    out = []
+    for q in above[-1:] + below[:1]:
+        more = less = same = 0
+        for e in ex.values():
+            a, b = e.sel(error="√L2"), e.sel(error=q)
+            more += int(((a.lo > b.hi) & (a.m > 0) & (b.m > 0)).sum())
+            less += int(((a.hi < b.lo) & (a.m > 0) & (b.m > 0)).sum())
+            same += int(((a.lo <= b.hi) & (a.hi >= b.lo) & (a.m > 0) & (b.m > 0)).sum())
+        out.append(f"  P[error > τ] (Figure 1), over every t, τ and n above: √L2 misses more often than the {q} quantile "
+                   f"(intervals disjoint) in {more}, less often in {less}, indistinguishably in {same} readings")
+    pooled = []
+    for t, e in ex.items():
+        tau = float(e.tau.values[len(e.tau) // 2])
+        small = e.sel(tau=tau).where(e.n < 1 / eta, drop=True)
+        if small.sizes["n"] == 0:
+            continue
+        k, m = small.k.sum("n"), small.m.sum("n")
+        pooled.append(f"t={t:g} τ={tau:.3g}: " + ", ".join(f"{x} {int(k.sel(error=x))}/{int(m.sel(error=x))}" for x in errs))
+    if pooled:
+        out.append(f"  misses pooled over seeds and n < 1/η (middle τ): " + "; ".join(pooled))
+    if above:
+        q = above[-1]
+        more = sum(int(((e.sel(error="√L2").lo > e.sel(error=q).hi)).sum()) for e in ex.values())
+        less = sum(int(((e.sel(error="√L2").hi < e.sel(error=q).lo)).sum()) for e in ex.values())
+        verdict = ("agrees" if more > 0 and less == 0 else
+                   "DISAGREES: the L2 error misses less often than the δ>η quantile here" if less > more else
+                   "not resolved at this grid and seed count")
+        out.append(f"  predicted (Gupta et al. 2023, Figure 1): the L2 error misses far more often than the δ>η quantile "
+                   f"error at n below ~1/η: {verdict}")
+    return out
+
+
+def quantile_section(ds: xr.Dataset) -> tuple[list[str], dict]:
+    """P[error > tau] against n for the L2 and quantile errors (:func:`exceedances`); per t: L2
+    and quantile errors (delta below and above eta) against n; then the t-averaged errors next to
+    the sampling errors."""
+    eta = float(ds.attrs.get("min_weight", np.nan))
+    sub = ds.isel(estimator=0, data_mode=0, model=0, d=0)
+    ex = exceedances(ds)
+    lines = exceedance_lines(ds, ex) + [""]
+    lines += [f"== L2 against quantile score error and sampling error along n (smallest component weight eta = {eta:.3g}, "
+              f"1/eta = {1 / eta:.3g}; medians over seeds; {sub.estimator.values}, {sub.model.values}, d={int(sub.d)}) =="]
     l2 = done(sub, "score_l2").median("seed")
     q = done(sub, "score_quantile").median("seed")
     cols = {}
@@ -123,7 +199,7 @@ def quantile_section(ds: xr.Dataset) -> tuple[list[str], dict]:
     lines += [f"  t-averaged score errors and sampling errors (floors: sliced_w2 "
               f"{fmt(float(done(sub, 'sliced_w2_floor').median()))}, mode_tv {fmt(float(done(sub, 'mode_tv_floor').median()))}):"]
     lines += ["  " + x for x in sdf.to_string(float_format=lambda v: f"{v:.4g}").splitlines()]
-    return lines, {"per_t": df, "summary": sdf, "eta": eta}
+    return lines, {"per_t": df, "summary": sdf, "eta": eta, "exceedance": ex}
 
 
 def _corr_log(a, b) -> float:
@@ -186,6 +262,7 @@ def closing_note(ds: xr.Dataset, facts: dict) -> list[str]:
             rb = _corr_log(s[qb[0]], s[name]) if qb else math.nan
             lines.append(f"  {name} over n: {fmt(float(s[name].iloc[0]))} -> {fmt(float(s[name].iloc[-1]))}; "
                          f"log-correlation with L2 {rl2:.2f}, with the δ>η quantile {rq:.2f}, with the δ<η quantile {rb:.2f}")
+        lines += exceedance_note(f["exceedance"], eta)
         lines.append("  predicted (science.md §2): L2 stays large until n ~ 1/eta while the δ>η quantile is small much "
                      "earlier, and sampling quality follows the quantile error. W2-type sampling errors charge a "
                      "missing component of mass eta at distance R about eta R^2, as the L2 score error does; "

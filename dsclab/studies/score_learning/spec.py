@@ -9,7 +9,7 @@ are stored sorted ascending; estimators, data modes and models keep the order gi
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -18,7 +18,7 @@ from dsclab import axes, distributions
 from dsclab import bootstrap as bs
 from dsclab.axes import PositiveInts, PositiveTimes, Seeds, UnitLevels
 from dsclab.distributions.gaussian import GaussianMixture
-from dsclab.spec import DistributionSpec, Sampler, Schedule, StudyBase, TimeRange, _Frozen
+from dsclab.spec import DistributionSpec, Sampler, Schedule, StudyBase, TimeRange, _Frozen, check_nfe
 
 CELL_DIMS = ("d", "n", "seed", "estimator", "data_mode", "model")
 Estimators = axes.Names(bs.ESTIMATORS, "estimator")
@@ -80,6 +80,10 @@ def _default_distribution() -> DistributionSpec:
 class ScoreLearningSpec(StudyBase):
     """A score-learning study: the grid d x n x seed x estimator x data_mode x model."""
 
+    AXES: ClassVar[dict[str, str]] = {
+        "d": "d", "n": "n", "seed": "seed", "estimator": "estimator", "data_mode": "data_mode", "model": "model",
+        "t": "evaluation.t", "delta": "evaluation.delta"}
+
     kind: Literal["score_learning"] = Field("score_learning", description="study kind (selects the flow)")
     distribution: DistributionSpec = Field(default_factory=_default_distribution,
                                            description="data law (a Gaussian mixture: exact scores and posteriors)")
@@ -104,6 +108,7 @@ class ScoreLearningSpec(StudyBase):
                 raise ValueError("model 'structured' needs identity component covariances and means on e_1 "
                                  "(x_0 = mean_j e_1 + N(0, I_d)), e.g. gaussian_mixture with std 1")
         tr, ev = self.train, self.evaluation
+        check_nfe(ev.sampler, ev.nfe, "evaluation.nfe")
         bad = [t for t in ev.t if not tr.t_min <= t < tr.T]
         if bad:
             raise ValueError(f"evaluation.t {bad} outside the training range [{tr.t_min}, {tr.T})")

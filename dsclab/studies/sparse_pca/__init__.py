@@ -9,7 +9,8 @@ Data. ``x ~ N(0, I_d + beta u u^T)``, u k-sparse with entries +-1/sqrt(k)
 (:mod:`dsclab.distributions.sparse_pca`). u is drawn once per (d, k, seed) from the support seed
 ``derive_seed("sparse-pca-spike", d, k, seed)``, so every beta (and n) of a (d, k, seed) shares it
 and beta = 0 is the detection null for the same u. The training data of (d, k, beta, seed) are
-max(n) draws; a cell with sample size n uses the first n (nested design).
+max(n) draws in independently seeded blocks; a cell with sample size n uses the first n (nested
+design), the same whatever the grid's largest n.
 
 Cells. One cell per (d, k, beta, n, seed) (``CELL_DIMS``). Each evaluates every estimator of the
 ``estimator`` axis on the same n points:
@@ -50,7 +51,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 from dsclab.errors import TrainingDiverged
-from dsclab.seeds import derive_seed
 from dsclab.studies import small_preset
 from dsclab.studies.sparse_pca import layout, numerics, plot, report
 from dsclab.studies.sparse_pca.spec import CELL_DIMS, SparsePCASpec
@@ -59,14 +59,14 @@ from dsclab.train import TrainResult
 
 
 def data_name(spec, d: int, k: int, beta: float, seed: int) -> str:
-    tag = derive_seed("sparse-pca-data-file", max(spec.n))
-    return f"data/sparse_pca-{tag:016x}-d{d}-k{k}-beta{beta:g}-seed{seed}.npy"
+    return f"data/sparse_pca-d{d}-k{k}-beta{beta:g}-seed{seed}-rows{numerics.data_rows(spec)}.npy"
 
 
 class SparsePCA(StudyKind):
     name = "sparse_pca"
     spec_model = SparsePCASpec
     cell_dims = CELL_DIMS
+    train_axes = ("estimator",)  # the trained networks are those of this axis
     description = ("Overlap of trained scores and classical estimators with a sparse spike against n, beside "
                    "the IT, polynomial-time and spectral sample sizes.")
     small = small_preset(__file__)

@@ -16,7 +16,7 @@ from dsclab.errors import NonFiniteSamples
 from dsclab.metrics import SlicedW2, gaussian_fit_kl
 from dsclab.noise_sources import GaussianNoise, Replay
 from dsclab.samplers import SAMPLERS, steps_for_nfe, uses_levy_area
-from dsclab.seeds import derive_seed
+from dsclab.seeds import block_rows, derive_seed, draw_rows, rng
 from dsclab.studies.sparse_pca.layout import PER_ESTIMATOR
 from dsclab.studies.sparse_pca.spec import NETWORK, ORACLE, SparsePCACell, SparsePCAEvalSpec, SparsePCASpec
 from dsclab.train import TrainConfig, TrainResult, group_size, train_group
@@ -35,10 +35,15 @@ def law(d: int, k: int, beta: float, seed: int) -> SparsePCA:
     return SparsePCA(d, k, beta, support_seed(d, k, seed))
 
 
+def data_rows(spec: SparsePCASpec) -> int:
+    """Rows of a data file: max(n) rounded up to whole blocks (``dsclab.seeds.draw_rows``)."""
+    return block_rows(max(spec.n))
+
+
 def generate_data(spec: SparsePCASpec, d: int, k: int, beta: float, seed: int) -> np.ndarray:
-    """max(n) draws (float64) from the law of (d, k, beta, seed); a cell uses the first n."""
-    g = torch.Generator().manual_seed(derive_seed("sparse-pca-data", d, k, beta, seed))
-    return law(d, k, beta, seed).sample(max(spec.n), g).numpy()
+    """:func:`data_rows` draws (float64) from the law of (d, k, beta, seed), in independently
+    seeded blocks; a cell uses the first n, the same whatever the grid's largest n."""
+    return draw_rows(law(d, k, beta, seed).sample, data_rows(spec), "sparse-pca-data", d, k, beta, seed).numpy()
 
 
 def train_config(spec: SparsePCASpec) -> TrainConfig:
@@ -119,15 +124,15 @@ def evaluate(spec: SparsePCASpec, cell: SparsePCACell, x: np.ndarray, network=No
     u, k, d = dist.u, cell.k, cell.d
     xn = torch.as_tensor(x[: cell.n], dtype=torch.float64)
     s = spe.sample_covariance(xn)
-    g = torch.Generator().manual_seed(derive_seed("sparse-pca-eval", cell.key))
     exact = dist.score
     points = []
-    for t in ev.t:
-        xt = dist.sample(ev.n_score, g, t=float(t))
+    for t in ev.t:  # each t its own points: a value does not depend on the rest of the t grid
+        xt = dist.sample(ev.n_score, rng("sparse-pca-score", cell.key, t), t=float(t))
         points.append((float(t), xt, exact(xt, float(t))))
-    target = dist.sample(ev.n_samples, g, t=ev.t_min)
-    target2 = dist.sample(ev.n_samples, g, t=ev.t_min)
-    sw2 = SlicedW2(target, torch.Generator().manual_seed(derive_seed("sparse-pca-proj", cell.key)), n_proj=N_PROJ)
+    target = dist.sample(ev.n_samples, rng("sparse-pca-target", cell.key), t=ev.t_min)
+    target2 = dist.sample(ev.n_samples, rng("sparse-pca-target-2", cell.key), t=ev.t_min)
+    g = rng("sparse-pca-sampler", cell.key)
+    sw2 = SlicedW2(target, rng("sparse-pca-proj", cell.key), n_proj=N_PROJ)
     x0 = torch.randn(ev.n_samples, d, generator=g)
     replay = replay_noise(ev, x0.shape, g)
     E, T, size = len(spec.estimator), len(ev.t), max(spec.d)

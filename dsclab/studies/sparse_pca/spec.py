@@ -5,13 +5,13 @@ non-negative, estimators distinct registered names in the given order). The stud
 described in :mod:`dsclab.studies.sparse_pca`."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from dsclab import axes
 from dsclab import sparse_pca_estimators as spe
-from dsclab.spec import Sampler, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen
+from dsclab.spec import Sampler, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen, check_nfe
 
 CELL_DIMS = ("d", "k", "beta", "n", "seed")
 NETWORK, ORACLE = "network", "oracle"
@@ -42,6 +42,9 @@ class SparsePCAEvalSpec(TimeRange):
 class SparsePCASpec(StudyBase):
     """A sparse-PCA study: the grid d x k x beta x n x seed; every cell evaluates every estimator."""
 
+    AXES: ClassVar[dict[str, str]] = {"d": "d", "k": "k", "beta": "beta", "n": "n", "seed": "seed",
+                                      "estimator": "estimator", "t": "evaluation.t"}
+
     kind: Literal["sparse_pca"] = Field("sparse_pca", description="study kind (selects the flow)")
     d: axes.PositiveInts = Field(..., description="dimensions")
     k: axes.PositiveInts = Field(..., description="sparsities (nonzero entries of u); each below every d")
@@ -57,6 +60,7 @@ class SparsePCASpec(StudyBase):
     def _grid(self) -> "SparsePCASpec":
         if max(self.k) >= min(self.d):
             raise ValueError(f"k: {max(self.k)} must be below every d (smallest d is {min(self.d)})")
+        check_nfe(self.evaluation.sampler, self.evaluation.nfe, "evaluation.nfe")
         axes.grid_size(len(self.d) * len(self.k) * len(self.beta) * len(self.n) * len(self.seed), self.max_cells)
         return self
 

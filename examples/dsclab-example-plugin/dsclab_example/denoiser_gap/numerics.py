@@ -30,7 +30,7 @@ import torch
 import xarray as xr
 
 from dsclab import layout, noise
-from dsclab.seeds import derive_seed
+from dsclab.seeds import rng
 from dsclab_example.denoiser_gap.spec import CELL_DIMS, DenoiserGapSpec, GapCell
 
 PER_TIME = {
@@ -88,8 +88,7 @@ def evaluate(spec: DenoiserGapSpec, cell: GapCell) -> xr.Dataset:
     law = spec.law(cell.data, cell.d)
     rows = {k: [] for k in PER_TIME}
     for t in spec.t:
-        g = torch.Generator().manual_seed(derive_seed("denoiser-gap", spec.data_params(cell.data), cell.d,
-                                                      cell.seed, float(t)))
+        g = rng("denoiser-gap", spec.data_params(cell.data), cell.d, cell.seed, float(t))
         x0 = law.sample(spec.n_points, g).to(torch.float64)
         xt = noise.mean_coef(float(t)) * x0 + noise.sigma(float(t)) * torch.randn(x0.shape, generator=g,
                                                                                    dtype=torch.float64)

@@ -7,7 +7,7 @@ Grid: data law x d x seed (the cells); every cell evaluates the two denoisers at
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -25,6 +25,8 @@ def _default_data() -> list[DistributionSpec]:
 
 class DenoiserGapSpec(StudyBase):
     """A denoiser-gap study: MSE of the exact (Tweedie) and best linear denoisers against t."""
+
+    AXES: ClassVar[dict[str, str]] = {"data": "data", "d": "d", "seed": "seed", "t": "t"}
 
     kind: Literal["denoiser_gap"] = Field("denoiser_gap", description="study kind (selects the flow)")
     d: PositiveInts = Field(..., description="dimensions")
