@@ -67,6 +67,7 @@ def recover(path: str) -> None:
             _rm(old)
         elif have_new and _complete(new):
             _mv(new, path)
+            _rm(f"{path}/{COMPLETE}")
             _rm(old)
         else:
             _mv(old, path)
