@@ -5,65 +5,14 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-@pytest.fixture(scope="session")
-def test_server():
-    """One Prefect API server (a subprocess, on a temporary SQLite database) for the session,
-    started by the first module that needs it: starting one costs ~7 s, so each module gets the
-    shared server through :func:`harness` instead of a server of its own."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
-    from prefect.testing.utilities import _find_available_port
-
-    tmp = tempfile.mkdtemp()
-    with temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{Path(tmp) / 'test.db'}"}):
-        server = SubprocessASGIServer(port=_find_available_port())
-        server.start(timeout=120)
-    yield server
-    server.stop()
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
-def harness(test_server):
-    """The flows of one test module run against the session's test server: what
-    ``prefect_test_harness`` does around its own server (the API URL in this process's settings,
-    also as the global settings context, and the server registered as Prefect's default one),
-    undone after the module, with the log and event workers drained."""
-    import prefect.context
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.utilities.asyncutils import run_coro_as_sync
+def harness():
+    """A temporary Prefect server and database for the flows of one test module
+    (``prefect_test_harness``)."""
+    from prefect.testing.utilities import prefect_test_harness
 
-    prior = SubprocessASGIServer._instances.get(None)
-    SubprocessASGIServer._instances[None] = test_server
-    try:
-        with temporary_settings({PREFECT_API_URL: test_server.api_url}), \
-                prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
-            yield
-
-            async def drain():  # as prefect_test_harness does before it stops its server
-                try:
-                    result = APILogWorker.instance().drain()
-                    if hasattr(result, "__await__"):
-                        await result
-                except RuntimeError:
-                    pass
-                result = EventsWorker.drain_all()
-                if hasattr(result, "__await__"):
-                    await result
-
-            run_coro_as_sync(drain())
-    finally:
-        if prior is not None:
-            SubprocessASGIServer._instances[None] = prior
-        else:
-            SubprocessASGIServer._instances.pop(None, None)
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture(scope="module")
