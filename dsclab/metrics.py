@@ -22,14 +22,19 @@ from dsclab.registry import Needs, Registry, declare, nonempty_text, text
 
 
 def score_errors(score_hat: Callable, dist, ts: Sequence[float], m: int, deltas: Sequence[float],
-                 generator: torch.Generator, dtype=torch.float32) -> dict[str, np.ndarray]:
+                 generator: torch.Generator | Callable[[float], torch.Generator],
+                 dtype=torch.float32) -> dict[str, np.ndarray]:
     """L2, relative L2 and quantile score errors on a grid of times.
 
-    Returns ``l2 (T,)``, ``l2_rel (T,)`` and ``quantile (T, D)`` for ``ts`` and ``deltas``.
+    The m points at time t come from ``generator(t)`` when ``generator`` is a callable (each t its
+    own draws: a value does not depend on the rest of the grid, so a store grows along t), else
+    from the one generator, time after time. Returns ``l2 (T,)``, ``l2_rel (T,)`` and
+    ``quantile (T, D)`` for ``ts`` and ``deltas``.
     """
     l2, rel, qs = [], [], []
     for t in ts:
-        x = dist.sample(m, generator, t=float(t))
+        g = generator(t) if callable(generator) else generator
+        x = dist.sample(m, g, t=float(t))
         s = dist.score(x, float(t))
         with torch.no_grad():
             sh = score_hat(x.to(dtype), float(t)).to(torch.float64)

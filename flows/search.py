@@ -198,10 +198,7 @@ def search(request: SearchRequest, runner: RunnerSpec = RunnerSpec()) -> dict:
         return Failed(message=str(e), data=e)
 
 
-if __name__ not in ("flows.search", "__main__"):
-    # A deployment's entrypoint ``flows/search.py:search``: Prefect executes this file as a script
-    # module named ``search``, which Dask workers cannot import (see the end of flows/study.py).
-    import importlib as _importlib
 
-    _package = _importlib.import_module("flows.search")
-    globals().update({k: v for k, v in vars(_package).items() if not k.startswith("__")})
+import flows  # noqa: E402 - at the end: a deployment's entrypoint hands out this package module's flow
+
+flows.as_package_module(globals(), "flows.search")

@@ -229,13 +229,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-if __name__ not in ("flows.study", "__main__"):
-    # A deployment's entrypoint ``flows/study.py:<kind>``: Prefect executes this file as a script
-    # module named ``study``, which Dask workers cannot import when the task context (holding the
-    # flow) is pickled for them. Hand out the package module's objects instead, so that everything
-    # pickled refers to ``flows.study``, importable wherever dsclab is installed.
-    import importlib as _importlib
 
-    _package = _importlib.import_module("flows.study")
-    globals().update({k: v for k, v in vars(_package).items() if not k.startswith("__")})
-    __getattr__ = _package.__getattr__  # noqa: F811 - the package's flows, not this copy's
+import flows  # noqa: E402 - at the end: a deployment's entrypoint hands out this package module's flows
+
+flows.as_package_module(globals(), "flows.study")

@@ -146,8 +146,7 @@ def evaluate(spec: StudySpec, cell: Cell, score_hat, result: TrainResult | None 
     ev = spec.evaluation
     t0 = time.perf_counter()
     dist = distributions.make(spec.distribution.name, cell.d, **spec.distribution.params)
-    per_t = [score_errors(score_hat, dist, [t], ev.n_score, ev.delta, rng("score", cell.key, t)) for t in ev.t]
-    errs = {k: np.concatenate([e[k] for e in per_t]) for k in ("l2", "l2_rel", "quantile")}
+    errs = score_errors(score_hat, dist, ev.t, ev.n_score, ev.delta, lambda t: rng("score", cell.key, t))
     target = dist.sample(ev.n_samples, rng("target", cell.key), t=ev.t_min)
     target2 = dist.sample(ev.n_samples, rng("target-2", cell.key), t=ev.t_min)
     names = list(SAMPLE_METRICS.builtin_names)  # the template's variables, whatever plugins add

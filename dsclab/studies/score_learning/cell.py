@@ -106,8 +106,7 @@ def evaluate(spec: ScoreLearningSpec, cell: SLCell, model, result: bs.FitResult 
     # common random numbers across n, estimators and models: every draw depends on (law, d, seed)
     # and, per t, on t alone (a value does not depend on the rest of the t grid)
     crn = (spec.distribution.model_dump(mode="json"), cell.d, cell.seed)
-    per_t = [score_errors(model.score, law, [t], ev.n_score, ev.delta, rng("sl-score", *crn, t)) for t in ev.t]
-    errs = {k: np.concatenate([e[k] for e in per_t]) for k in ("l2", "l2_rel", "quantile")}
+    errs = score_errors(model.score, law, ev.t, ev.n_score, ev.delta, lambda t: rng("sl-score", *crn, t))
     tv, tv1, tvo = (np.full(len(ev.t), np.nan) for _ in range(3))
     for i, t in enumerate(ev.t):
         g = rng("sl-var", *crn, t)
