@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_study, record  # noqa: E402
 
 import storage  # noqa: E402
+from dsclab.studies.sample_complexity import layout as sc_layout  # noqa: E402
 from dsclab.studies.sample_complexity import numerics as sc  # noqa: E402
 from dsclab.study import kind_of  # noqa: E402
 from flows import artifacts, runners  # noqa: E402
@@ -43,7 +44,7 @@ from flows import artifacts, runners  # noqa: E402
 
 def plain(spec, path: str) -> None:
     """The study through plain calls: cells, then the flow's summary table, report and plot."""
-    storage.create_or_open(path, sc.template(spec), sc.CELL_DIMS)
+    storage.create_or_open(path, sc_layout.template(spec), sc_layout.CELL_DIMS)
     runners.share_cores(spec.workers)
     groups = defaultdict(list)
     for c in spec.cells():

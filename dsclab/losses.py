@@ -9,12 +9,12 @@ Randomness is passed in, never drawn here.
   ``x0 (m, d)``, times ``t (m,)`` and standard normal noise ``z (m, d)`` and forms
   X_t = e^{-t} x0 + sigma_t z. ``ESTIMATORS`` is a :class:`dsclab.registry.Registry`: another
   installed package adds a loss through the entry-point group ``dsclab.estimators``.
-* Stored pairs (x0, X_t) of a ``dsclab.bootstrap.NoisedData`` (its conventions):
+* Stored pairs (x0, X_t) of a ``dsclab.studies.score_learning.bootstrap.NoisedData`` (its conventions):
   :func:`dsm_pair_loss`, and :class:`BSMPairLoss` (BSM with the pure bootstrap target
   :func:`bsm_target` or the Rao–Blackwellised one :func:`bsm_rb_target`; with
   :class:`ExactScore` as h_hat, the oracle variants). These networks are noise predictors
   eps_hat(x, t) (``dsclab.nets``), values in eps units (score units weighted by sigma_t^2).
-* The drift loss of the spike network (``dsclab.spike``): :func:`drift_matching_loss`.
+* The drift loss of the spike network (``dsclab.studies.computational_gap.spike``): :func:`drift_matching_loss`.
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class EnsembleLoss:
 
 
 # ------------------------------------------------------------------------------------------
-# Stored pairs (dsclab.bootstrap): DSM, BSM, BSM-oracle
+# Stored pairs (dsclab.studies.score_learning.bootstrap): DSM, BSM, BSM-oracle
 # ------------------------------------------------------------------------------------------
 
 
@@ -134,7 +134,7 @@ def bsm_loss(model, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, prev: t
 
     The mixed per-sample loss is, up to a constant, sigma_t^2 ||s_hat - T_mix||^2 with the
     effective target T_mix = mix T_dsm + (1 - mix) T (whose variance and bias
-    ``dsclab.bootstrap_targets`` measures and gives in closed form).
+    ``dsclab.studies.score_learning.bootstrap_targets`` measures and gives in closed form).
     """
     per = dsm_pair_loss(model, x0, xt, t)
     hi = t > t_c
@@ -182,7 +182,7 @@ class ExactScore:
 
 
 # ------------------------------------------------------------------------------------------
-# The spike network's drift loss (dsclab.spike)
+# The spike network's drift loss (dsclab.studies.computational_gap.spike)
 # ------------------------------------------------------------------------------------------
 
 
@@ -190,7 +190,7 @@ class ExactScore:
 def drift_matching_loss(model, y: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """||m_theta(y_t, t) - x||^2 per matrix, ``(B,)``, in the network's dtype: ``y (B, n, n)`` the
     observation y_t = t x + W_t of the clean matrix ``x (B, n, n)`` at SL times ``t (B,)``
-    (``dsclab.spike`` conventions); x is moved to the prediction's device and dtype. Its
+    (``dsclab.studies.computational_gap.spike`` conventions); x is moved to the prediction's device and dtype. Its
     minimiser is the Bayes drift E[x | y_t]."""
     pred = model(y, t)
     return (pred - x.to(device=pred.device, dtype=pred.dtype)).pow(2).sum(dim=(1, 2))

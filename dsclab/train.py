@@ -6,7 +6,7 @@ seeded). It owns what every training run shares: the step (zero_grad, backward, 
 gradient clipping, optimiser and schedule steps), the arithmetic of the loss (autocast), the
 non-finite check, and the record of the loss (:class:`Trace`). Its callers build the model,
 the optimiser, the schedule and the draws: ``train_score`` and ``train_ensemble`` here,
-``dsclab.bootstrap.fit`` (stored pairs, DSM / BSM), ``dsclab.spike.train_network`` (the
+``dsclab.studies.score_learning.bootstrap.fit`` (stored pairs, DSM / BSM), ``dsclab.studies.computational_gap.spike.train_network`` (the
 equivariant network's drift loss).
 
 ``train_score`` fits one score network to n points with Adam for a budget of optimiser steps.

@@ -14,11 +14,11 @@ import pytest
 import torch
 import xarray as xr
 
-from dsclab import bootstrap as bs
+from dsclab.studies.score_learning import bootstrap as bs
 from dsclab import analysis, distributions, losses, noise
 from dsclab.seeds import derive_seed, generator
 from dsclab.spec import SpecError, parse_spec
-from dsclab.studies.score_learning.cell import draw_training_data, gauss_kl_to
+from dsclab.studies.score_learning.numerics import draw_training_data, gauss_kl_to
 from dsclab.studies.score_learning.plot import plot as sl_plot
 from dsclab.studies.score_learning.readout import n_star as n_star_table
 from dsclab.studies.score_learning.report import report as sl_report

@@ -1,4 +1,4 @@
-"""The regression targets of time bootstrapping (``dsclab.bootstrap_targets``, issues 5 and 17)
+"""The regression targets of time bootstrapping (``dsclab.studies.score_learning.bootstrap_targets``, issues 5 and 17)
 against closed forms: the bootstrapping identity and unbiased pure and Rao–Blackwellised targets,
 their conditional variances at fixed X_t, Var(T_RB | X_t) <= Var(T_dsm | X_t), and the bias a
 perturbed lower-noise score puts into each target.
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from dsclab import bootstrap as bs
-from dsclab import bootstrap_targets as bt
+from dsclab.studies.score_learning import bootstrap as bs
+from dsclab.studies.score_learning import bootstrap_targets as bt
 from dsclab import distributions, losses, noise
 
 Z = 5.0  # standard errors
@@ -30,7 +30,7 @@ def _mixture(d=2):
 
 def test_bootstrap_identity_for_a_gaussian_mixture_by_importance_sampling():
     """s_t(x) = e^{t-t'} E[s_{t'}(X_{t'}) | X_t = x], with the conditional expectation computed
-    independently of dsclab.bootstrap: X_{t'} ~ q_{t'} exactly, weighted by the OU transition
+    independently of dsclab.studies.score_learning.bootstrap: X_{t'} ~ q_{t'} exactly, weighted by the OU transition
     density N(x; e^{-Delta} X_{t'}, sigma_Delta^2 I) (self-normalised importance sampling; SE by
     the delta method)."""
     law = _mixture()
@@ -114,7 +114,7 @@ def test_bsm_targets_with_the_exact_score_are_unbiased(mode, rao_blackwell):
 
 # ------------------------------------------------------------------------------------------
 # Conditional variances of the targets, Gaussian data (closed forms in the docstring of
-# dsclab.bootstrap.gaussian_target_variance)
+# dsclab.studies.score_learning.bootstrap.gaussian_target_variance)
 # ------------------------------------------------------------------------------------------
 
 CLOSED_KEY = {"dsm": "dsm", "bsm": "mixed", "bsm_rb": "rb_mixed"}

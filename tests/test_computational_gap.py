@@ -97,7 +97,7 @@ def test_report_and_plot_against_published_at_paper_size(tmp_path):
     """At n = 350, k = 20 the report prints ours against the published numbers per t (mean,
     min-max, in band) and the plot draws the band; a store filled with the published seed means
     is in band at every t."""
-    from dsclab.spike.paper import published
+    from dsclab.studies.computational_gap.spike.paper import published
     from dsclab.study import KINDS
 
     kind = KINDS["computational_gap"]

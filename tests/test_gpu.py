@@ -231,7 +231,7 @@ def test_bayes_drift_on_cuda_equals_the_cpu():
     CUDA, at one SL time and at one time per row: the drift and P(x != 0 | y) come back on CUDA
     and equal the CPU's to 1e-10 relative (float64 sums over the same chunks; exp and the
     running log-sum-exp round by ulps)."""
-    from dsclab import spike
+    from dsclab.studies.computational_gap import spike
 
     dist = spike.sparse_spike_mixture(8, 2)
     g = torch.Generator().manual_seed(0)
@@ -255,7 +255,7 @@ def test_spike_network_on_cuda_equals_the_cpu_and_its_drift_answers_on_the_cpu()
     holds on CUDA; its drift on CUDA, called with CPU float64 observations, answers on the CPU
     in float64 and equals the CPU network's. (Its training on CUDA runs in the computational_gap
     preset above.)"""
-    from dsclab import spike
+    from dsclab.studies.computational_gap import spike
 
     n = 6
     net = spike.SpikeNet(n, width=16, depth=3, generator=torch.Generator().manual_seed(0))

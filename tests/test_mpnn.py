@@ -1,16 +1,16 @@
-"""The paper's message-passing denoiser (dsclab.spike.mpnn), its three-stage training
-(dsclab.spike.mpnn_train), its hard-test baselines (dsclab.spike.paper) and the published numbers."""
+"""The paper's message-passing denoiser (dsclab.studies.computational_gap.spike.mpnn), its three-stage training
+(dsclab.studies.computational_gap.spike.mpnn_train), its hard-test baselines (dsclab.studies.computational_gap.spike.paper) and the published numbers."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from dsclab import spike
+from dsclab.studies.computational_gap import spike
 from dsclab.seeds import rng
-from dsclab.spike.mpnn import MPNN, mpnn_drift, to_vector, unit_vectors
-from dsclab.spike.mpnn_train import PaperSchedule, matrix_loss, train_mpnn
-from dsclab.spike.paper import power_iteration_paper_drift, published, spectral_paper_drift
+from dsclab.studies.computational_gap.spike.mpnn import MPNN, mpnn_drift, to_vector, unit_vectors
+from dsclab.studies.computational_gap.spike.mpnn_train import PaperSchedule, matrix_loss, train_mpnn
+from dsclab.studies.computational_gap.spike.paper import power_iteration_paper_drift, published, spectral_paper_drift
 
 
 def _obs(dist, m, t, g):

@@ -19,6 +19,7 @@ import yaml
 import storage
 from dsclab import cli
 from dsclab.spec import parse_spec
+from dsclab.studies.sample_complexity import layout as sc_layout
 from dsclab.studies.sample_complexity import numerics as sc
 
 GRID = {"name": "conc", "d": [2, 3], "n": [10, 20, 30, 40], "seed": [0, 1], "nfe": [5],
@@ -50,7 +51,7 @@ def test_four_concurrent_writers_lose_nothing(tmp_path):
     stores = {}
     for mode in ("serial", "concurrent"):
         path = str(tmp_path / f"{mode}.zarr")
-        storage.create_or_open(path, sc.template(spec), sc.CELL_DIMS)
+        storage.create_or_open(path, sc_layout.template(spec), sc_layout.CELL_DIMS)
         args = lambda part, parts: [sys.executable, str(tmp_path / "writer.py"), str(tmp_path / "spec.yaml"),
                                     path, str(part), str(parts)]
         if mode == "serial":

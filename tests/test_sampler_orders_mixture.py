@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dsclab import noise, samplers
-from dsclab.exact_kl import default_grid, mixture1d, sampler_kl_1d
+from dsclab.studies.sampler_convergence.exact_kl import default_grid, mixture1d, sampler_kl_1d
 from dsclab.samplers import SAMPLERS
 
 T, T_MIN, SCHED = 5.0, 1e-3, "exp"

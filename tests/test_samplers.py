@@ -17,8 +17,8 @@ from scipy.integrate import solve_ivp
 
 from dsclab import noise, noise_sources, samplers
 from dsclab.distributions import GaussianMixture, make
-from dsclab.exact_kl import mixture1d, product_sampler_kl, sampler_kl_1d
-from dsclab.gaussian_exact import gaussian_kl, gaussian_score, sampler_kl, sampler_law, target_law
+from dsclab.studies.sampler_convergence.exact_kl import mixture1d, product_sampler_kl, sampler_kl_1d
+from dsclab.studies.sampler_convergence.gaussian_exact import gaussian_kl, gaussian_score, sampler_kl, sampler_law, target_law
 from dsclab.registry import RegistryError, declare
 from dsclab.noise_sources import BrownianNoise, GaussianNoise
 from dsclab.samplers import NFE_PER_STEP, SAMPLERS

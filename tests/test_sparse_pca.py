@@ -8,7 +8,7 @@ import pytest
 import torch
 import xarray as xr
 
-from dsclab import sparse_pca_estimators as spe
+from dsclab.studies.sparse_pca import estimators as spe
 from dsclab.studies.sparse_pca import numerics, report
 from dsclab.studies.sparse_pca.plot import plot
 from dsclab.studies.sparse_pca.spec import ESTIMATOR_NAMES, SparsePCAEvalSpec, SparsePCASpec

@@ -1,4 +1,4 @@
-"""Tests for dsclab.spike (science.md §5): each number is checked against a closed form or an
+"""Tests for dsclab.studies.computational_gap.spike (science.md §5): each number is checked against a closed form or an
 independent computation. Monte Carlo tolerances are 5 standard errors computed in the test
 (two-sided normal tail 5.7e-7 per comparison, so even a few hundred comparisons in one test keep
 the false-alarm rate below 1e-3), unless stated otherwise."""
@@ -13,7 +13,7 @@ import torch
 from scipy.stats import chi2
 
 from dsclab import noise
-from dsclab.spike import (
+from dsclab.studies.computational_gap.spike import (
     SpikeNet, bayes_drift, constant_drift, drift_loss, fixed_sample, frac_close_rank_one, gated,
     hidden_clique, make_drift, make_spike, nearest_rank_one, network_drift, observe, ou_from_sl,
     ou_score, sample_norm, sl_from_ou, sl_generate, sparse_spike, sparse_spike_mixture, summarize,

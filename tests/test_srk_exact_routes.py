@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from dsclab import errors, noise
-from dsclab.gaussian_exact import gaussian_score, sampler_kl, sampler_law, step_map
+from dsclab.studies.sampler_convergence.gaussian_exact import gaussian_score, sampler_kl, sampler_law, step_map
 from dsclab.samplers import SAMPLERS, steps_for_nfe
 from dsclab.spec import SpecError, parse_spec
 from dsclab.studies.sampler_convergence import exact, targets
 from dsclab.studies.sampler_convergence import spec as spec_mod
-from dsclab.studies.sampler_convergence.cell import run_cell
+from dsclab.studies.sampler_convergence.numerics import run_cell
 from dsclab.studies.sampler_convergence.spec import EXACT_KL_SAMPLERS, SamplerConvergenceSpec, kl_exact
 
 

@@ -11,14 +11,14 @@ import xarray as xr
 
 from storage.check import check_store
 from dsclab import analysis, noise
-from dsclab.studies.sampler_convergence.cell import run_cell
+from dsclab.studies.sampler_convergence.numerics import run_cell
 from dsclab.studies.sampler_convergence.exact import product_kl_1d
 from dsclab.studies.sampler_convergence.plot import plot
 from dsclab.studies.sampler_convergence.report import report
 from dsclab.studies.sampler_convergence.spec import TARGETS, SamplerConvergenceSpec
 from dsclab.studies.sampler_convergence.targets import exact_score, make_target
-from dsclab.exact_kl import default_grid, mixture1d, sampler_kl_1d
-from dsclab.gaussian_exact import sampler_kl
+from dsclab.studies.sampler_convergence.exact_kl import default_grid, mixture1d, sampler_kl_1d
+from dsclab.studies.sampler_convergence.gaussian_exact import sampler_kl
 from dsclab.samplers import SAMPLERS, steps_for_nfe, uses_levy_area
 from dsclab.spec import SpecError, parse_spec
 

@@ -6,7 +6,7 @@ from xarray.testing import assert_identical
 
 import storage
 from dsclab.spec import parse_spec
-from dsclab.studies.sample_complexity import numerics as sc
+from dsclab.studies.sample_complexity import layout as sc
 
 BASE = {"name": "s", "d": [2, 4], "n": [10, 20], "seed": [0, 1], "nfe": [5], "sampler": ["euler_maruyama"],
         "evaluation": {"t": [0.1, 1.0], "delta": [0.1]}}

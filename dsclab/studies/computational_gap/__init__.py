@@ -1,12 +1,13 @@
 """The computational-gap study kind (Montanari-Vu 2025): Bayes, polynomial-time and trained drifts.
 
-Modules: ``spec`` (the spec and its cells), ``numerics`` (store layout, training of the network
-drift, evaluation of one cell; the study's conventions are documented there), ``report`` (text)
+Modules: ``spec`` (the spec and its cells), ``layout`` (the store), ``numerics`` (training of the
+network drift, evaluation of one cell; the study's conventions are documented there), ``spike``
+(the science: the law, its drifts, the networks and the paper's numbers), ``report`` (text)
 and ``plot`` (figure)."""
 from __future__ import annotations
 
 from dsclab.studies import small_preset
-from dsclab.studies.computational_gap import numerics
+from dsclab.studies.computational_gap import layout, numerics
 from dsclab.studies.computational_gap import plot as _plot
 from dsclab.studies.computational_gap import report as _report
 from dsclab.studies.computational_gap.spec import CELL_DIMS, ComputationalGapSpec
@@ -23,7 +24,7 @@ class ComputationalGap(StudyKind):
                    "or hidden clique; norms of generated samples; integrated losses (Montanari-Vu 2025).")
     small = small_preset(__file__)
     torch_threads = 1  # tiny tensors: one thread per task is faster than sharing cores
-    template = staticmethod(numerics.template)
+    template = staticmethod(layout.template)
     report = staticmethod(_report.report)
     plot = staticmethod(_plot.plot)
 

@@ -1,20 +1,20 @@
 """The computational-gap study's numerics (project issue 6; science.md §5, Montanari–Vu 2025):
-store layout, training of the network drift and evaluation of one cell. No I/O and no Prefect
+training of the network drift and evaluation of one cell (the store layout is ``.layout``). No I/O and no Prefect
 here (the kind's stages, ``dsclab.studies.computational_gap``, wrap these; the spec is in
 ``.spec``).
 
 Law. The spec's ``family`` (``spec.STUDY_FAMILIES``): ``sparse_spike`` is
-``mu_bar = 1/2 delta_0 + 1/2 mu_{n,k}`` (``dsclab.spike.sparse_spike_mixture``), ``hidden_clique``
-the same with all signs + (a planted clique's signal, ``dsclab.spike.hidden_clique``, p = 1/2);
+``mu_bar = 1/2 delta_0 + 1/2 mu_{n,k}`` (``dsclab.studies.computational_gap.spike.sparse_spike_mixture``), ``hidden_clique``
+the same with all signs + (a planted clique's signal, ``dsclab.studies.computational_gap.spike.hidden_clique``, p = 1/2);
 x = u u^T, observed in stochastic-localisation time t (SNR): ``y_t = t x + W_t`` (conventions in
-``dsclab.spike``).
+``dsclab.studies.computational_gap.spike``).
 
 Cells. One cell per (n, k, seed) (``CELL_DIMS``). A cell trains the equivariant network
-(``dsclab.spike.SpikeNet``, drift loss, ``train.steps`` steps on ``train.n_train`` draws of mu_bar),
+(``dsclab.studies.computational_gap.spike.SpikeNet``, drift loss, ``train.steps`` steps on ``train.n_train`` draws of mu_bar),
 then evaluates every drift of the ``drift`` axis on common random numbers:
 
 * ``mse (drift, n, k, t, seed)``: E||m(y_t, t) - x||^2 on ``evaluation.n_mse`` fresh (x, z) per t
-  (``dsclab.spike.mse_curve``); the t grid is absolute SL time, shared by every n;
+  (``dsclab.studies.computational_gap.spike.mse_curve``); the t grid is absolute SL time, shared by every n;
 * ``integrated_loss (drift, n, k, seed)``: int_0^T E||m - x||^2 dt with T = ``T_mult`` n
   (trapezoid, ``evaluation.int_steps`` steps, ``evaluation.n_int`` samples; uniform weight in SL
   time, the one under which the excess over Bayes is twice the path KL);
@@ -26,13 +26,13 @@ then evaluates every drift of the ``drift`` axis on common random numbers:
   network can drive the sampler to infinity) gets norm +inf, counts in ``frac_diverged`` and
   makes ``w1_norm`` +inf; the cell still completes.
 
-The ``mpnn`` drift (the paper's message-passing network, ``dsclab.spike.mpnn``) trains in the
+The ``mpnn`` drift (the paper's message-passing network, ``dsclab.studies.computational_gap.spike.mpnn``) trains in the
 kind's train stage (:func:`train_mpnn_cell`, the paper's three stages with the spec's ``mpnn.budget``,
 stage checkpoints in the files beside the store so that a killed training resumes); its samples
 also give ``frac_norm_below_tenth`` (the paper's collapse: norms ~0.004-0.013).
 
 Drifts (``STUDY_DRIFTS``): spectral_paper / power_iteration_paper (the paper's hard-test baselines,
-``dsclab.spike.paper``), mpnn, bayes (exact enumeration; only where C(n,k) 2^{k-1} <= ``bayes_max_terms``,
+``dsclab.studies.computational_gap.spike.paper``), mpnn, bayes (exact enumeration; only where C(n,k) 2^{k-1} <= ``bayes_max_terms``,
 else its values stay NaN and ``bayes_terms`` tells why), spectral, gated_spectral (the spectral
 drift gated at t_alg = n/2: zero below 0.9 t_alg, times the spectral test above 1.1 t_alg),
 power_iteration, threshold, constant (E x, MSE ``dist.constant_mse()``: 1/2 - 1/(4n) for sparse_spike), network, fixed_sample (outputs one
@@ -47,75 +47,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dsclab import layout, spike
+from dsclab.studies.computational_gap import spike
 from dsclab.seeds import rng
-from dsclab.studies.computational_gap.spec import CELL_DIMS, STUDY_DRIFTS, ComputationalGapSpec, GapCell
-
-
-# -------------------------------------------------------------------------------------------
-# Store template
-# -------------------------------------------------------------------------------------------
-
-PER_DRIFT = {
-    "integrated_loss": ("int_0^T E||m(y_t,t) - x||^2 dt, T = T_mult n (uniform in SL time)", "1"),
-    "integrated_loss_se": ("standard error of integrated_loss over samples", "1"),
-    "frac_norm_above_half": ("fraction of generated samples with ||x_hat||_F > 1/2 (target 1/2)", "1"),
-    "frac_norm_below_tenth": ("fraction of generated samples with ||x_hat||_F < 0.1 (target 1/2)", "1"),
-    "w1_norm": ("W1 between the law of ||x_hat||_F and the target's (0 or 1 w.p. 1/2)", "1"),
-    "frac_rank_one": ("fraction of samples within min(0.25, 0.45/sqrt k) of some u u^T (target 1/2)", "1"),
-    "frac_diverged": ("fraction of generated samples that overflowed (non-finite; their norm is stored as inf)", "1"),
-    "sample_seconds": ("wall time of the SL sampler with this drift", "s"),
-}
-PER_CELL = {
-    "train_seconds": ("training wall time of the network", "s"),
-    "train_loss": ("mean drift loss over the last 10% of training steps", "1"),
-    "cell_seconds": ("wall time of the cell", "s"),
-}
-PER_CELL_MPNN = {
-    "mpnn_train_seconds": ("training wall time of the mpnn (all three stages, resumed ones included)", "s"),
-    "mpnn_train_loss": ("best training loss (epoch mean of sum_ij (x_hat - x)^2) of the mpnn's last stage", "1"),
-}
-
-
-def template(spec: ComputationalGapSpec) -> xr.Dataset:
-    """The empty store: dims, coordinates, attributes; floats NaN, status pending, closed forms filled."""
-    ev = spec.evaluation
-    coords = {"n": np.array(spec.n, dtype=np.int64), "k": np.array(spec.k, dtype=np.int64),
-              "seed": np.array(spec.seed, dtype=np.int64), "drift": np.array(spec.drift, dtype=str),
-              "t": np.array(ev.t, dtype=np.float64), "sample": np.arange(ev.n_samples, dtype=np.int64)}
-    curve = ("drift", "n", "k", "t", "seed")
-    variables = {
-        "mse": (curve, "MSE(t) = E||m(y_t, t) - x||^2", "1"),
-        "mse_se": (curve, "standard error of mse", "1"),
-        "sample_norm": (("drift", "n", "k", "seed", "sample"), "||x_hat||_F of generated samples", "1"),
-        **layout.over(("drift",) + CELL_DIMS, PER_DRIFT),
-        **layout.over(CELL_DIMS, {name: v for name, v in PER_CELL.items()
-                                  if spec.trains or not name.startswith("train_")}),
-        **(layout.over(CELL_DIMS, PER_CELL_MPNN) if spec.trains_mpnn else {}),
-    }
-    nk = ("n", "k")
-    grid = lambda f: np.array([[f(n, k) for k in spec.k] for n in spec.n], dtype=np.float64)
-    closed = {
-        "t_bayes": (nk, grid(spike.threshold_bayes), {"long_name": "Bayes threshold 2k log(n/k)", "units": "1"}),
-        "t_spectral": (nk, grid(spike.threshold_spectral), {"long_name": "spectral (BBP) threshold n/2", "units": "1"}),
-        "t_threshold": (nk, grid(spike.threshold_thresholding),
-                        {"long_name": "entrywise-thresholding scale k^2 log(n/k^2)", "units": "1"}),
-        "bayes_terms": (nk, grid(lambda n, k: float(spec.law(n, k).n_points)),
-                        {"long_name": "terms of the Bayes enumeration: C(n,k) 2^(k-1) (sparse_spike), C(n,k) (hidden_clique)",
-                         "units": "1", "max_terms": ev.bayes_max_terms}),
-        "mse_constant": (nk, grid(lambda n, k: spec.law(n, k).constant_mse()),
-                         {"long_name": "MSE of the best constant drift E||x||^2 - ||E x||^2 "
-                                       "(1/2 - 1/(4n) for sparse_spike)", "units": "1"}),
-    }
-    coord_attrs = layout.coord_attrs(t={"long_name": "stochastic-localisation time (SNR)", "units": "1"},
-                                     n="matrix size (d = n^2)", k="sparsity")
-    attrs = {"family": spec.family,
-             "conventions": "x = u u^T, u k-sparse in {0, +-1/sqrt k} (hidden_clique: {0, +1/sqrt k}), "
-                            "law 1/2 delta_0 + 1/2 mu_{n,k}; y_t = t x + W_t (SL time), see dsclab.spike"}
-    if spec.trains_mpnn:
-        attrs["mpnn_budget"] = spec.mpnn.budget
-        attrs["mpnn_steps"] = spec.mpnn.schedule().steps()
-    return layout.template(spec, coords, CELL_DIMS, variables, coord_attrs, closed=closed, attrs=attrs)
+from dsclab.studies.computational_gap.layout import PER_DRIFT
+from dsclab.studies.computational_gap.spec import STUDY_DRIFTS, ComputationalGapSpec, GapCell
 
 
 # -------------------------------------------------------------------------------------------
@@ -139,7 +74,7 @@ def train(spec: ComputationalGapSpec, n: int, k: int, seed: int, device: str = "
 
 class StageCheckpoints:
     """The mpnn's stage checkpoints of one cell in the kind's cache (files beside the store):
-    ``mpnn/<cell key>/stage<s>.npy`` (``dsclab.spike.mpnn_train`` defines the content)."""
+    ``mpnn/<cell key>/stage<s>.npy`` (``dsclab.studies.computational_gap.spike.mpnn_train`` defines the content)."""
 
     def __init__(self, cache, key: str):
         self.cache, self.key = cache, key
@@ -158,8 +93,8 @@ class StageCheckpoints:
 def train_mpnn_cell(spec: ComputationalGapSpec, cell: GapCell, cache, device: str = "cpu", log=None) -> dict:
     """Train the cell's ``mpnn`` (the paper's schedule at the spec's budget), resuming from its last
     stage checkpoint in ``cache``; returns the checkpoint payload {vector, config, loss, seconds}."""
-    from dsclab.spike.mpnn import MPNN, to_vector
-    from dsclab.spike.mpnn_train import train_mpnn
+    from dsclab.studies.computational_gap.spike.mpnn import MPNN, to_vector
+    from dsclab.studies.computational_gap.spike.mpnn_train import train_mpnn
 
     dist = spec.law(cell.n, cell.k)
     net = MPNN(cell.n, cell.k, generator=rng("mpnn-init", cell.key))
@@ -170,7 +105,7 @@ def train_mpnn_cell(spec: ComputationalGapSpec, cell: GapCell, cache, device: st
 
 
 def restore_mpnn(payload: dict):
-    from dsclab.spike.mpnn import MPNN, from_vector
+    from dsclab.studies.computational_gap.spike.mpnn import MPNN, from_vector
 
     return from_vector(MPNN(**payload["config"]), torch.as_tensor(payload["vector"])).eval()
 

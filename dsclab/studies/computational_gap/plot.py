@@ -34,7 +34,7 @@ def plot(ds: xr.Dataset, out: str) -> str:
                 ax.axvline(v, color="k", ls=style, lw=0.8, label=var)
         ax.axhline(float(ds.mse_constant.sel(n=n, k=k)), color="grey", lw=0.8, label="constant E||x - E x||^2")
         if (int(n), int(k)) == (350, 20) and ds.attrs.get("family", "sparse_spike") == "sparse_spike":
-            from dsclab.spike.paper import published
+            from dsclab.studies.computational_gap.spike.paper import published
 
             pub = published()
             ax.fill_between(pub["t"], pub["network"].min(0), pub["network"].max(0), color="C0", alpha=0.25,

@@ -33,7 +33,7 @@ def _mse_table(ds: xr.Dataset, mse: xr.DataArray, n, k) -> list[str]:
 
 def _published_lines(ds: xr.Dataset, done) -> list[str]:
     """Ours against the paper's published MSEs at the times both have (n = 350, k = 20)."""
-    from dsclab.spike.paper import published
+    from dsclab.studies.computational_gap.spike.paper import published
 
     pub = published()
     sel = {"n": PAPER_NK[0], "k": PAPER_NK[1]}

@@ -14,7 +14,7 @@ from dsclab.axes import PositiveInts, PositiveTimes, Seeds
 from dsclab.spec import StudyBase, _Frozen
 
 CELL_DIMS = ("n", "k", "seed")
-# study drift name -> (dsclab.spike.DRIFTS factory, its parameters)
+# study drift name -> (dsclab.studies.computational_gap.spike.DRIFTS factory, its parameters)
 STUDY_DRIFTS: dict[str, tuple[str, dict]] = {
     "bayes": ("bayes", {}),
     "spectral": ("spectral", {}),
@@ -30,7 +30,7 @@ STUDY_DRIFTS: dict[str, tuple[str, dict]] = {
 }
 Drifts = axes.Names(STUDY_DRIFTS, "drift")
 DEFAULT_DRIFTS = [d for d in STUDY_DRIFTS if d != "mpnn"]  # mpnn trains for minutes: opt in
-# study family name -> (dsclab.spike.SPIKE_FAMILIES factory, its parameters): the law of x
+# study family name -> (dsclab.studies.computational_gap.spike.SPIKE_FAMILIES factory, its parameters): the law of x
 STUDY_FAMILIES: dict[str, tuple[str, dict]] = {
     "sparse_spike": ("sparse_spike_mixture", {"p_spike": 0.5}),
     "hidden_clique": ("hidden_clique", {"p_spike": 0.5}),
@@ -39,7 +39,7 @@ Family = axes.Name(STUDY_FAMILIES, "family")
 
 
 class GapTrainSpec(_Frozen):
-    """Training of the network drift (``dsclab.spike.train_network``)."""
+    """Training of the network drift (``dsclab.studies.computational_gap.spike.train_network``)."""
 
     steps: int = Field(300, gt=0, description="Adam steps (cosine decay)")
     batch_size: int = Field(32, gt=0, description="matrices per step")
@@ -51,7 +51,7 @@ class GapTrainSpec(_Frozen):
 
 
 class MpnnTrainSpec(_Frozen):
-    """The paper's three-stage training of the ``mpnn`` drift (``dsclab.spike.mpnn_train``; defaults
+    """The paper's three-stage training of the ``mpnn`` drift (``dsclab.studies.computational_gap.spike.mpnn_train``; defaults
     are the paper's: budget 1.0 is its 60,000 steps of batch 200). It runs on the train task's device (``train.device``)."""
 
     budget: float = Field(1.0, gt=0, le=10, description="factor on every epoch count (1.0 = the paper's)")
@@ -63,7 +63,7 @@ class MpnnTrainSpec(_Frozen):
                                               description="5% of the times at t <= theta, per stage (at n = 350)")
 
     def schedule(self):
-        from dsclab.spike.mpnn_train import PaperSchedule
+        from dsclab.studies.computational_gap.spike.mpnn_train import PaperSchedule
 
         return PaperSchedule(budget=self.budget, n_train=self.n_train, batch_size=self.batch_size,
                              lr=tuple(self.lr), clip=tuple(self.clip), theta=tuple(self.theta))
@@ -121,8 +121,8 @@ class ComputationalGapSpec(StudyBase):
         return "mpnn" in self.drift
 
     def law(self, n: int, k: int):
-        """The law of x at (n, k): the family's ``dsclab.spike`` object."""
-        from dsclab import spike
+        """The law of x at (n, k): the family's ``dsclab.studies.computational_gap.spike`` object."""
+        from dsclab.studies.computational_gap import spike
 
         name, params = STUDY_FAMILIES[self.family]
         return spike.make_spike(name, n, k, **params)

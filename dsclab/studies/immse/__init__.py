@@ -2,7 +2,7 @@
 off their MSE curves (Kong, Brekelmans & Ver Steeg 2023; science.md §6; project issue 4).
 
 The package: ``spec`` (the spec, its data laws and cells), ``denoisers`` (the denoiser axis),
-``cell`` (data, training range and evaluation of one cell), ``layout`` (the store), ``report``
+``numerics`` (data, training range and evaluation of one cell), ``layout`` (the store), ``report``
 and ``plot``. This module is the contract adapter (``dsclab.study``); the generic flow
 (``flows.study``) runs it.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dsclab.studies import small_preset
 from dsclab.studies.immse import layout, plot, report
-from dsclab.studies.immse.cell import run_cell
+from dsclab.studies.immse.numerics import run_cell
 from dsclab.studies.immse.spec import CELL_DIMS, ImmseSpec
 from dsclab.study import Group, StudyKind
 

@@ -12,7 +12,7 @@ points and draws:
 * ``ensemble``: for each log-SNR draw, the member (``gaussian``, ``mismatched``, ``trained``:
   everything but ``exact``) with the smallest data-averaged MSE (:data:`ENSEMBLE_MEMBERS`).
 
-This module holds the n-independent ones (:func:`denoisers_for`); ``cell.run_cell`` adds the
+This module holds the n-independent ones (:func:`denoisers_for`); ``numerics`` adds the
 trained network and the ensemble.
 """
 from __future__ import annotations

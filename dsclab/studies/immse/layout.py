@@ -17,7 +17,7 @@ import torch
 import xarray as xr
 
 from dsclab import immse, layout
-from dsclab.studies.immse.cell import train_t_min
+from dsclab.studies.immse.numerics import train_t_min
 from dsclab.studies.immse.denoisers import DENOISERS, ENSEMBLE_MEMBERS
 from dsclab.studies.immse.spec import CELL_DIMS, ImmseSpec
 

@@ -6,7 +6,7 @@ Data laws (the ``data`` axis, one ``DistributionSpec`` each, any d of the ``d`` 
 counterpart (``denoisers.MISMATCHED``), so these are the registered names of the axis.
 
 Cells. One cell per (data, d, n, seed): it trains one network and evaluates all denoisers
-(``cell.run_cell``).
+(``numerics``).
 """
 from __future__ import annotations
 

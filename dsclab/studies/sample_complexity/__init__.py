@@ -1,7 +1,7 @@
 """The sample-complexity study kind (Gupta et al. 2023): score and sampling errors against n, per d.
 
-The package: ``spec`` (the spec models and cells), ``numerics`` (store layout, data, training and
-evaluation of a cell), ``report`` (text report and summary table), ``plot`` (the figure); this
+The package: ``spec`` (the spec models and cells), ``layout`` (the store), ``numerics`` (data,
+training and evaluation of a cell), ``report`` (text report and summary table), ``plot`` (the figure); this
 module is the contract adapter (``dsclab.study``) composing them."""
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from collections import defaultdict
 from dsclab.errors import TrainingDiverged
 from dsclab.seeds import derive_seed
 from dsclab.studies import small_preset
+from dsclab.studies.sample_complexity import layout
 from dsclab.studies.sample_complexity import numerics as sc
 from dsclab.studies.sample_complexity import plot as _plot
 from dsclab.studies.sample_complexity import report as _report
-from dsclab.studies.sample_complexity.spec import StudySpec
+from dsclab.studies.sample_complexity.spec import CELL_DIMS, StudySpec
 from dsclab.study import Group, StudyKind
 from dsclab.train import TrainResult
 
@@ -28,11 +29,11 @@ def data_name(spec: StudySpec, d: int, seed: int) -> str:
 class SampleComplexity(StudyKind):
     name = "sample_complexity"
     spec_model = StudySpec
-    cell_dims = sc.CELL_DIMS
+    cell_dims = CELL_DIMS
     description = ("Score error (L2, quantile), sampling error and the I-MMSE likelihood gap against n, "
                    "per d (Gupta et al. 2023).")
     small = small_preset(__file__)
-    template = staticmethod(sc.template)
+    template = staticmethod(layout.template)
     report = staticmethod(_report.report)
     plot = staticmethod(_plot.plot)
     table = staticmethod(_report.table)

@@ -21,6 +21,8 @@ from dsclab import axes
 from dsclab.losses import ESTIMATORS
 from dsclab.spec import DistributionSpec, Samplers, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen, check_nfe
 
+CELL_DIMS = ("d", "n", "seed", "estimator")
+
 Estimators = axes.Names(ESTIMATORS, "estimator")
 
 

@@ -4,7 +4,7 @@ How fast each reverse-SDE sampler converges as NFE grows, on targets where the e
 exactly (Wu–Chen–Wei 2024; science.md §3; project issue 3). Modules: ``spec`` (the spec, its
 cells and which values each cell computes), ``targets`` (target laws and their scores: exact,
 perturbed, trained), ``schemes`` (time grids and increments of the samplers), ``exact`` (exact
-KL routes), ``sampled`` (sample metrics with their Monte Carlo floors), ``cell`` (one cell),
+KL routes), ``sampled`` (sample metrics with their Monte Carlo floors), ``numerics`` (one cell),
 ``layout`` (the store), ``fits`` (slopes and crossings read off a store), ``report`` (text) and
 ``plot`` (figure).
 """
@@ -14,7 +14,7 @@ from dsclab.studies import small_preset
 from dsclab.studies.sampler_convergence import exact, layout
 from dsclab.studies.sampler_convergence import plot as _plot
 from dsclab.studies.sampler_convergence import report as _report
-from dsclab.studies.sampler_convergence.cell import run_cell
+from dsclab.studies.sampler_convergence.numerics import run_cell
 from dsclab.studies.sampler_convergence.spec import CELL_DIMS, SamplerConvergenceSpec, sampled_route, shared_1d
 from dsclab.study import Group, StudyKind
 

@@ -9,11 +9,11 @@ too (``kl_reverse``).
 
 * ``gaussian`` (:func:`gaussian_kl_pair`): every step of every sampler is affine for an affine
   score, so the output law is exactly Gaussian, N(m, C), propagated in float64 by
-  ``dsclab.gaussian_exact.sampler_law``; both KLs are ``metrics.gaussian_kl`` of (m, C) and
+  ``dsclab.studies.sampler_convergence.gaussian_exact.sampler_law``; both KLs are ``metrics.gaussian_kl`` of (m, C) and
   q_tmin's exact moments, in either order.
 * ``product_mixture`` (:func:`product_kl_1d`): samplers act coordinatewise, so KL(output ||
   q_tmin) = d x the 1-D KL, computed once per (score, sampler, NFE) by density propagation on a
-  grid and quadrature (``dsclab.exact_kl``), then multiplied by d. The grid:
+  grid and quadrature (``dsclab.studies.sampler_convergence.exact_kl``), then multiplied by d. The grid:
   ``quadrature.pts_per_width`` points per standard deviation of the narrowest component of
   q_tmin, ``n_sd`` standard deviations out, for the SDE samplers (``pts_per_width_ode``,
   ``n_sd_ode`` for noise-free samplers, whose densities stay sharp and which cost one quadrature
@@ -44,8 +44,8 @@ import warnings
 import numpy as np
 import torch
 
-from dsclab.exact_kl import default_grid, kl_1d, mixture1d, propagate_density_1d
-from dsclab.gaussian_exact import gaussian_kl, gaussian_score, sampler_law, target_law
+from dsclab.studies.sampler_convergence.exact_kl import default_grid, kl_1d, mixture1d, propagate_density_1d
+from dsclab.studies.sampler_convergence.gaussian_exact import gaussian_kl, gaussian_score, sampler_law, target_law
 from dsclab.samplers import SAMPLERS
 from dsclab.studies.sampler_convergence.schemes import grid, is_noise_free
 from dsclab.studies.sampler_convergence.spec import EXACT_KL_SCORES, SamplerConvergenceSpec, kl_exact

@@ -96,7 +96,7 @@ class SamplingSpec(_Frozen):
 
 
 class QuadratureSpec(_Frozen):
-    """Grid and nodes of the 1-D density propagation (``dsclab.exact_kl.propagate_density_1d``)."""
+    """Grid and nodes of the 1-D density propagation (``dsclab.studies.sampler_convergence.exact_kl.propagate_density_1d``)."""
 
     pts_per_width: float = Field(12.0, gt=0, description="grid points per sd of the narrowest component (SDE samplers)")
     pts_per_width_ode: float = Field(30.0, gt=0, description="the same for noise-free samplers (heun)")

@@ -4,7 +4,7 @@ Targets (``target`` axis):
 
 * ``gaussian``: the anisotropic N(mean 1, diag(lam)), lam log-spaced from ``scale`` to
   ``scale / cond`` (``distributions.gaussian``). Every step of every sampler is affine, so the
-  output law is exactly Gaussian: ``kl`` is exact (``dsclab.gaussian_exact``).
+  output law is exactly Gaussian: ``kl`` is exact (``dsclab.studies.sampler_convergence.gaussian_exact``).
 * ``product_mixture``: the product of d identical 1-D two-component mixtures (:class:`ProductMixture`).
   Samplers act coordinatewise, so KL(output || q_tmin) = d x the 1-D KL (``exact``).
 * ``mixture``: a non-product isotropic mixture (``distributions.gaussian_mixture``, k = 4:
@@ -42,8 +42,8 @@ import torch
 from dsclab import distributions, noise
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.errors import TrainingDiverged
-from dsclab.exact_kl import mixture1d
-from dsclab.gaussian_exact import gaussian_score
+from dsclab.studies.sampler_convergence.exact_kl import mixture1d
+from dsclab.studies.sampler_convergence.gaussian_exact import gaussian_score
 from dsclab.nets import EnsembleMLP
 from dsclab.seeds import derive_seed, rng
 from dsclab.studies.sampler_convergence.spec import SamplerConvergenceSpec, SrkCell

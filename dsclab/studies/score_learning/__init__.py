@@ -13,7 +13,7 @@ from __future__ import annotations
 from dsclab.studies import small_preset
 from dsclab.study import Group, StudyKind
 
-from .cell import run_cell
+from .numerics import run_cell
 from .layout import template as _template
 from .plot import plot as _plot
 from .report import report as _report
@@ -33,7 +33,7 @@ class ScoreLearning(StudyKind):
 
     def plan(self, spec, cells):
         """One task per cell, cells sharing a training set (d, seed, data_mode) next to each other
-        (``cell.training_data`` keeps a few in memory), largest d first."""
+        (``numerics.training_data`` keeps a few in memory), largest d first."""
         order = sorted(cells, key=lambda c: (-c.d, c.seed, c.data_mode, -c.n, c.model, c.estimator))
         return [Group(cells=(c,)) for c in order]
 

@@ -7,7 +7,7 @@ Variables (dims: the cell dims :data:`.spec.CELL_DIMS`, plus):
 * ``target_var (t)``: Monte Carlo conditional variance tr Cov[T | X_t = x] of the cell
   estimator's regression target T at fixed x (averaged over x ~ q_t), with the cell's h_hat in the
   bootstrap targets (the trained network; the exact score for the oracle estimators;
-  :func:`dsclab.bootstrap_targets.target_draws`), the previous time being
+  :func:`dsclab.studies.score_learning.bootstrap_targets.target_draws`), the previous time being
   t / r (the training grid's step at t); ``target_var_1 (t)``: its first coordinate (the one the
   structured class learns); ``target_var_oracle (t)``: the same with the exact score as h_hat;
 * ``sliced_w2``: sliced W2 between samples of the trained score (``evaluation.sampler`` at
@@ -68,7 +68,7 @@ def template(spec: ScoreLearningSpec) -> xr.Dataset:
     variables = {name: (CELL_DIMS + extra, long_name, units) for name, (extra, long_name, units) in VARIABLES.items()}
     return layout.template(spec, coords, CELL_DIMS, variables, COORD_ATTRS, attrs={
         "conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise); training times "
-                       "t_min r^(k+u), r = (T/t_min)^(1/K) (dsclab.bootstrap)",
+                       "t_min r^(k+u), r = (T/t_min)^(1/K) (dsclab.studies.score_learning.bootstrap)",
         "grid_ratio": spec.train.ratio,
         "min_weight": float(spec.law(3).weights.min()),
     })

@@ -9,7 +9,7 @@ import xarray as xr
 
 from dsclab import analysis
 
-from .bsm import closed_form_ratio
+from .bsm_report import closed_form_ratio
 from .readout import band, done, n_star, ratio_table, sections, weighted_l2
 from .report import exceedances
 

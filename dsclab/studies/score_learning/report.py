@@ -27,7 +27,7 @@ from dsclab import analysis
 from dsclab import exceedance as exc
 from dsclab.study import Status
 
-from . import bsm
+from . import bsm_report as bsm
 from .readout import done, fmt, n_star, ratio_block, sections, weighted_l2
 
 

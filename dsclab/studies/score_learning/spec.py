@@ -1,9 +1,9 @@
 """The score-learning spec and its cells.
 
 A cell is (d, n, seed, estimator, data_mode, model) (:data:`CELL_DIMS`). It trains one network of
-class ``model`` (:data:`dsclab.bootstrap.HYPOTHESES`) with ``estimator`` (``dsm`` | ``bsm`` |
-``bsm_oracle`` | ``bsm_rb`` | ``bsm_rb_oracle``: :data:`dsclab.bootstrap.ESTIMATORS`) on a fixed training set of n clean points with K noised points each
-(``data_mode``: ``independent`` | ``trajectory``; :mod:`dsclab.bootstrap`), then evaluates it
+class ``model`` (:data:`dsclab.studies.score_learning.bootstrap.HYPOTHESES`) with ``estimator`` (``dsm`` | ``bsm`` |
+``bsm_oracle`` | ``bsm_rb`` | ``bsm_rb_oracle``: :data:`dsclab.studies.score_learning.bootstrap.ESTIMATORS`) on a fixed training set of n clean points with K noised points each
+(``data_mode``: ``independent`` | ``trajectory``; :mod:`dsclab.studies.score_learning.bootstrap`), then evaluates it
 (:mod:`.cell`). Axes follow :mod:`dsclab.axes`: d, n, seeds, evaluation times and quantile levels
 are stored sorted ascending; estimators, data modes and models keep the order given.
 """
@@ -15,7 +15,7 @@ import torch
 from pydantic import Field, model_validator
 
 from dsclab import axes, distributions
-from dsclab import bootstrap as bs
+from dsclab.studies.score_learning import bootstrap as bs
 from dsclab.axes import PositiveInts, PositiveTimes, Seeds, UnitLevels
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.spec import DistributionSpec, Sampler, Schedule, StudyBase, TimeRange, _Frozen, check_nfe

@@ -15,7 +15,7 @@ design), the same whatever the grid's largest n.
 Cells. One cell per (d, k, beta, n, seed) (``CELL_DIMS``). Each evaluates every estimator of the
 ``estimator`` axis on the same n points:
 
-* baselines (``dsclab.sparse_pca_estimators.BASELINES``: pca, diagonal_thresholding,
+* baselines (``dsclab.studies.sparse_pca.estimators.BASELINES``: pca, diagonal_thresholding,
   covariance_thresholding, exhaustive) give u_hat, and through the Gaussian formula
   ``N(0, I + beta_hat u_hat u_hat^T)`` a score. ``exhaustive`` runs only where C(d, k) <=
   ``evaluation.exhaustive_max_supports`` (default 1e6: (32, 4) and (64, 4) of the default grid);
@@ -44,7 +44,7 @@ Analysis. ``n_half``: the smallest n from which the overlap stays above 1/2, int
 linearly in log n between the last grid point below and the first above (:func:`report.crossing`);
 computed on the seed-mean curve, with a band = the n_half of the pointwise maximum and minimum
 over seeds (the band of the figure; it always contains the mean curve's n_half). Beside it the
-classical sizes (``n_it``, ``n_poly``, ``n_spectral``; :func:`dsclab.sparse_pca_estimators.sample_sizes`).
+classical sizes (``n_it``, ``n_poly``, ``n_spectral``; :func:`dsclab.studies.sparse_pca.estimators.sample_sizes`).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import numpy as np
 import xarray as xr
 
 from dsclab import layout
-from dsclab import sparse_pca_estimators as spe
+from dsclab.studies.sparse_pca import estimators as spe
 from dsclab.studies.sparse_pca.spec import CELL_DIMS, SparsePCASpec
 
 PER_ESTIMATOR = {

@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 from dsclab import noise
-from dsclab import sparse_pca_estimators as spe
+from dsclab.studies.sparse_pca import estimators as spe
 from dsclab.distributions.sparse_pca import SparsePCA
 from dsclab.errors import NonFiniteSamples
 from dsclab.metrics import SlicedW2, gaussian_fit_kl

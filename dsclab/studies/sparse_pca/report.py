@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from dsclab import analysis
-from dsclab import sparse_pca_estimators as spe
+from dsclab.studies.sparse_pca import estimators as spe
 from dsclab.study import Status
 from dsclab.studies.sparse_pca.spec import NETWORK, ORACLE
 

@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from dsclab import axes
-from dsclab import sparse_pca_estimators as spe
+from dsclab.studies.sparse_pca import estimators as spe
 from dsclab.spec import Sampler, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen, check_nfe
 
 CELL_DIMS = ("d", "k", "beta", "n", "seed")

@@ -1,4 +1,4 @@
-"""Data laws, the observation channel, OU-time conversion and thresholds (conventions: ``dsclab.spike``)."""
+"""Data laws, the observation channel, OU-time conversion and thresholds (conventions: ``dsclab.studies.computational_gap.spike``)."""
 from __future__ import annotations
 
 import math

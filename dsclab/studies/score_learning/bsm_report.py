@@ -1,7 +1,7 @@
 """The BSM section of the score-learning report (science.md §4b): each bootstrap estimator against
 DSM on paired cells, per t, with bands over seeds at equal n, and the closing note's lines on it.
 
-Targets above t_c (``dsclab.bootstrap_targets``): ``bsm`` / ``bsm_oracle`` the pure bootstrap
+Targets above t_c (``dsclab.studies.score_learning.bootstrap_targets``): ``bsm`` / ``bsm_oracle`` the pure bootstrap
 target e^{Delta} h_hat(t', X_{t'}); ``bsm_rb`` / ``bsm_rb_oracle`` the Rao–Blackwellised
 T_RB = E[T_dsm | X_t, X_{t'}] (h_hat exact). The *closed form* is that of Gaussian data with the
 data law's mean and covariance, exact h_hat, at the evaluation's step t' = t / r; for the law
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dsclab import bootstrap as bs
-from dsclab import bootstrap_targets as bt
+from dsclab.studies.score_learning import bootstrap as bs
+from dsclab.studies.score_learning import bootstrap_targets as bt
 from dsclab import distributions
 
 from .readout import band_text, done, fmt, ratio_block
@@ -50,7 +50,7 @@ def law_eigenvalues(ds: xr.Dataset) -> np.ndarray:
 
 def closed_form_ratio(ds: xr.Dataset, estimator: str) -> xr.DataArray:
     """Closed-form conditional target variance of ``estimator`` over DSM's per t
-    (:func:`dsclab.bootstrap_targets.target_variance_ratio`; the spec's t_c and mix, t' = t / r)."""
+    (:func:`dsclab.studies.score_learning.bootstrap_targets.target_variance_ratio`; the spec's t_c and mix, t' = t / r)."""
     spec, r, lam = _spec(ds), float(ds.attrs["grid_ratio"]), law_eigenvalues(ds)
     b = spec["bsm"]
     vals = [bt.target_variance_ratio(estimator, lam, float(t), float(t) / r, t_c=float(b["t_c"]), mix=float(b["mix"]))

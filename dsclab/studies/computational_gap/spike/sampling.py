@@ -1,4 +1,4 @@
-"""Stochastic-localisation Euler sampler (science.md §5; conventions: ``dsclab.spike``)."""
+"""Stochastic-localisation Euler sampler (science.md §5; conventions: ``dsclab.studies.computational_gap.spike``)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-from dsclab.spike.model import sym
+from dsclab.studies.computational_gap.spike.model import sym
 
 
 class SLNoise:

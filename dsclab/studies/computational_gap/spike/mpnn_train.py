@@ -24,7 +24,7 @@ time (grid, thresholds, anchor) is multiplied by n / n_ref (so theta sits at the
 the spectral threshold n/2).
 
 **Checkpoints and resumption.** After each stage the kept weights and the stage's best loss go to
-``checkpoints.save(stage, vector)`` (:func:`dsclab.spike.mpnn.to_vector` followed by
+``checkpoints.save(stage, vector)`` (:func:`dsclab.studies.computational_gap.spike.mpnn.to_vector` followed by
 [best loss, seconds]); before training, the last saved stage is loaded and training resumes with
 the next stage. Every draw of stage s comes from generators derived from (``seed_parts``, stage),
 so a resumed training equals an uninterrupted one on the same device.
@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from dsclab.seeds import rng
-from dsclab.spike.model import SparseSpike, sym
-from dsclab.spike.mpnn import MPNN, from_vector, to_vector, unit_vectors
+from dsclab.studies.computational_gap.spike.model import SparseSpike, sym
+from dsclab.studies.computational_gap.spike.mpnn import MPNN, from_vector, to_vector, unit_vectors
 from dsclab.train import fit
 
 

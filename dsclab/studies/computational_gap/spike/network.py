@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from dsclab.losses import drift_matching_loss
-from dsclab.spike.model import observe, sym, t_vector
+from dsclab.studies.computational_gap.spike.model import observe, sym, t_vector
 from dsclab.train import fit
 
 

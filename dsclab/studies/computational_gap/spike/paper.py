@@ -2,7 +2,7 @@
 
 Both work on the rescaled observation ``Y = sym(y_t) / t`` (``= x + sym(Z)/sqrt(t)``), find a
 candidate ``u_hat`` in B_{n,k} (the k largest |entries| of a vector, set to sign/sqrt(k);
-:func:`dsclab.spike.project_to_support`, which for the hidden-clique family keeps the k largest
+:func:`dsclab.studies.computational_gap.spike.project_to_support`, which for the hidden-clique family keeps the k largest
 entries with sign +) and apply a **hard test with zero fallback**:
 
     x_hat = u_hat u_hat^T   if  <Y, u_hat u_hat^T> = u_hat^T Y u_hat >= c,   else 0.
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from dsclab.spike.drifts import _top_eigvec, project_to_support
-from dsclab.spike.model import SparseSpike, sym, t_vector
+from dsclab.studies.computational_gap.spike.drifts import _top_eigvec, project_to_support
+from dsclab.studies.computational_gap.spike.model import SparseSpike, sym, t_vector
 
 
 def _rescaled(y: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +78,7 @@ def published() -> dict:
 
     import numpy as np
 
-    raw = json.loads(resources.files("dsclab.spike").joinpath(PUBLISHED_FILE).read_text())
+    raw = json.loads(resources.files("dsclab.studies.computational_gap.spike").joinpath(PUBLISHED_FILE).read_text())
     out = dict(raw)
     out["seeds"] = [int(s) for s in raw["network"]]
     out["t"] = np.asarray(raw["t"], dtype=np.float64)

@@ -20,7 +20,7 @@ log p(x_j) - log(dz/dx)_j at the knots z_j, and 4-point Lagrange interpolation i
 grid (4th order in the grid spacing; exact for Gaussian densities, whose log is quadratic).
 
 Accuracy (tests/test_samplers.py checks it against the exact Gaussian propagation of
-:mod:`dsclab.gaussian_exact` and, for a two-component mixture, against Monte Carlo moments of the
+:mod:`dsclab.studies.sampler_convergence.gaussian_exact` and, for a two-component mixture, against Monte Carlo moments of the
 actual sampler): the grid spacing must resolve the narrowest density (:func:`default_grid` uses
 30 points per standard deviation of the narrowest component of q_{t_min}), and the number of xi
 nodes must resolve the noise relative to the narrowest feature of the noiseless push-forward: a

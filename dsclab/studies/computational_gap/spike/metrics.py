@@ -1,7 +1,7 @@
 """Metrics: MSE curves, integrated loss, sample norms and their W1 to the target, rank-one closeness.
 
 Losses return per-sample values (numpy float64); :func:`summarize` turns them into mean and
-standard error. Conventions: ``dsclab.spike``.
+standard error. Conventions: ``dsclab.studies.computational_gap.spike``.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 
-from dsclab.spike.model import SparseSpike, observe
+from dsclab.studies.computational_gap.spike.model import SparseSpike, observe
 
 
 def drift_loss(drift, x: torch.Tensor, t, z: torch.Tensor) -> np.ndarray:

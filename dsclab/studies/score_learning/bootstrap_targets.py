@@ -1,9 +1,9 @@
 """The regression targets of time bootstrapping at fixed X_t: Monte Carlo draws from their
 conditional law, and closed forms for Gaussian data (science.md §4). Numerics only.
 
-Conventions are those of :mod:`dsclab.bootstrap` (OU process X_t = e^{-t} X_0 + sigma_t Z; a step
+Conventions are those of :mod:`dsclab.studies.score_learning.bootstrap` (OU process X_t = e^{-t} X_0 + sigma_t Z; a step
 Delta = t - t' > 0 from X_{t'} to X_t on one forward path; a = e^{-t}, a' = e^{-t'}). The targets,
-in score units, of the estimators of ``dsclab.bootstrap.ESTIMATORS``:
+in score units, of the estimators of ``dsclab.studies.score_learning.bootstrap.ESTIMATORS``:
 
 * DSM:  T_dsm = -(X_t - a X_0) / sigma_t^2;
 * pure bootstrap (``bsm``, ``bsm_oracle``):  T_pure = e^{Delta} h_hat(t', X_{t'});
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dsclab import noise
-from dsclab.bootstrap import ESTIMATORS
+from dsclab.studies.score_learning.bootstrap import ESTIMATORS
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.losses import bsm_rb_target
 

@@ -1,7 +1,7 @@
 """Montanari–Vu's message-passing denoiser (science.md §5; the architecture of the paper's official
 code, github vietvu2001/SparseDiffusion, rewritten here).
 
-Input and output (conventions: ``dsclab.spike``). The network sees the rescaled observation
+Input and output (conventions: ``dsclab.studies.computational_gap.spike``). The network sees the rescaled observation
 
     Y = sym(y_t) / t = x + sym(Z) / sqrt(t)      (B, n, n),
 
@@ -38,7 +38,7 @@ import math
 import torch
 from torch import nn
 
-from dsclab.spike.model import sym, t_vector
+from dsclab.studies.computational_gap.spike.model import sym, t_vector
 
 
 class TopKStraightThrough(nn.Module):

@@ -30,7 +30,7 @@ Conventions (stated once)
   T_RB = -(X_t - e^{-Delta} X_{t'}) / sigma_t^2 + e^{-Delta} (sigma_{t'}^2 / sigma_t^2) h_hat(t', X_{t'})
   = E[T_dsm | X_t, X_{t'}] when h_hat is the true score. Their conditional variances at fixed X_t
   and the bias of a perturbed h_hat, by Monte Carlo and in closed form for Gaussian data, are in
-  :mod:`dsclab.bootstrap_targets`.
+  :mod:`dsclab.studies.score_learning.bootstrap_targets`.
 """
 from __future__ import annotations
 

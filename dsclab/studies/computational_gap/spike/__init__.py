@@ -3,7 +3,7 @@
 Montanari & Vu (2025), "Computational bottlenecks for denoising diffusions" (arXiv:2503.08028).
 Only the abstract and summaries of the paper could be read here; the constructions below are the
 ones science.md §5 adopts, and where a detail (a test, a network) had to be chosen, the choice is
-documented at the function. Import everything from ``dsclab.spike``.
+documented at the function. Import everything from ``dsclab.studies.computational_gap.spike``.
 
 Conventions (stated once; every function in this package follows them)
 ----------------------------------------------------------------------
@@ -51,7 +51,7 @@ Conventions (stated once; every function in this package follows them)
 """
 from __future__ import annotations
 
-from dsclab.spike.drifts import (
+from dsclab.studies.computational_gap.spike.drifts import (
     DRIFTS,
     bayes_drift,
     constant_drift,
@@ -64,7 +64,7 @@ from dsclab.spike.drifts import (
     spike_test,
     threshold_drift,
 )
-from dsclab.spike.metrics import (
+from dsclab.studies.computational_gap.spike.metrics import (
     drift_loss,
     frac_close_rank_one,
     integrated_loss,
@@ -75,7 +75,7 @@ from dsclab.spike.metrics import (
     support_index,
     w1_norm_law,
 )
-from dsclab.spike.model import (
+from dsclab.studies.computational_gap.spike.model import (
     SPIKE_FAMILIES,
     THRESHOLDS,
     HiddenClique,
@@ -95,8 +95,8 @@ from dsclab.spike.model import (
     threshold_spectral,
     threshold_thresholding,
 )
-from dsclab.spike.network import SpikeNet, network_drift, train_network
-from dsclab.spike.sampling import SLNoise, sample_sl_euler, sl_generate, sl_times
+from dsclab.studies.computational_gap.spike.network import SpikeNet, network_drift, train_network
+from dsclab.studies.computational_gap.spike.sampling import SLNoise, sample_sl_euler, sl_generate, sl_times
 
 __all__ = [
     "DRIFTS", "SLNoise", "SPIKE_FAMILIES", "THRESHOLDS", "HiddenClique", "SparseSpike", "SpikeNet",

@@ -1,9 +1,9 @@
-"""Drifts ``m(y, t) -> estimate of x`` (conventions: ``dsclab.spike``; science.md §5).
+"""Drifts ``m(y, t) -> estimate of x`` (conventions: ``dsclab.studies.computational_gap.spike``; science.md §5).
 
 Every drift takes ``y (m, n, n)`` and ``t`` (float or ``(m,)``) and returns ``(m, n, n)`` in y's
 dtype. :data:`DRIFTS` maps a name to a :class:`DriftEntry` (its factory ``(dist, **params) -> drift``
-and its declared facts). The paper's hard-test baselines are in ``dsclab.spike.paper``, its
-message-passing network in ``dsclab.spike.mpnn``.
+and its declared facts). The paper's hard-test baselines are in ``dsclab.studies.computational_gap.spike.paper``, its
+message-passing network in ``dsclab.studies.computational_gap.spike.mpnn``.
 
 Polynomial-time drifts (spectral, power iteration, thresholding) share one last step: a candidate
 ``u_hat in B_{n,k}`` is turned into an estimate by the *single-candidate posterior*
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dsclab.spike.model import THRESHOLDS, SparseSpike, sym, t_vector
+from dsclab.studies.computational_gap.spike.model import THRESHOLDS, SparseSpike, sym, t_vector
 
 Drift = Callable[[torch.Tensor, object], torch.Tensor]
 
@@ -333,23 +333,23 @@ def _fixed_factory(dist: SparseSpike, x_star: torch.Tensor, t0: float, below: st
 
 
 def _network_factory(dist: SparseSpike, net, device="cpu", batch: int = 1024) -> Drift:
-    from dsclab.spike.network import network_drift
+    from dsclab.studies.computational_gap.spike.network import network_drift
     return network_drift(net, device=device, batch=batch)
 
 
 def _mpnn_factory(dist: SparseSpike, net, generator: torch.Generator, device="cpu", batch: int = 512) -> Drift:
-    from dsclab.spike.mpnn import mpnn_drift
+    from dsclab.studies.computational_gap.spike.mpnn import mpnn_drift
     return mpnn_drift(net, generator, device=device, batch=batch)
 
 
 def _spectral_paper_factory(dist: SparseSpike, threshold: float = 0.8) -> Drift:
-    from dsclab.spike.paper import spectral_paper_drift
+    from dsclab.studies.computational_gap.spike.paper import spectral_paper_drift
     return spectral_paper_drift(dist, threshold)
 
 
 def _power_paper_factory(dist: SparseSpike, generator: torch.Generator, n_iter: int = 25,
                          threshold: float = 0.7) -> Drift:
-    from dsclab.spike.paper import power_iteration_paper_drift
+    from dsclab.studies.computational_gap.spike.paper import power_iteration_paper_drift
     return power_iteration_paper_drift(dist, generator, n_iter, threshold)
 
 

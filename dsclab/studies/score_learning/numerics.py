@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dsclab import bootstrap as bs
-from dsclab import bootstrap_targets as bt
+from dsclab.studies.score_learning import bootstrap as bs
+from dsclab.studies.score_learning import bootstrap_targets as bt
 from dsclab import noise
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.errors import NonFiniteSamples
