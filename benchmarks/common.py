@@ -25,7 +25,7 @@ def record(name: str, result: dict, out_dir: str = "results/benchmarks") -> Path
 
 def load_study(path: str, steps: int | None = None):
     """The sample-complexity spec at ``path``; ``steps`` (if given) shortens every cell's budget."""
-    from dsclab.spec import load_spec
+    from dsclab.study import load_spec
 
     spec = load_spec(path)
     if steps:

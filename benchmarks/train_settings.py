@@ -47,7 +47,7 @@ def main() -> None:
     cells = spec.cells()
     groups = {d: [c for c in cells if c.d == d] for d in spec.d}
     data = training_data(spec)
-    losses.ESTIMATORS.register("dsm+compile", torch.compile(losses.dsm_loss))  # this script's registry entry
+    losses.SCORE_LOSSES.register("dsm+compile", torch.compile(losses.dsm_loss))  # this script's registry entry
     ev = spec.evaluation
 
     def score_errors(d, models) -> list[float]:

@@ -37,7 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
+from dsclab import noise
 from dsclab.exceedance import exceedance, tau_levels
+from dsclab.study import Derived, Status
 
 __all__ = ["exceedance", "tau_levels", "PowerFit", "SlopeBand", "Crossing", "fit_power_law", "bootstrap_power_law", "crossing",
            "crossing_exponent", "exponent_band", "common_levels", "slope_table", "crossing_table",
@@ -365,3 +367,15 @@ def crossing_values(table: xr.DataArray, field: str = "value") -> xr.DataArray:
     interpolated value: nan where right-censored or unknown, x[0] where left-censored)."""
     flat = np.array([getattr(c, field) for c in table.values.ravel()], dtype=np.float64)
     return table.copy(data=flat.reshape(table.shape))
+
+
+def weighted_l2(ds: xr.Dataset) -> xr.DataArray:
+    """mean over the t grid of sigma_t^2 score_l2(t): the L2 score error in noise-prediction units
+    (the DSM weighting), so that no single noise level dominates; NaN at cells not done."""
+    w = xr.DataArray(noise.sigma2(ds.t.values.astype(np.float64)), dims="t", coords={"t": ds.t})
+    return (ds["score_l2"].where(ds["status"] == Status.DONE) * w).mean("t")
+
+
+WEIGHTED_L2 = {"score_l2_weighted": Derived(weighted_l2, needs="score_l2")}
+"""The derived metric of the kinds whose store has ``score_l2`` over ``t`` (``StudyKind.derived``)."""
+

@@ -7,7 +7,7 @@
 * A **name axis** (estimators, samplers, drifts, ...) is a non-empty list of distinct registered
   names, kept in the order given (the order of a report's columns).
 
-Every violation raises ``ValueError`` with one line naming the value; ``dsclab.spec.parse_spec``
+Every violation raises ``ValueError`` with one line naming the value; ``dsclab.spec.validate``
 prefixes the field. Each type also states, in its JSON Schema (:class:`Schema`), what of its
 validator JSON Schema can express: bounds (``minimum`` / ``exclusiveMinimum``), ``minItems: 1``,
 ``uniqueItems``, and the ``enum`` of a registry's names (read from the registry when the schema is
@@ -16,7 +16,7 @@ Schema, so the Prefect UI's form and ``prefect deployment run`` refuse such valu
 the sort order and the rules between fields are left to the validators. Use the ``Annotated`` types as field types; :func:`Name` and :func:`Names`
 make the types of one registered name and of a name axis of a registry::
 
-    Estimators = Names(ESTIMATORS, "estimator")
+    Estimators = Names(SCORE_LOSSES, "estimator")
 
     d: PositiveInts = Field(..., description="dimensions")
     estimator: Estimators = Field(["dsm"], description="score estimators")

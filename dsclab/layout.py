@@ -9,7 +9,9 @@ A template is an ``xr.Dataset`` holding, in this order:
 * ``status`` over the cell dims: int8, every cell :attr:`dsclab.study.Status.PENDING`, with the
   CF flag attributes ``flag_values`` / ``flag_meanings`` of :class:`dsclab.study.Status`;
 * the **variables** the cells fill, NaN, from a table ``name -> (dims, long name, units)``
-  (:data:`Variable`; :func:`over` gives one set of dims to a table of (long name, units));
+  (:data:`Variable`; :func:`over` gives one set of dims to a table of (long name, units); the
+  score errors and sample metrics every kind shares take their long names and units from
+  ``dsclab.metrics``: :func:`score_error_variables`, :func:`sample_metric_variables`);
 * the **closed forms** filled when the store is created (``closed``: a Dataset or a mapping of
   ``name -> (dims, values, attrs)``), if the kind has any;
 * the dataset attributes ``study`` (the kind's name, ``spec.kind``), ``name``, ``spec`` (the
@@ -26,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 import dsclab
+from dsclab.metrics import SAMPLE_METRICS, SCORE_ERRORS
 from dsclab.study import Status
 
 Variable = tuple[tuple[str, ...], str, str]
@@ -61,6 +64,30 @@ def coord_attrs(*shared: str, **own: str | Mapping) -> dict[str, dict]:
 def over(dims: Sequence[str], table: Mapping[str, tuple[str, str]]) -> dict[str, Variable]:
     """The variables of a table ``name -> (long name, units)``, all over ``dims``."""
     return {name: (tuple(dims), long_name, units) for name, (long_name, units) in table.items()}
+
+
+def score_error_variables(dims: Sequence[str], names: Sequence[str] = tuple(SCORE_ERRORS)) -> dict[str, Variable]:
+    """Score errors (``dsclab.metrics.SCORE_ERRORS``) over ``dims`` + ``t`` (``score_quantile`` also
+    over ``delta``)."""
+    extra = {"score_quantile": ("t", "delta")}
+    return {name: (tuple(dims) + extra.get(name, ("t",)), *SCORE_ERRORS[name]) for name in names}
+
+
+def sample_metric_variables(names: Sequence[str], dims: Sequence[str], floor_dims: Sequence[str] | None = None,
+                            of: str = "samples to q_t_min",
+                            floor: str = "two independent q_t_min draws of the same size") -> dict[str, Variable]:
+    """Sample metrics (``dsclab.metrics.SAMPLE_METRICS``: their long names and units) of generated
+    samples, over ``dims`` (long name "<metric> of <of>"), and, with ``floor_dims``, each one's floor
+    ``<name>_floor`` (the same metric between ``floor``)."""
+    out = {}
+    for name in names:
+        metric = SAMPLE_METRICS[name]
+        out[name] = (tuple(dims), f"{metric.long_name} of {of}", metric.units)
+    if floor_dims is not None:
+        for name in names:
+            metric = SAMPLE_METRICS[name]
+            out[f"{name}_floor"] = (tuple(floor_dims), f"{metric.long_name} between {floor} (floor)", metric.units)
+    return out
 
 
 def status_variable(cell_dims: Sequence[str], sizes: Mapping[str, int]) -> tuple:

@@ -5,9 +5,9 @@ draw function returns for one step (the loss's ``batch`` attribute names its ten
 result has shape ``(m,)``, or ``(M, m)`` for an ensemble of M members (:class:`EnsembleLoss`).
 Randomness is passed in, never drawn here.
 
-* Score matching on fresh noise (``ESTIMATORS``): a loss takes the model, a batch of clean data
+* Score matching on fresh noise (``SCORE_LOSSES``): a loss takes the model, a batch of clean data
   ``x0 (m, d)``, times ``t (m,)`` and standard normal noise ``z (m, d)`` and forms
-  X_t = e^{-t} x0 + sigma_t z. ``ESTIMATORS`` is a :class:`dsclab.registry.Registry`: another
+  X_t = e^{-t} x0 + sigma_t z. ``SCORE_LOSSES`` is a :class:`dsclab.registry.Registry`: another
   installed package adds a loss through the entry-point group ``dsclab.estimators``.
 * Stored pairs (x0, X_t) of a ``dsclab.studies.score_learning.bootstrap.NoisedData`` (its conventions):
   :func:`dsm_pair_loss`, and :class:`BSMPairLoss` (BSM with the pure bootstrap target
@@ -57,8 +57,10 @@ def sample_times(m: int, t_min: float, T: float, generator: torch.Generator, dev
     return t_min * (T / t_min) ** u
 
 
-ESTIMATORS: Registry[Callable] = Registry("dsclab.estimators", "estimator", check=Needs("estimator"),
-                                          builtins={"dsm": dsm_loss})
+SCORE_LOSSES: Registry[Callable] = Registry("dsclab.estimators", "estimator", check=Needs("estimator"),
+                                            builtins={"dsm": dsm_loss})
+"""The per-sample losses of the score estimators trained on fresh noise (the sample-complexity
+study's ``estimator`` axis), by name."""
 
 
 class EnsembleLoss:

@@ -9,7 +9,10 @@ Score errors compare an estimate s_hat with the exact score s on fresh points x 
 Sample distances take two point clouds ``x (m, d)`` and ``y (m', d)``. Randomness (projection
 directions) comes from a passed generator. ``SAMPLE_METRICS`` (a :class:`dsclab.registry.Registry`,
 entry-point group ``dsclab.metrics``) holds them with one signature, ``(x, y, generator) -> float``,
-each declaring its ``long_name`` and ``units`` beside it (:func:`dsclab.registry.declare`).
+each declaring its ``long_name`` and ``units`` beside it (:func:`dsclab.registry.declare`), and
+:data:`SCORE_ERRORS` the long names and units of the score errors. A store variable of either is
+built from these (``dsclab.layout.score_error_variables``, ``dsclab.layout.sample_metric_variables``):
+a kind lists only what is its own.
 """
 from __future__ import annotations
 
@@ -43,6 +46,15 @@ def score_errors(score_hat: Callable, dist, ts: Sequence[float], m: int, deltas:
         rel.append(err.mean().item() / (s ** 2).sum(dim=1).mean().item())
         qs.append(quantile_error(err.sqrt(), deltas))
     return {"l2": np.array(l2), "l2_rel": np.array(rel), "quantile": np.array(qs)}
+
+
+SCORE_ERRORS: dict[str, tuple[str, str]] = {
+    "score_l2": ("L2 score error E||s_hat - s||^2 on fresh x ~ q_t", "1"),
+    "score_l2_rel": ("relative L2 score error E||s_hat - s||^2 / E||s||^2", "1"),
+    "score_quantile": ("(1 - delta)-quantile of ||s_hat - s||", "1"),
+}
+"""Long name and units of each score error of :func:`score_errors` (``l2``, ``l2_rel``, ``quantile``)
+as a store variable, by the variable's name."""
 
 
 def quantile_error(norms: torch.Tensor | np.ndarray, deltas: Sequence[float]) -> np.ndarray:
@@ -174,27 +186,27 @@ def gaussian_fit_kl(x: torch.Tensor, y: torch.Tensor) -> float:
     return gaussian_kl(*fit(x), *fit(y))
 
 
-@declare(long_name="sliced W2 distance (256 random directions)", units="1")
+@declare(long_name="sliced W2 distance", units="1")
 def _sliced_w2(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
-    """:func:`sliced_w2` with the metric signature."""
+    """:func:`sliced_w2` with the metric signature (256 directions)."""
     return sliced_w2(x, y, generator)
 
 
-@declare(long_name="RBF MMD (median bandwidth of y)", units="1")
+@declare(long_name="RBF MMD", units="1")
 def _mmd(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
-    """:func:`mmd` with the metric signature."""
+    """:func:`mmd` with the metric signature (bandwidth: the median distance of y)."""
     return mmd(x, y)
 
 
-@declare(long_name="exact W2 distance (optimal transport)", units="1")
+@declare(long_name="exact W2 distance", units="1")
 def _w2(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
-    """:func:`w2_exact` with the metric signature."""
+    """:func:`w2_exact` (optimal transport) with the metric signature."""
     return w2_exact(x, y)
 
 
-@declare(long_name="KL between Gaussian fits, KL(N_x || N_y)", units="nats")
+@declare(long_name="KL of Gaussian fits", units="nats")
 def _kl_gauss(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
-    """:func:`gaussian_fit_kl` with the metric signature."""
+    """:func:`gaussian_fit_kl`, KL(N_fit(x) || N_fit(y)), with the metric signature."""
     return gaussian_fit_kl(x, y)
 
 

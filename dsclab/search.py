@@ -7,7 +7,7 @@ Conventions (stated once).
 
 * The **metric** is an error that decreases in n: a float variable of the study's store over its
   cell dims, averaged over its other dims (``score_l2`` over t; ``sliced_w2`` over sampler and
-  nfe), or a derived one of :data:`DERIVED`; cells that are not done are NaN
+  nfe), or a derived one the kind declares (``StudyKind.derived``); cells that are not done are NaN
   (:func:`metric_values`). An array of it has dims ``cell_dims``.
 * A **curve** is one combination of the cell coordinates other than n and seed (for
   sample_complexity: (d, estimator); for score_learning: (d, estimator, data_mode, model)). Its
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,11 +46,11 @@ import xarray as xr
 from pydantic import Field
 
 from dsclab import analysis
-from dsclab.spec import _Frozen
-from dsclab.study import Status
+from dsclab.spec import Frozen
+from dsclab.study import Status, StudyKind
 
 
-class SearchSettings(_Frozen):
+class SearchSettings(Frozen):
     """What ``dsclab search`` asks for, besides the study spec."""
 
     metric: str = Field(..., description="store variable (averaged over its non-cell dims) or a derived metric "
@@ -61,44 +61,34 @@ class SearchSettings(_Frozen):
     max_rounds: int = Field(12, gt=0, description="at most this many rounds (the coarse grid is round 1)")
 
 
-def _weighted_l2(ds: xr.Dataset) -> xr.DataArray:
-    """mean_t sigma_t^2 score_l2(t): the score error in noise-prediction units, score_learning's
-    n* error (``dsclab.studies.score_learning.readout.weighted_l2``); done cells only."""
-    from dsclab.studies.score_learning.readout import weighted_l2
-
-    return weighted_l2(ds)
-
-
-# name: (the function of the store, the variable it needs)
-DERIVED: dict[str, tuple[Callable[[xr.Dataset], xr.DataArray], str]] = {
-    "score_l2_weighted": (_weighted_l2, "score_l2"),
-}
-
-
-def known_metrics(template: xr.Dataset, cell_dims: Sequence[str]) -> list[str]:
-    """The metrics a search of a study with this store template can use: its float variables over
-    every cell dim (``status`` aside), and the derived ones whose variable it has."""
+def known_metrics(template: xr.Dataset, kind: StudyKind) -> list[str]:
+    """The metrics a search of a study of ``kind`` with this store template can use: its float
+    variables over every cell dim (``status`` aside), and the kind's derived ones
+    (``StudyKind.derived``) whose variable it has."""
     own = [k for k, v in template.data_vars.items()
-           if v.dtype.kind == "f" and set(cell_dims) <= set(v.dims)]
-    return own + [k for k, (_, needs) in DERIVED.items() if needs in own]
+           if v.dtype.kind == "f" and set(kind.cell_dims) <= set(v.dims)]
+    return own + [k for k, m in kind.derived.items() if m.needs in own]
 
 
-def check(metric: str, template: xr.Dataset, cell_dims: Sequence[str]) -> None:
+def check(metric: str, template: xr.Dataset, kind: StudyKind) -> None:
     """ValueError with one line when a search by ``metric`` cannot run on this study: no n or no
     seed axis among the cell dims, or a metric it does not have."""
+    cell_dims = kind.cell_dims
     if "n" not in cell_dims or "seed" not in cell_dims:
         raise ValueError(f"study kind {template.attrs.get('study', '?')!r} has no n axis to search "
                          f"(its cells are over {', '.join(cell_dims)})")
-    known = known_metrics(template, cell_dims)
+    known = known_metrics(template, kind)
     if metric not in known:
         raise ValueError(f"metric {metric!r} is not a metric of this study (known: {', '.join(known)})")
 
 
-def metric_values(ds: xr.Dataset, metric: str, cell_dims: Sequence[str]) -> xr.DataArray:
-    """The metric per cell (dims ``cell_dims``): the variable at done cells (NaN elsewhere),
-    averaged over its other dims (a NaN anywhere makes the cell NaN)."""
-    if metric in DERIVED:
-        da = DERIVED[metric][0](ds)
+def metric_values(ds: xr.Dataset, metric: str, kind: StudyKind) -> xr.DataArray:
+    """The metric per cell (dims ``kind.cell_dims``): the variable at done cells (NaN elsewhere),
+    or the kind's derived metric of that name, averaged over its other dims (a NaN anywhere makes
+    the cell NaN)."""
+    cell_dims = kind.cell_dims
+    if metric in kind.derived:
+        da = kind.derived[metric].compute(ds)
     else:
         da = ds[metric].where(ds["status"] == Status.DONE)
     extra = [d for d in da.dims if d not in cell_dims]

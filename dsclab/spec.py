@@ -3,9 +3,10 @@ and loading from YAML.
 
 Each study kind's spec model (``dsclab.study.StudyKind.spec_model``, in
 ``dsclab/studies/<kind>/``) subclasses :class:`StudyBase` and is the parameter of the kind's flow
-(the Prefect UI renders it as a form). :func:`parse_spec` and :func:`load_spec` validate a mapping
-or a YAML file into it; invalid input raises :class:`SpecError` with one line naming the field and
-the value, before anything is created. Axes are validated by the one policy of
+(the Prefect UI renders it as a form). :func:`validate` validates a mapping into it (and
+``dsclab.study.parse_spec`` / ``load_spec`` a mapping or a YAML file of any registered kind);
+invalid input raises :class:`SpecError` with one line naming the field and the value, before
+anything is created. Axes are validated by the one policy of
 :mod:`dsclab.axes`.
 
 **Cell identity.** A spec holds *axes* (the grid: the lists whose values become store
@@ -44,11 +45,11 @@ class SpecError(ValueError):
     """An invalid study spec; the message is one line naming the field."""
 
 
-class _Frozen(BaseModel):
+class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class TimeRange(_Frozen):
+class TimeRange(Frozen):
     """A section with a time range ``t_min < T`` (training times, or the samplers' start and
     early-stopping times): the subclass declares both fields (their defaults and meanings differ),
     this checks the order."""
@@ -81,7 +82,7 @@ def check_nfe(samplers: str | Sequence[str], nfe: int | Sequence[int], field: st
                              f"sampler {name!r}" + (f" (also {bad[1:]})" if len(bad) > 1 else ""))
 
 
-class DistributionSpec(_Frozen):
+class DistributionSpec(Frozen):
     """The data family (``dsclab.distributions.DISTRIBUTIONS``) and its parameters."""
 
     name: Distribution = Field("gaussian_mixture", description="data family")
@@ -121,7 +122,7 @@ class TrainSpec(TimeRange):
         "runs its matrix products under autocast (weights, Adam and evaluation stay float32)")
 
 
-class StudyBase(_Frozen):
+class StudyBase(Frozen):
     """What every study spec has: a name, where its store goes and how many tasks run at once.
 
     A study kind subclasses this with a ``kind: Literal[...]`` field and its own axes; ``hash``
@@ -277,21 +278,10 @@ def format_validation_error(err: ValidationError) -> str:
     return f"{where or 'spec'}: {msg}"
 
 
-def parse_spec(data: Any, model: type[BaseModel] | None = None):
-    """Validate a mapping into ``model``; raise :class:`SpecError` with one line on failure.
-
-    With no ``model``, the kind named by the mapping's ``kind`` field (default
-    sample_complexity) gives it (``dsclab.study.kind_of(data).spec_model``); an unknown kind is a
-    SpecError listing the known kinds."""
+def validate(data: Any, model: type[BaseModel]):
+    """Validate a mapping into ``model``; raise :class:`SpecError` with one line on failure."""
     if not isinstance(data, dict):
         raise SpecError(f"spec: expected a mapping of fields, got {type(data).__name__}")
-    if model is None:
-        from dsclab.study import kind_of  # the registry loads the kinds, which import this module
-
-        try:
-            model = kind_of(data).spec_model
-        except ValueError as e:
-            raise SpecError(str(e)) from None
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -309,9 +299,3 @@ def load_yaml(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}" if mark else ""
         raise SpecError(f"spec: malformed YAML in {str(p)!r}{where}: {getattr(e, 'problem', e)}") from None
     return data
-
-
-def load_spec(path: str | Path, model: type[BaseModel] | None = None):
-    """Load and validate a YAML spec file (``yaml.safe_load``); with no ``model``, its ``kind``
-    field gives it (:func:`parse_spec`)."""
-    return parse_spec(load_yaml(path), model)

@@ -48,7 +48,12 @@ the run fail with that message.
 
 Facts about a kind are class attributes, declared once: ``cell_dims``, ``flow_name`` (the
 Prefect flow's name; deployments are ``<flow_name>/<pool>``), ``torch_threads`` (PyTorch's
-intra-op threads per task; None shares the cores between the workers), ``description``.
+intra-op threads per task; None shares the cores between the workers), ``description``, and
+everything the rest of the lab reads about it: its presets (``preset``, the full one, a file of
+the repository's ``studies/``; ``small``, the test-sized one beside its package), the work
+``pools`` of its deployments (``scheduled``: those carrying the example weekly schedule), and the
+``derived`` metrics an n* search may use (:class:`Derived`). Nothing outside the kind keeps a table
+of kinds: ``flows.deployments``, ``dsclab.search`` and the tests read these.
 
 This module is cheap to import (no PyTorch, no Prefect): ``dsclab run`` starts its temporary
 server before the kinds are loaded on the first lookup in :data:`KINDS`.
@@ -56,7 +61,7 @@ server before the kinds are loaded on the first lookup in :data:`KINDS`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -74,6 +79,16 @@ class Status(enum.IntEnum):
     PENDING = 0
     DONE = 1
     FAILED = 2
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A metric computed from a store rather than stored (an n* search may use it, ``dsclab.search``):
+    ``compute(ds)`` gives it over the store's dims (NaN at cells not done), from the variable
+    ``needs``."""
+
+    compute: Callable[["xr.Dataset"], "xr.DataArray"]
+    needs: str
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,16 @@ class StudyKind:
     cell_dims: ClassVar[tuple[str, ...]]
     description: ClassVar[str] = ""
     small: ClassVar[dict] = {}
+    """The test-sized preset (a mapping; ``dsclab.studies.small_preset`` reads a package's ``small.yaml``)."""
+    preset: ClassVar[str | None] = None
+    """The full preset: a file name in the repository's ``studies/``, the default spec of the kind's
+    deployments; None for a kind without one there (a plugin kind), which deploys ``small``."""
+    pools: ClassVar[tuple[str, ...]] = ("gpu",)
+    """Work pools of the kind's deployments, one deployment per pool, named after it."""
+    scheduled: ClassVar[tuple[str, ...]] = ()
+    """Pools whose deployment carries the example weekly schedule (inactive)."""
+    derived: ClassVar[Mapping[str, Derived]] = {}
+    """Metrics an n* search of this kind may use besides its stored float variables, by name."""
     torch_threads: ClassVar[int | None] = None
     train_axes: ClassVar[tuple[str, ...]] = ()
     """Axes inside a cell (not ``cell_dims``) whose values a cell's training depends on (the
@@ -125,9 +150,9 @@ class StudyKind:
     # -- the spec and its cells ------------------------------------------------------------
     def parse(self, data: Any):
         """Validate a mapping (a YAML file's content, a UI form) into the spec model."""
-        from dsclab.spec import parse_spec
+        from dsclab.spec import validate
 
-        return parse_spec(data, self.spec_model)
+        return validate(data, self.spec_model)
 
     def cells(self, spec) -> list:
         return spec.cells()
@@ -217,3 +242,24 @@ def kind_of(data_or_ds) -> StudyKind:
     if not isinstance(name, str) or name not in KINDS:
         raise ValueError(f"kind: unknown study kind {name!r} (known: {KINDS.known()})")
     return KINDS[name]
+
+
+def parse_spec(data: Any, model: type | None = None):
+    """Validate a mapping into ``model``, or, with no ``model``, into the spec model of the kind its
+    ``kind`` field names (default sample_complexity); an invalid value or an unknown kind raises
+    ``dsclab.spec.SpecError`` with one line."""
+    from dsclab.spec import SpecError, validate
+
+    if model is None and isinstance(data, dict):
+        try:
+            model = kind_of(data).spec_model
+        except ValueError as e:
+            raise SpecError(str(e)) from None
+    return validate(data, model)
+
+
+def load_spec(path, model: type | None = None):
+    """Load and validate a YAML spec file (``yaml.safe_load``; :func:`parse_spec`)."""
+    from dsclab.spec import load_yaml
+
+    return parse_spec(load_yaml(path), model)

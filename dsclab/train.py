@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from dsclab.errors import TrainingDiverged
-from dsclab.losses import ESTIMATORS, EnsembleLoss, sample_times
+from dsclab.losses import SCORE_LOSSES, EnsembleLoss, sample_times
 from dsclab.nets import EnsembleMLP, ScoreMLP
 from dsclab.seeds import generator, rng
 
@@ -274,7 +274,7 @@ def train_score(x: torch.Tensor, *, estimator: str = "dsm", config: TrainConfig 
     """Fit a ``ScoreMLP`` to the rows of ``x (n, d)``; deterministic for ``seed`` on a device.
     A loss that becomes NaN or infinite raises :class:`dsclab.errors.TrainingDiverged`."""
     dev = resolve_device(device) if isinstance(device, str) else device
-    loss_fn = ESTIMATORS[estimator]
+    loss_fn = SCORE_LOSSES[estimator]
     t0 = time.perf_counter()
     g_init = generator(seed)
     model = ScoreMLP(x.shape[1], width=config.width, depth=config.depth, generator=g_init).to(dev)
@@ -305,7 +305,7 @@ def train_ensemble(datasets: list[torch.Tensor], seeds: list[int], *, estimator:
     non-finite is returned as ``None`` and does not disturb the others.
     """
     dev = resolve_device(device) if isinstance(device, str) else device
-    loss_fn = EnsembleLoss(ESTIMATORS[estimator])
+    loss_fn = EnsembleLoss(SCORE_LOSSES[estimator])
     t0 = time.perf_counter()
     d = datasets[0].shape[1]
     M = len(datasets)

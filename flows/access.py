@@ -10,11 +10,19 @@ client's before it starts anything.
 Results root: ``DSCLAB_RESULTS_ROOT`` (:mod:`storage.confine`), which ``dsclab worker
 --results-root`` sets for its workers (:func:`results_root`).
 
+Talking to a server: the environment of the processes started for it (:func:`base_env`), a
+``prefect`` command line (:func:`prefect`), its health (:func:`wait_healthy`) and requests retried
+as Prefect's client retries them (:func:`api_request`); ``flows.server`` (the team-server commands),
+``flows.temporary_server`` and ``flows.deployments`` use these.
+
 Only the standard library at the top (``flows.server`` imports this before anything heavy).
 """
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 AUTH = "PREFECT_API_AUTH_STRING"                # the clients' credentials (Prefect's setting)
 SERVER_AUTH = "PREFECT_SERVER_API_AUTH_STRING"  # the server's
@@ -53,8 +61,6 @@ def access_problem(api_url: str) -> str | None:
     saying what to set."""
     import httpx
 
-    from flows.server import api_request
-
     try:
         r = api_request("POST", f"{api_url.rstrip('/')}/work_pools/filter", json={"limit": 1})
     except httpx.HTTPError as e:
@@ -64,3 +70,54 @@ def access_problem(api_url: str) -> str | None:
     if auth_string():
         return f"the Prefect server at {api_url} refuses the credentials in {AUTH} (401): use the server's"
     return f"the Prefect server at {api_url} requires credentials (401): set {AUTH} to the server's"
+
+
+def prefect(*args: str) -> list[str]:
+    """A ``prefect`` CLI command line run with this interpreter."""
+    return [sys.executable, "-m", "prefect", *args]
+
+
+def base_env(api_url: str | None = None, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if auth_string():
+        env[AUTH] = auth_string()
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    env.update(extra)
+    return env
+
+
+def health(api_url: str, timeout: float = 2.0) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_healthy(api_url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None,
+                 poll: float = 0.3) -> None:
+    """Wait until the server at ``api_url`` answers (bounded); fail early if ``proc`` exits."""
+    t0 = time.monotonic()
+    while not health(api_url):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with code {proc.returncode}")
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"no Prefect server answered at {api_url} within {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def api_request(method: str, url: str, attempts: int = 20, **kw):
+    """An HTTP request to the Prefect API, retried like Prefect's own client when the server
+    answers 503 (SQLite busy under load) or 429; bounded (about 30 s of waiting at most)."""
+    import httpx
+
+    kw["headers"] = {**auth_headers(), **kw.get("headers", {})}
+    for attempt in range(attempts):
+        r = httpx.request(method, url, timeout=30, **kw)
+        if r.status_code not in (429, 503):
+            return r
+        time.sleep(min(0.5 * (attempt + 1), 3.0))
+    return r

@@ -1,13 +1,14 @@
 """The Prefect deployments of the study flows, generated from the registry of study kinds.
 
-Every study kind registered in :data:`dsclab.study.KINDS` gets a deployment ``gpu`` on the ``gpu``
-work pool (``sample_complexity`` also one on the ``cpu`` pool: :data:`POOLS`) of its typed flow,
+Every study kind registered in :data:`dsclab.study.KINDS` gets one deployment per work pool it
+declares (``StudyKind.pools``: ``gpu``; ``sample_complexity`` also ``cpu``) of its typed flow,
 entrypoint ``flows/study.py:<kind>`` (:func:`flows.study.kind_flow`), so that Prefect names it
 ``<flow_name>/<pool>`` (``sample-complexity/gpu``, ``immse/gpu``, ...). Each is tagged ``dsclab``,
 enforces its parameter schema (the kind's spec model: the UI renders a form), and its default spec
-is the kind's preset: the file of ``studies/`` named in :data:`PRESETS`, or, for a kind that has
-none there (a plugin kind), the kind's ``small`` preset. ``sample-complexity/gpu`` also carries an
-example weekly schedule, inactive (:data:`EXAMPLE_SCHEDULE`).
+is the kind's preset: the file of ``studies/`` it names (``StudyKind.preset``), or, for a kind
+that has none there (a plugin kind), its ``small`` preset. The deployments of the pools a kind
+lists in ``StudyKind.scheduled`` (``sample-complexity/gpu``) also carry an example weekly
+schedule, inactive. Everything here is read from the kinds: this module keeps no table of them.
 
 Two generated files, the same document for different sets of kinds:
 
@@ -50,22 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "studies"
 PREFECT_FILE = ROOT / "deploy" / "prefect.yaml"        # built-in kinds, checked in
 LOCAL_FILE = ROOT / "deploy" / "prefect.local.yaml"    # every registered kind, git-ignored
+POOLS = ("cpu", "gpu")  # the process work pools (DEFINITIONS); ``dsclab server`` creates them
 
-# Default spec of each built-in kind's deployments: a preset of studies/. A kind not listed uses
-# its own ``small`` preset.
-PRESETS = {
-    "sample_complexity": "quick.yaml",
-    "immse": "immse.yaml",
-    "score_learning": "dimension_free.yaml",
-    "sampler_convergence": "srk.yaml",
-    "computational_gap": "spike_small.yaml",
-    "sparse_pca": "sparse_pca.yaml",
-}
-# Work pools of each kind's deployments (one deployment per pool, named after it); default: gpu.
-POOLS = {"sample_complexity": ("gpu", "cpu")}
-DEFAULT_POOLS = ("gpu",)
-# The deployment (kind, pool) that carries the example weekly schedule (inactive).
-EXAMPLE_SCHEDULE = ("sample_complexity", "gpu")
 # The n* search's deployment (flows/search.py:search, ``dsclab search``; deployed with the kind of
 # its spec): its parameter is a request, the spec of this studies/ file plus the search settings.
 SEARCH_SPEC = "search_quick.yaml"
@@ -143,17 +130,21 @@ class _Dumper(yaml.SafeDumper):
 
 
 def preset(kind: str) -> tuple[str, dict]:
-    """(where it comes from, the mapping) of ``kind``'s default spec: ``studies/<PRESETS[kind]>``
-    as the file holds it, else the kind's ``small`` preset. ValueError (one line) when the preset
-    file is of another kind."""
-    if kind in PRESETS:
-        path = STUDIES / PRESETS[kind]
-        data = yaml.safe_load(path.read_text())
-        if data.get("kind", "sample_complexity") != kind:
-            raise ValueError(f"{path.relative_to(ROOT)}: a {data.get('kind', 'sample_complexity')} preset, "
-                             f"not one of study kind {kind!r} (flows/deployments.py PRESETS)")
-        return str(path.relative_to(ROOT)), data
-    return f"KINDS[{kind!r}].small", dict(KINDS[kind].small)
+    """(where it comes from, the mapping) of ``kind``'s default spec: ``studies/<its preset>``
+    (``StudyKind.preset``) as the file holds it, else the kind's ``small`` preset. ValueError (one
+    line) when the preset file is missing or of another kind."""
+    name = KINDS[kind].preset
+    if name is None:
+        return f"KINDS[{kind!r}].small", dict(KINDS[kind].small)
+    path = STUDIES / name
+    where = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    if not path.is_file():
+        raise ValueError(f"{where}: no such file, the preset of study kind {kind!r} (its preset attribute)")
+    data = yaml.safe_load(path.read_text())
+    if data.get("kind", "sample_complexity") != kind:
+        raise ValueError(f"{where}: a {data.get('kind', 'sample_complexity')} preset, "
+                         f"not one of study kind {kind!r} (its preset attribute)")
+    return where, data
 
 
 def render(kinds: Iterable[str], builtin_only: bool) -> str:
@@ -182,12 +173,15 @@ def render(kinds: Iterable[str], builtin_only: bool) -> str:
     parts.append("\ndeployments:\n")
     blocks = []
     for kind in kinds:
-        for pool in POOLS.get(kind, DEFAULT_POOLS):
+        for pool in KINDS[kind].pools:
+            if pool not in POOLS:
+                raise ValueError(f"study kind {kind!r} declares the work pool {pool!r}; the pools are "
+                                 f"{', '.join(POOLS)} (flows.server creates them)")
             lines = ["  - <<: *study", f"    name: {pool}", f"    entrypoint: flows/study.py:{kind}"]
             if pool != "gpu":
                 lines.append(f"    work_pool: *{pool}_pool")
             lines += ["    parameters:", f"      spec: *{kind}_spec", "      runner: *threads"]
-            if (kind, pool) == EXAMPLE_SCHEDULE:
+            if pool in KINDS[kind].scheduled:
                 lines.append("    schedules: [*weekly]")
             blocks.append("\n".join(lines) + "\n")
     if search.get("kind", "sample_complexity") in kinds:
@@ -241,7 +235,7 @@ def deploy(prefect_file: Path, env: dict[str, str]) -> list[str]:
     """``prefect deploy --all --prefect-file FILE --no-prompt`` from the repository root, with
     ``env`` (its PREFECT_API_URL names the server); the names of the deployments Prefect reports.
     RuntimeError with Prefect's output when it fails."""
-    from flows.server import prefect
+    from flows.access import prefect
 
     rel = os.path.relpath(prefect_file, ROOT)
     print(f"+ prefect deploy --all --prefect-file {rel}   (in {ROOT})", flush=True)

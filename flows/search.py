@@ -27,7 +27,8 @@ from pydantic import Field, ValidationError
 
 import storage
 from dsclab import search as sr
-from dsclab.spec import SpecError, format_validation_error, parse_spec
+from dsclab.spec import SpecError, format_validation_error
+from dsclab.study import parse_spec
 from dsclab.study import KINDS, StudyKind, kind_of
 from flows import artifacts
 from flows.runners import RunnerSpec
@@ -61,7 +62,7 @@ class SearchRequest(sr.SearchSettings):
 def validate(kind: StudyKind, spec, settings: sr.SearchSettings) -> None:
     """SpecError with one line when this search cannot run (:func:`dsclab.search.check`)."""
     try:
-        sr.check(settings.metric, kind.template(spec), kind.cell_dims)
+        sr.check(settings.metric, kind.template(spec), kind)
     except ValueError as e:
         raise SpecError(f"search: {e}") from None
 
@@ -98,7 +99,7 @@ def coarse_spec(spec, settings: sr.SearchSettings):
 def read_values(path: str, kind: StudyKind, spec, metric: str):
     """The metric per cell of the store at ``path`` (:func:`dsclab.search.metric_values`), on the
     spec's values of every cell axis but n (the store may hold more: other searches' cells)."""
-    v = sr.metric_values(storage.open_results(path), metric, kind.cell_dims)
+    v = sr.metric_values(storage.open_results(path), metric, kind)
     return v.sel({dim: list(getattr(spec, dim)) for dim in kind.cell_dims if dim != "n"})
 
 

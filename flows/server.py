@@ -45,29 +45,13 @@ import time
 from pathlib import Path
 
 from flows.access import (
-    AUTH, HOW_TO_AUTH, RESULTS_ROOT, SERVER_AUTH, access_problem, auth_headers, auth_string, loopback, results_root,
+    AUTH, HOW_TO_AUTH, RESULTS_ROOT, SERVER_AUTH, access_problem, api_request, auth_string, base_env, health, loopback,
+    prefect, results_root, wait_healthy,
 )
 from flows.temporary_server import TemporaryServer  # noqa: F401 - ``from flows.server import TemporaryServer``
 
 ROOT = Path(__file__).resolve().parents[1]
-POOLS = ("cpu", "gpu")
 DEFAULT_API = "http://127.0.0.1:4200/api"
-
-
-def prefect(*args: str) -> list[str]:
-    """A ``prefect`` CLI command line run with this interpreter."""
-    return [sys.executable, "-m", "prefect", *args]
-
-
-def base_env(api_url: str | None = None, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if auth_string():
-        env[AUTH] = auth_string()
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    env.update(extra)
-    return env
 
 
 def detect_gpus(which: str = "auto") -> list[str]:
@@ -89,41 +73,6 @@ def detect_gpus(which: str = "auto") -> list[str]:
         return []
 
 
-def health(api_url: str, timeout: float = 2.0) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def wait_healthy(api_url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None,
-                 poll: float = 0.3) -> None:
-    """Wait until the server at ``api_url`` answers (bounded); fail early if ``proc`` exits."""
-    t0 = time.monotonic()
-    while not health(api_url):
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited with code {proc.returncode}")
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"no Prefect server answered at {api_url} within {timeout:.0f} s")
-        time.sleep(poll)
-
-
-def api_request(method: str, url: str, attempts: int = 20, **kw):
-    """An HTTP request to the Prefect API, retried like Prefect's own client when the server
-    answers 503 (SQLite busy under load) or 429; bounded (about 30 s of waiting at most)."""
-    import httpx
-
-    kw["headers"] = {**auth_headers(), **kw.get("headers", {})}
-    for attempt in range(attempts):
-        r = httpx.request(method, url, timeout=30, **kw)
-        if r.status_code not in (429, 503):
-            return r
-        time.sleep(min(0.5 * (attempt + 1), 3.0))
-    return r
-
-
 def existing_pools(api_url: str) -> set[str]:
     r = api_request("POST", f"{api_url.rstrip('/')}/work_pools/filter", json={})
     r.raise_for_status()
@@ -136,6 +85,8 @@ def setup(api_url: str, deploy: bool = True, prefect_file: Path | None = None) -
     of ``prefect_file``, by default every registered study kind's (deploy/prefect.local.yaml,
     written now by ``flows.deployments.write``)."""
     env = base_env(api_url)
+    from flows.deployments import POOLS
+
     missing = [p for p in POOLS if p not in existing_pools(api_url)]
     cmds = [prefect("work-pool", "create", p, "--type", "process") for p in missing]
     procs = []

@@ -63,7 +63,7 @@ class TemporaryServer:
             cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
                    "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
                    "--log-level", "error", "--lifespan", "on"]
-            from flows.server import base_env
+            from flows.access import base_env
 
             home = own_database_folder()
             env = base_env(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1",
@@ -86,7 +86,7 @@ class TemporaryServer:
         from prefect.settings import (PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_API_URL,
                                       PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings)
 
-        from flows.server import wait_healthy
+        from flows.access import wait_healthy
 
         if not _wants_temporary():
             self.stop()

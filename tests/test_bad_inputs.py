@@ -10,7 +10,7 @@ import yaml
 
 import storage
 from dsclab import cli
-from dsclab.spec import parse_spec
+from dsclab.study import parse_spec
 from dsclab.studies.sample_complexity import layout as sc
 
 GOOD = {"name": "bad", "d": [2], "n": [10, 20], "seed": [0], "nfe": [5]}

@@ -17,7 +17,8 @@ import xarray as xr
 from dsclab.studies.score_learning import bootstrap as bs
 from dsclab import analysis, distributions, losses, noise
 from dsclab.seeds import derive_seed, generator
-from dsclab.spec import SpecError, parse_spec
+from dsclab.spec import SpecError
+from dsclab.study import parse_spec
 from dsclab.studies.score_learning.numerics import draw_training_data, gauss_kl_to
 from dsclab.studies.score_learning.plot import plot as sl_plot
 from dsclab.studies.score_learning.readout import n_star as n_star_table
@@ -176,13 +177,13 @@ def test_training_is_deterministic_and_lowers_the_loss():
     for est in ("bsm", "bsm_rb"):
         a, b = fit(est), fit(est)
         assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
-    runs = {e: fit(e) for e in bs.ESTIMATORS}
+    runs = {e: fit(e) for e in bs.BOOTSTRAP_ESTIMATORS}
     assert all(math.isfinite(r.loss) for r in runs.values())
     before = _empirical_dsm_risk(init(), data)
     exact = lambda x, t: -noise.sigma(t).to(x.dtype)[:, None] * law.score(x.double(), t.double()).to(x.dtype)
     floor = _empirical_dsm_risk(exact, data)
     assert floor < before
-    for e in bs.ESTIMATORS:
+    for e in bs.BOOTSTRAP_ESTIMATORS:
         after = _empirical_dsm_risk(fit(e, bs.FitConfig(steps=100, batch_size=16)).model, data)
         assert after < before - 0.15 * (before - floor), (e, before, after, floor)
     # the targets differ, so do the fits; a lagged copy as h_hat (lag 5) differs from stop-gradient

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from dsclab.spec import SpecError, parse_spec
+from dsclab.spec import SpecError
+from dsclab.study import parse_spec
 from dsclab.studies.computational_gap.plot import plot
 from dsclab.studies.computational_gap.report import report
 from dsclab.studies.computational_gap.spec import ComputationalGapSpec

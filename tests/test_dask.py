@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 import storage
-from dsclab.spec import parse_spec
+from dsclab.study import parse_spec
 from dsclab.studies.sample_complexity import numerics as sc
 from flows import runners
 from flows.runners import RunnerSpec

@@ -17,7 +17,8 @@ import xarray as xr
 import yaml
 
 import storage
-from dsclab.spec import load_yaml, parse_spec
+from dsclab.spec import load_yaml
+from dsclab.study import parse_spec
 from dsclab.study import BUILTIN, KINDS
 from flows import deployments
 from flows import server as srv
@@ -26,9 +27,6 @@ from prefect_team import TINY
 pytest_plugins = ["prefect_team"]
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "deploy" / "prefect.yaml"
-# Today's default spec of each built-in kind's deployments (the `name` of its studies/ preset).
-PRESET_NAMES = {"sample_complexity": "quick", "immse": "immse", "score_learning": "dimension_free",
-                "sampler_convergence": "srk", "computational_gap": "spike_small", "sparse_pca": "sparse_pca"}
 
 
 def kind_of_deployment(dep: dict) -> str:
@@ -92,8 +90,8 @@ def test_default_specs_are_the_study_presets():
     assert sorted({kind_of_deployment(d) for d in deps}) == sorted(BUILTIN)
     for dep in deps:
         kind, spec = kind_of_deployment(dep), dep["parameters"]["spec"]
-        assert spec["name"] == PRESET_NAMES[kind], dep
-        assert spec == load_yaml(ROOT / "studies" / deployments.PRESETS[kind])
+        assert KINDS[kind].preset == f"{spec['name']}.yaml", dep  # a preset file is named after its study
+        assert spec == load_yaml(ROOT / "studies" / KINDS[kind].preset)
         assert KINDS[kind].parse(spec) == parse_spec(spec)
     for dep in study_deployments(deployments.document(KINDS)["deployments"]):  # plugins included
         kind = kind_of_deployment(dep)
@@ -103,9 +101,9 @@ def test_default_specs_are_the_study_presets():
 def test_a_kind_without_a_preset_deploys_its_small_preset():
     """A plugin kind (here: the immse kind under another name, registered at run time)."""
     immse = KINDS["immse"]
-    KINDS.register("immse_plugin", type("ImmsePlugin", (type(immse),), {"name": "immse_plugin"})())
+    KINDS.register("immse_plugin", type("ImmsePlugin", (type(immse),), {"name": "immse_plugin", "preset": None})())
     try:
-        assert "immse_plugin" not in deployments.PRESETS
+        assert KINDS["immse_plugin"].preset is None
         deps = deployments.document(["immse", "immse_plugin"])["deployments"]
         assert [(kind_of_deployment(d), d["name"]) for d in deps] == [("immse", "gpu"), ("immse_plugin", "gpu")]
         assert deps[1]["parameters"]["spec"] == immse.small and deps[0]["parameters"]["spec"]["name"] == "immse"

@@ -15,7 +15,7 @@ import storage
 from storage.store import zarr_target
 from dsclab import analysis, cli
 from dsclab import exceedance as exc
-from dsclab.spec import parse_spec
+from dsclab.study import parse_spec
 from dsclab.study import Status
 
 

@@ -75,7 +75,7 @@ def test_a_group_that_does_not_fit_is_split_and_trains(tmp_path, caplog):
     activations, 8192 x 512 per layer, grow with the members), a group of 4 cells does not fit;
     the train task's splitting (``tasks.stages.train_splitting``) runs it as 2 + 2, each cell
     equal to its member of an unsplit run to 1e-4 (the ensemble test's bound)."""
-    from dsclab.spec import parse_spec
+    from dsclab.study import parse_spec
     from dsclab.studies.sample_complexity import KIND, data_name
     from dsclab.train import TrainResult
     from tasks.stages import FileCache, train_splitting
@@ -113,7 +113,7 @@ def test_a_cell_out_of_memory_alone_fails_with_its_reason_and_the_study_complete
     64 MiB. The study completes: d = 2 done, d = 256 failed with the reason 'out of memory:
     training: CUDA out of memory. ...' and no values."""
     import storage
-    from dsclab.spec import parse_spec
+    from dsclab.study import parse_spec
     from dsclab.train import TrainConfig, group_memory_bytes
     from flows.study import sample_complexity
 

@@ -15,7 +15,8 @@ import xarray as xr
 
 from dsclab import immse
 from dsclab.distributions import gaussian, gaussian_mixture, rademacher
-from dsclab.spec import SpecError, parse_spec
+from dsclab.spec import SpecError
+from dsclab.study import parse_spec
 from dsclab.studies.immse.denoisers import ENSEMBLE_MEMBERS, MISMATCHED
 from dsclab.studies.immse.plot import plot
 from dsclab.studies.immse.report import report

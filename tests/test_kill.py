@@ -16,7 +16,7 @@ import xarray as xr
 import yaml
 
 import storage
-from dsclab.spec import parse_spec
+from dsclab.study import parse_spec
 
 SPEC = {"name": "kill", "d": [2, 3], "n": [40, 80, 160], "seed": [0, 1], "nfe": [4],
         "sampler": ["euler_maruyama"], "train": {"steps": 80, "width": 16, "depth": 2},

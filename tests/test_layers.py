@@ -4,7 +4,15 @@
   ``storage``;
 * ``storage`` imports neither Prefect nor ``flows`` or ``tasks``;
 * ``tasks`` never import ``flows``;
-* ``dsclab/cli.py`` is the one module of ``dsclab`` that sees every layer.
+* ``dsclab/cli.py`` is the one module of ``dsclab`` that sees every layer;
+
+and the layout of the study kinds (``dsclab/studies/<kind>/``):
+
+* every built-in kind is one package with the same modules (:data:`KIND_MODULES`) and its small
+  preset, plus whatever science only it uses;
+* no kind imports another kind;
+* a module at the top of ``dsclab/`` that kinds import serves at least two kinds or the layers
+  around them (science that serves one kind lives in that kind's package).
 """
 import ast
 from pathlib import Path
@@ -20,6 +28,10 @@ FORBIDDEN = {
     "tasks": ("flows",),
 }
 EXEMPT = {"dsclab/cli.py"}  # the command line knows every layer
+
+
+KIND_MODULES = ("__init__.py", "spec.py", "layout.py", "numerics.py", "report.py", "plot.py", "small.yaml")
+STUDIES = ROOT / "dsclab" / "studies"
 
 
 def imports(source: str) -> list[tuple[int, str]]:
@@ -60,3 +72,60 @@ def test_layers(top):
         rel = f.relative_to(ROOT).as_posix()
         found += violations(rel, f.read_text())
     assert not found, "\n".join(found)
+
+
+def kind_packages() -> list[Path]:
+    return sorted(p for p in STUDIES.iterdir() if p.is_dir() and p.name != "__pycache__")
+
+
+def test_every_builtin_kind_is_one_package_of_the_same_modules():
+    from dsclab.study import BUILTIN
+
+    assert sorted(p.name for p in kind_packages()) == sorted(BUILTIN)
+    for pkg in kind_packages():
+        missing = [m for m in KIND_MODULES if not (pkg / m).is_file()]
+        assert not missing, f"dsclab/studies/{pkg.name} lacks {', '.join(missing)}"
+
+
+def importers() -> dict[str, set[str]]:
+    """Top-level module of dsclab (``dsclab.x``) -> the places importing it: a kind's name, or the
+    path of a module outside the kinds (flows, tasks, storage and the rest of dsclab)."""
+    out: dict[str, set[str]] = {}
+    for top in ("dsclab", "flows", "tasks", "storage"):
+        for f in sorted((ROOT / top).rglob("*.py")):
+            rel = f.relative_to(ROOT)
+            where = rel.parts[2] if rel.parts[:2] == ("dsclab", "studies") and len(rel.parts) > 3 else rel.as_posix()
+            tree = ast.parse(f.read_text())
+            for node in ast.walk(tree):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names]
+                                             if node.module == "dsclab" else [])
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "dsclab" and len(parts) > 1 and parts[1] != "studies":
+                        mod = f"dsclab.{parts[1]}"
+                        if not rel.as_posix().startswith(mod.replace(".", "/")):  # not itself
+                            out.setdefault(mod, set()).add(where)
+    return out
+
+
+def test_kinds_import_no_other_kind():
+    found = []
+    for pkg in kind_packages():
+        for f in sorted(pkg.rglob("*.py")):
+            for line, mod in imports(f.read_text()):
+                parts = mod.split(".")
+                if parts[:2] == ["dsclab", "studies"] and len(parts) > 2 and parts[2] != pkg.name:
+                    found.append(f"{f.relative_to(ROOT)}:{line} imports {mod}")
+    assert not found, "\n".join(found)
+
+
+def test_science_of_one_kind_lives_in_its_package():
+    kinds = {p.name for p in kind_packages()}
+    alone = {mod: users for mod, users in importers().items() if len(users) == 1 and users <= kinds}
+    assert not alone, "; ".join(f"{m} serves only the study kind {next(iter(u))}: move it into that kind's package"
+                                for m, u in sorted(alone.items()))
+

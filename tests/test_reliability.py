@@ -18,7 +18,7 @@ import yaml
 
 import storage
 from dsclab import cli
-from dsclab.spec import parse_spec
+from dsclab.study import parse_spec
 from dsclab.studies.sample_complexity import layout as sc_layout
 from dsclab.studies.sample_complexity import numerics as sc
 
@@ -28,7 +28,7 @@ GRID = {"name": "conc", "d": [2, 3], "n": [10, 20, 30, 40], "seed": [0, 1], "nfe
 WRITER = textwrap.dedent("""
     import sys, numpy as np, xarray as xr
     import storage
-    from dsclab.spec import parse_spec
+    from dsclab.study import parse_spec
     import yaml
     spec = parse_spec(yaml.safe_load(open(sys.argv[1])))
     path, part, parts = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

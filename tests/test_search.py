@@ -10,8 +10,9 @@ import pytest
 import xarray as xr
 
 from dsclab import search as sr
-from dsclab.spec import SpecError, parse_spec
-from dsclab.study import Status
+from dsclab.spec import SpecError
+from dsclab.study import parse_spec
+from dsclab.study import KINDS, Status
 
 # A power-law error curve m(n, d, seed) = C_s d^beta n^-a: the seed mean is mean(C_s) d^beta n^-a,
 # so n*(eps, d) = (mean(C_s) d^beta / eps)^(1/a) exactly, each seed's own crossing is
@@ -136,22 +137,22 @@ def test_metric_values_mask_cells_that_are_not_done():
     st = np.full(v.shape, Status.DONE)
     st[0, 1, 0, 0] = Status.FAILED
     ds = _store(v, st)
-    m = sr.metric_values(ds, "score_l2", ("d", "n", "seed", "estimator"))
+    m = sr.metric_values(ds, "score_l2", KINDS["sample_complexity"])
     assert m.dims == ("d", "n", "seed", "estimator")
     np.testing.assert_allclose(m.values.ravel(), [1.0, 2.0, np.nan, 4.0])  # mean over t of (0.5, 1.5) x v
-    w = sr.metric_values(ds, "score_l2_weighted", ("d", "n", "seed", "estimator"))
+    w = sr.metric_values(ds, "score_l2_weighted", KINDS["sample_complexity"])
     sig2 = 1 - np.exp(-2 * ds.t.values)  # sigma_t^2 of the OU process (dsclab.noise)
     np.testing.assert_allclose(w.values[0, 0, 0, 0], np.mean(sig2 * np.array([0.5, 1.5])), rtol=1e-12)
 
 
 def test_bad_input_is_one_line():
     ds = _store(np.ones((1, 2, 2, 1)), np.zeros((1, 2, 2, 1)))
-    dims = ("d", "n", "seed", "estimator")
-    assert sr.known_metrics(ds, dims) == ["score_l2", "score_l2_weighted"]
+    kind = KINDS["sample_complexity"]
+    assert sr.known_metrics(ds, kind) == ["score_l2", "score_l2_weighted"]
     with pytest.raises(ValueError, match=r"^metric 'nope' is not a metric of this study \(known: score_l2, "):
-        sr.check("nope", ds, dims)
+        sr.check("nope", ds, kind)
     with pytest.raises(ValueError, match="has no n axis to search"):
-        sr.check("score_l2", ds, ("target", "d", "score"))
+        sr.check("score_l2", ds, KINDS["sampler_convergence"])
     for bad, field in [({"eps": 0.0}, "eps"), ({"eps": -1}, "eps"), ({"ratio": 1.0}, "ratio"),
                        ({"factor": 0.5}, "factor"), ({"eps": "x"}, "eps")]:
         with pytest.raises(SpecError) as e:
@@ -180,7 +181,7 @@ def test_search_flow_appends_rounds_to_one_store(harness, tmp_path):
     assert list(ds.n.values) == [16, 64, 256, 1024] and (ds.status == storage.DONE).all()
     # eps between the seed means at two coarse n of d=2, below every earlier value, so that d=2's
     # first crossing lies in that interval: then the search must bisect it
-    m = sr.metric_values(ds, "score_l2", ("d", "n", "seed", "estimator")).sel(d=2, estimator="dsm").mean("seed").values
+    m = sr.metric_values(ds, "score_l2", KINDS["sample_complexity"]).sel(d=2, estimator="dsm").mean("seed").values
     k = next(i for i in range(1, 4) if m[i] < m[:i].min())
     eps = float(np.sqrt(m[:k].min() * m[k]))
     request = prepare(TINY, store=store, metric="score_l2", eps=eps, ratio=1.5)

@@ -23,7 +23,7 @@ import xarray as xr
 import yaml
 
 import storage
-from dsclab.spec import parse_spec
+from dsclab.study import parse_spec
 from flows import gpu_lock
 from flows import server as srv
 from team_api import flow_run_logs, held_slots, task_runs

@@ -14,7 +14,8 @@ from dsclab.studies.sparse_pca.plot import plot
 from dsclab.studies.sparse_pca.spec import ESTIMATOR_NAMES, SparsePCAEvalSpec, SparsePCASpec
 from dsclab.distributions.sparse_pca import sparse_pca, spike_direction
 from dsclab.metrics import SlicedW2, sliced_w2
-from dsclab.spec import SpecError, parse_spec
+from dsclab.spec import SpecError
+from dsclab.study import parse_spec
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (tests/conftest.py)

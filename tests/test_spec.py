@@ -3,7 +3,8 @@ import pytest
 import yaml
 
 from dsclab import cli
-from dsclab.spec import SpecError, load_spec, parse_spec
+from dsclab.spec import SpecError
+from dsclab.study import load_spec, parse_spec
 from dsclab.studies.sample_complexity.spec import StudySpec
 
 GOOD = {"name": "t", "d": [2], "n": [10, 20], "seed": [0], "nfe": [5]}

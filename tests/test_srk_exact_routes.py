@@ -14,7 +14,8 @@ import torch
 from dsclab import errors, noise
 from dsclab.studies.sampler_convergence.gaussian_exact import gaussian_score, sampler_kl, sampler_law, step_map
 from dsclab.samplers import SAMPLERS, steps_for_nfe
-from dsclab.spec import SpecError, parse_spec
+from dsclab.spec import SpecError
+from dsclab.study import parse_spec
 from dsclab.studies.sampler_convergence import exact, targets
 from dsclab.studies.sampler_convergence import spec as spec_mod
 from dsclab.studies.sampler_convergence.numerics import run_cell

@@ -20,7 +20,8 @@ from dsclab.studies.sampler_convergence.targets import exact_score, make_target
 from dsclab.studies.sampler_convergence.exact_kl import default_grid, mixture1d, sampler_kl_1d
 from dsclab.studies.sampler_convergence.gaussian_exact import sampler_kl
 from dsclab.samplers import SAMPLERS, steps_for_nfe, uses_levy_area
-from dsclab.spec import SpecError, parse_spec
+from dsclab.spec import SpecError
+from dsclab.study import parse_spec
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (tests/conftest.py)

@@ -5,7 +5,7 @@ import xarray as xr
 from xarray.testing import assert_identical
 
 import storage
-from dsclab.spec import parse_spec
+from dsclab.study import parse_spec
 from dsclab.studies.sample_complexity import layout as sc
 
 BASE = {"name": "s", "d": [2, 4], "n": [10, 20], "seed": [0, 1], "nfe": [5], "sampler": ["euler_maruyama"],

@@ -321,7 +321,7 @@ def test_split_groups_uses_the_free_cuda_memory(monkeypatch):
     """The sample-complexity plan on a CUDA device with (faked) free memory for 3 cells' estimates
     in its half splits 8 cells of one d as 3 + 3 + 2; on the CPU the spec's bound (2 GiB) keeps
     them in one group, and the kind's plan follows the spec's device."""
-    from dsclab.spec import parse_spec
+    from dsclab.study import parse_spec
     from dsclab.studies.sample_complexity import KIND
     from dsclab.studies.sample_complexity import numerics as sc
 
@@ -343,7 +343,7 @@ def test_split_groups_uses_the_free_cuda_memory(monkeypatch):
 def test_sparse_pca_trains_in_chunks_within_the_free_cuda_memory(monkeypatch):
     """sparse_pca trains a (d, k) group as one ensemble on the CPU, and on CUDA as consecutive
     ensembles of at most (free / 2) / estimate cells, in cell order (train_group recorded)."""
-    from dsclab.spec import parse_spec
+    from dsclab.study import parse_spec
     from dsclab.studies.sparse_pca import KIND
     from dsclab.studies.sparse_pca import numerics as spn
 

@@ -15,7 +15,7 @@ from dsclab import noise
 __all__ = [
     "Denoiser", "Estimate", "EnsembleEstimate", "denoiser_from_score_fn", "channel", "mse_eps_paired",
     "mmse_eps", "loc_scale", "logsnr_range", "sample_logsnr", "mmse_gaussian", "gaussian_entropy", "REFERENCES",
-    "nll_continuous", "nll_discrete", "ESTIMATORS",
+    "nll_continuous", "nll_discrete", "NLL_ESTIMATORS",
 ]
 
 LOG_2PI_E = math.log(2 * math.pi * math.e)
@@ -255,4 +255,6 @@ def nll_discrete(x: torch.Tensor, denoise: Denoiser, generator: torch.Generator,
     return _summarise(h, terms)
 
 
-ESTIMATORS: dict[str, Callable] = {"continuous": nll_continuous, "discrete": nll_discrete}
+NLL_ESTIMATORS: dict[str, Callable] = {"continuous": nll_continuous, "discrete": nll_discrete}
+"""The two likelihood estimators of one denoiser, by the kind of data: continuous, or on a lattice
+(the discrete identity)."""

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from dsclab import axes
 from dsclab.axes import PositiveInts, PositiveTimes, Seeds
-from dsclab.spec import StudyBase, _Frozen
+from dsclab.spec import StudyBase, Frozen
 
 CELL_DIMS = ("n", "k", "seed")
 # study drift name -> (dsclab.studies.computational_gap.spike.DRIFTS factory, its parameters)
@@ -38,7 +38,7 @@ STUDY_FAMILIES: dict[str, tuple[str, dict]] = {
 Family = axes.Name(STUDY_FAMILIES, "family")
 
 
-class GapTrainSpec(_Frozen):
+class GapTrainSpec(Frozen):
     """Training of the network drift (``dsclab.studies.computational_gap.spike.train_network``)."""
 
     steps: int = Field(300, gt=0, description="Adam steps (cosine decay)")
@@ -50,7 +50,7 @@ class GapTrainSpec(_Frozen):
     device: str = Field("cpu", description="cpu, cuda or auto")
 
 
-class MpnnTrainSpec(_Frozen):
+class MpnnTrainSpec(Frozen):
     """The paper's three-stage training of the ``mpnn`` drift (``dsclab.studies.computational_gap.spike.mpnn_train``; defaults
     are the paper's: budget 1.0 is its 60,000 steps of batch 200). It runs on the train task's device (``train.device``)."""
 
@@ -69,7 +69,7 @@ class MpnnTrainSpec(_Frozen):
                              lr=tuple(self.lr), clip=tuple(self.clip), theta=tuple(self.theta))
 
 
-class GapEvalSpec(_Frozen):
+class GapEvalSpec(Frozen):
     """How each cell is evaluated."""
 
     t: PositiveTimes = Field([1, 2, 4, 8, 16, 32, 64, 128, 256], description="SL times of the MSE curve")
@@ -131,7 +131,7 @@ class ComputationalGapSpec(StudyBase):
         return self.grid(GapCell, n=self.n, k=self.k, seed=self.seed)
 
 
-class GapCell(_Frozen):
+class GapCell(Frozen):
     """One cell: a matrix size n, a sparsity k and a seed; ``key`` hashes them with the spec's numerics."""
 
     n: int

@@ -22,6 +22,7 @@ class Immse(StudyKind):
     description = ("Log-likelihood from the MMSE curve for exact, mismatched, trained and ensembled "
                    "denoisers (Kong et al. 2023).")
     small = small_preset(__file__)
+    preset = "immse.yaml"
     template = staticmethod(layout.template)
     report = staticmethod(report.report)
     plot = staticmethod(plot.plot)

@@ -17,16 +17,12 @@ trained network and the ensemble.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from dsclab import immse
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.distributions.rademacher import Rademacher
-
-if TYPE_CHECKING:  # pragma: no cover
-    from dsclab.studies.immse.spec import ImmseSpec
+from dsclab.registry import Needs, Registry
 
 DENOISERS = ("exact", "gaussian", "mismatched", "trained", "ensemble")
 ENSEMBLE_MEMBERS = ("gaussian", "mismatched", "trained")
@@ -52,12 +48,18 @@ def _mismatched_rademacher(law: Rademacher, r: float) -> Rademacher:
     return Rademacher(law.d, odds / (1 + odds))
 
 
-MISMATCHED = {"gaussian": _mismatched_gaussian, "gaussian_mixture": _mismatched_mixture,
-              "rademacher": _mismatched_rademacher}
+MISMATCHED: Registry = Registry(
+    "dsclab.mismatched_laws", "mismatched law", check=Needs("mismatched law"),
+    builtins={"gaussian": _mismatched_gaussian, "gaussian_mixture": _mismatched_mixture,
+              "rademacher": _mismatched_rademacher})
+"""The mismatched counterpart of each data law the study accepts, ``(law, r) -> law``, by the name of
+the law's family in ``dsclab.distributions`` (entry-point group ``dsclab.mismatched_laws``: a
+plugin family becomes a data law of the study by registering its counterpart here)."""
 
 
-def denoisers_for(spec: "ImmseSpec", name: str, law) -> dict[str, immse.Denoiser]:
-    """The n-independent denoisers of a law: exact, moment-matched Gaussian, mismatched."""
+def denoisers_for(name: str, law, mismatch: float) -> dict[str, immse.Denoiser]:
+    """The n-independent denoisers of the law of family ``name``: exact, moment-matched Gaussian,
+    mismatched (:data:`MISMATCHED` with the odds factor ``mismatch``)."""
     gauss = immse.moment_matched_gaussian(law.mean(), law.cov())
     return {"exact": law.denoise, "gaussian": gauss.denoise,
-            "mismatched": MISMATCHED[name](law, spec.mismatch).denoise}
+            "mismatched": MISMATCHED[name](law, mismatch).denoise}

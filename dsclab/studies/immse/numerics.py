@@ -73,7 +73,7 @@ def run_cell(spec: ImmseSpec, cell: ImmseCell) -> xr.Dataset:
                       device=resolve_device(spec.train.device))
     t0 = time.perf_counter()
     model = res.model.cpu().eval()
-    dens = denoisers_for(spec, cell.data, law)
+    dens = denoisers_for(cell.data, law, spec.mismatch)
     dens["trained"] = immse.denoiser_from_score_fn(model.score, dtype=torch.float32)
     order = list(dens)  # exact, gaussian, mismatched, trained
     ev = spec.evaluation

@@ -15,13 +15,13 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from dsclab import axes, distributions
-from dsclab.spec import DistributionSpec, StudyBase, TrainSpec, _Frozen
+from dsclab.spec import DistributionSpec, StudyBase, TrainSpec, Frozen
 from dsclab.studies.immse.denoisers import MISMATCHED
 
 CELL_DIMS = ("data", "d", "n", "seed")
 
 
-class ImmseEvalSpec(_Frozen):
+class ImmseEvalSpec(Frozen):
     """How the likelihoods are estimated (``dsclab.immse``)."""
 
     n_points: int = Field(1000, ge=2, description="held-out points from the exact law")
@@ -76,7 +76,7 @@ class ImmseSpec(StudyBase):
         return next(x for x in self.data if x.name == name).model_dump(mode="json")
 
 
-class ImmseCell(_Frozen):
+class ImmseCell(Frozen):
     data: str
     d: int
     n: int

@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from dsclab.errors import TrainingDiverged
 from dsclab.seeds import derive_seed
+from dsclab.analysis import WEIGHTED_L2
 from dsclab.studies import small_preset
 from dsclab.studies.sample_complexity import layout
 from dsclab.studies.sample_complexity import numerics as sc
@@ -33,6 +34,10 @@ class SampleComplexity(StudyKind):
     description = ("Score error (L2, quantile), sampling error and the I-MMSE likelihood gap against n, "
                    "per d (Gupta et al. 2023).")
     small = small_preset(__file__)
+    preset = "quick.yaml"
+    pools = ("gpu", "cpu")
+    scheduled = ("gpu",)
+    derived = WEIGHTED_L2
     template = staticmethod(layout.template)
     report = staticmethod(_report.report)
     plot = staticmethod(_plot.plot)

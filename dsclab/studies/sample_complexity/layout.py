@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from dsclab import layout
+from dsclab.metrics import SAMPLE_METRICS
 from dsclab.studies.sample_complexity.spec import CELL_DIMS, StudySpec
 
 VARIABLES = {
@@ -25,19 +26,6 @@ VARIABLES = {
     "train_seconds": ((), "training wall time", "s"),
     "train_loss": ((), "final training loss (mean per sample, last 10% of steps)", "1"),
     "eval_seconds": ((), "evaluation wall time", "s"),
-    "score_l2": (("t",), "L2 score error E||s_hat - s||^2", "1"),
-    "score_l2_rel": (("t",), "relative L2 score error E||s_hat - s||^2 / E||s||^2", "1"),
-    "score_quantile": (("t", "delta"), "(1 - delta)-quantile of ||s_hat - s||", "1"),
-    "sliced_w2": (("sampler", "nfe"), "sliced W2 distance of samples to q_t_min", "1"),
-    "mmd": (("sampler", "nfe"), "RBF MMD of samples to q_t_min", "1"),
-    "w2": (("sampler", "nfe"), "exact W2 distance of samples to q_t_min (optimal transport)", "1"),
-    "kl_gauss": (("sampler", "nfe"), "KL(N_fit(samples) || N_fit(q_t_min sample)) between Gaussian fits",
-                 "nats"),
-    "sliced_w2_floor": ((), "sliced W2 between two independent q_t_min samples, same directions (floor)", "1"),
-    "mmd_floor": ((), "RBF MMD between two independent q_t_min samples (bias floor)", "1"),
-    "w2_floor": ((), "exact W2 between two independent q_t_min samples (floor)", "1"),
-    "kl_gauss_floor": ((), "KL(N_fit(sample) || N_fit(q_t_min sample)) between two independent q_t_min samples "
-                           "(floor)", "nats"),
     "nll_immse": ((), "I-MMSE estimate of -log p(x) of the trained model on held-out data (matched-Gaussian "
                       "reference; discrete estimator for lattice data)", "nats per dimension"),
     "nll_immse_se": ((), "standard error of nll_immse (held-out points and log-SNR draws)", "nats per dimension"),
@@ -58,5 +46,8 @@ def template(spec: StudySpec) -> xr.Dataset:
         "logsnr": np.array(spec.evaluation.logsnr, dtype=np.float64),
     }
     variables = {name: (CELL_DIMS + extra, long_name, units) for name, (extra, long_name, units) in VARIABLES.items()}
+    variables.update(layout.score_error_variables(CELL_DIMS))
+    variables.update(layout.sample_metric_variables(
+        SAMPLE_METRICS.builtin_names, CELL_DIMS + ("sampler", "nfe"), CELL_DIMS))
     return layout.template(spec, coords, CELL_DIMS, variables, COORD_ATTRS, attrs={
         "conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise)"})

@@ -2,7 +2,7 @@
 one axis policy of :mod:`dsclab.axes`, and their expansion into cells.
 
 A :class:`StudySpec` is the parameter of the sample-complexity flow (the Prefect UI renders it as
-a form) and is loaded from YAML by :func:`dsclab.spec.load_spec`. Invalid input raises
+a form) and is loaded from YAML by :func:`dsclab.study.load_spec`. Invalid input raises
 :class:`dsclab.spec.SpecError` with one line naming the field and the value, before anything is
 created. Numeric axes (``d``, ``n``, ``nfe``, ``evaluation.t``, ``evaluation.delta``,
 ``evaluation.logsnr``) and ``seed`` are distinct and stored sorted ascending; ``estimator`` and
@@ -18,12 +18,12 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from dsclab import axes
-from dsclab.losses import ESTIMATORS
-from dsclab.spec import DistributionSpec, Samplers, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen, check_nfe
+from dsclab.losses import SCORE_LOSSES
+from dsclab.spec import DistributionSpec, Samplers, Schedule, StudyBase, TimeRange, TrainSpec, Frozen, check_nfe
 
 CELL_DIMS = ("d", "n", "seed", "estimator")
 
-Estimators = axes.Names(ESTIMATORS, "estimator")
+Estimators = axes.Names(SCORE_LOSSES, "estimator")
 
 
 class EvalSpec(TimeRange):
@@ -49,7 +49,7 @@ class EvalSpec(TimeRange):
         return v
 
 
-class Cell(_Frozen):
+class Cell(Frozen):
     d: int
     n: int
     seed: int

@@ -33,6 +33,7 @@ class SamplerConvergence(StudyKind):
     description = ("KL (exact) and sliced W2 / MMD against NFE for Euler-Maruyama, the exponential integrator, "
                    "SRK, SRA1, ShARK and Heun; fitted slopes and NFE to reach a KL (Wu et al. 2024).")
     small = small_preset(__file__)
+    preset = "srk.yaml"
     torch_threads = 1  # streams of small tensor ops: parallelism comes from the workers
     template = staticmethod(layout.template)
     report = staticmethod(_report.report)

@@ -28,7 +28,7 @@ from pydantic import Field, field_validator, model_validator
 
 from dsclab import axes
 from dsclab.samplers import SAMPLERS
-from dsclab.spec import Samplers, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen, check_nfe
+from dsclab.spec import Samplers, Schedule, StudyBase, TimeRange, TrainSpec, Frozen, check_nfe
 
 CELL_DIMS = ("target", "d", "score")
 TARGETS = ("gaussian", "product_mixture", "mixture")
@@ -52,7 +52,7 @@ it maps coordinates independently (``exact_kl``). A sampler added to ``dsclab.sa
 exact KL here (NaN) until it is listed."""
 
 
-class GaussianTarget(_Frozen):
+class GaussianTarget(Frozen):
     """N(mean 1, diag(lam)), lam log-spaced from scale to scale / cond (``distributions.gaussian``)."""
 
     cond: float = Field(10.0, ge=1.0, description="condition number of the covariance")
@@ -60,7 +60,7 @@ class GaussianTarget(_Frozen):
     scale: float = Field(1.0, gt=0, description="largest eigenvalue")
 
 
-class ProductMixtureTarget(_Frozen):
+class ProductMixtureTarget(Frozen):
     """Product of d identical 1-D mixtures sum_k w_k N(mu_k, s_k^2)."""
 
     weights: list[float] = Field([0.3, 0.7], description="component weights (normalised)")
@@ -76,7 +76,7 @@ class ProductMixtureTarget(_Frozen):
         return self
 
 
-class MixtureTarget(_Frozen):
+class MixtureTarget(Frozen):
     """Isotropic mixture of ``distributions.gaussian_mixture`` (k >= 3 makes it non-product)."""
 
     k: int = Field(4, ge=1, description="components (modes at +-separation/2 on the first axes)")
@@ -84,7 +84,7 @@ class MixtureTarget(_Frozen):
     std: float = Field(1.0, gt=0, description="component standard deviation")
 
 
-class SamplingSpec(_Frozen):
+class SamplingSpec(Frozen):
     """Monte Carlo part: sample metrics and score errors."""
 
     n_samples: int = Field(500, ge=10, le=5000, description="samples per (sampler, NFE) and reference draws")
@@ -95,7 +95,7 @@ class SamplingSpec(_Frozen):
     score_t: axes.PositiveTimes = Field([0.01, 0.1, 1.0], description="times of the stored score error")
 
 
-class QuadratureSpec(_Frozen):
+class QuadratureSpec(Frozen):
     """Grid and nodes of the 1-D density propagation (``dsclab.studies.sampler_convergence.exact_kl.propagate_density_1d``)."""
 
     pts_per_width: float = Field(12.0, gt=0, description="grid points per sd of the narrowest component (SDE samplers)")
@@ -107,7 +107,7 @@ class QuadratureSpec(_Frozen):
     n_max: int = Field(150, ge=8, description="most Gauss-Hermite nodes in dW")
 
 
-class AnalysisSpec(_Frozen):
+class AnalysisSpec(Frozen):
     """What the report fits and reads off (stored with the spec; changes no stored number)."""
 
     fit_nfe: list[int] = Field([32, 512], description="NFE range [lo, hi] of the KL slope fits (asymptotic regime)")
@@ -177,7 +177,7 @@ class SamplerConvergenceSpec(StudyBase, TimeRange):
         return self.grid(SrkCell, target=self.target, d=self.d, score=self.score)
 
 
-class SrkCell(_Frozen):
+class SrkCell(Frozen):
     target: str
     d: int
     score: str

@@ -10,6 +10,7 @@ own small network inside ``evaluate`` (no separate train stage).
 """
 from __future__ import annotations
 
+from dsclab.analysis import WEIGHTED_L2
 from dsclab.studies import small_preset
 from dsclab.study import Group, StudyKind
 
@@ -27,6 +28,8 @@ class ScoreLearning(StudyKind):
     description = ("n*(eps, d) for a structured class against an MLP; BSM against DSM; trajectory against "
                    "independent noisings; quantile against L2 error (Kumar et al. 2025).")
     small = small_preset(__file__)
+    preset = "dimension_free.yaml"
+    derived = WEIGHTED_L2
     template = staticmethod(_template)
     report = staticmethod(_report)
     plot = staticmethod(_plot)

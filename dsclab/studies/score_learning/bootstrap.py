@@ -46,6 +46,7 @@ from torch import nn
 from dsclab import noise, train
 from dsclab.losses import BSMPairLoss, ExactScore, dsm_pair_loss
 from dsclab.nets import ScoreMLP, _init_linear
+from dsclab.registry import Needs, Registry, RegistryError, origin
 
 # ------------------------------------------------------------------------------------------
 # Training data: time grids, forward paths
@@ -189,7 +190,11 @@ def make_structured(d: int, *, width: int, depth: int, generator: torch.Generato
     return StructuredScore(d, width=width, depth=depth, generator=generator)
 
 
-HYPOTHESES: dict[str, Callable[..., nn.Module]] = {"mlp": make_mlp, "structured": make_structured}
+HYPOTHESES: Registry[Callable[..., nn.Module]] = Registry(
+    "dsclab.hypotheses", "hypothesis class", check=Needs("hypothesis class"),
+    builtins={"mlp": make_mlp, "structured": make_structured})
+"""Hypothesis classes ``(d, *, width, depth, generator) -> nn.Module`` (a score network: ``model(x, t)``
+and ``model.score(x, t)``), by name (entry-point group ``dsclab.hypotheses``)."""
 
 
 def n_parameters(model: nn.Module) -> int:
@@ -197,7 +202,7 @@ def n_parameters(model: nn.Module) -> int:
 
 
 @dataclass(frozen=True)
-class Estimator:
+class BootstrapEstimator:
     """How an estimator forms its regression target above t_c: ``bootstrap`` (False: DSM at every
     t), ``rao_blackwell`` (the target T_RB of ``dsclab.losses.bsm_rb_target``, else the pure
     bootstrap target e^{t - t'} h_hat(t', X_{t'}) of ``dsclab.losses.bsm_target``) and ``oracle``
@@ -208,13 +213,20 @@ class Estimator:
     oracle: bool = False
 
 
-ESTIMATORS: dict[str, Estimator] = {
-    "dsm": Estimator(),
-    "bsm": Estimator(bootstrap=True),
-    "bsm_oracle": Estimator(bootstrap=True, oracle=True),
-    "bsm_rb": Estimator(bootstrap=True, rao_blackwell=True),
-    "bsm_rb_oracle": Estimator(bootstrap=True, rao_blackwell=True, oracle=True),
-}
+def _check_estimator(name: str, obj: object) -> None:
+    if not isinstance(obj, BootstrapEstimator):
+        raise RegistryError(f"bootstrap estimator {name!r} ({origin(obj)}) is a {type(obj).__name__}, "
+                            f"not a BootstrapEstimator")
+
+
+BOOTSTRAP_ESTIMATORS: Registry[BootstrapEstimator] = Registry(
+    "dsclab.bootstrap_estimators", "estimator", check=_check_estimator, builtins={
+        "dsm": BootstrapEstimator(),
+        "bsm": BootstrapEstimator(bootstrap=True),
+        "bsm_oracle": BootstrapEstimator(bootstrap=True, oracle=True),
+        "bsm_rb": BootstrapEstimator(bootstrap=True, rao_blackwell=True),
+        "bsm_rb_oracle": BootstrapEstimator(bootstrap=True, rao_blackwell=True, oracle=True),
+    })
 """``dsm``; ``bsm`` and ``bsm_rb`` (pure and Rao–Blackwellised bootstrap targets, h_hat = the
 network under stop-gradient, or a lagged copy: ``FitConfig.lag``); ``bsm_oracle`` and
 ``bsm_rb_oracle`` (the same targets with h_hat = the exact score of the data law: a diagnostic,
@@ -250,14 +262,12 @@ def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, g
     Each step draws ``batch_size`` rows with replacement and uses all K pairs of each row (in
     ``trajectory`` mode the pairs of a row are Markov-dependent). Deterministic for a generator.
     ``law`` (with an exact ``score``) is needed by the oracle estimators only. The loss is
-    ``dsclab.losses.dsm_pair_loss`` or ``BSMPairLoss`` (the target of :data:`ESTIMATORS`; h_hat:
+    ``dsclab.losses.dsm_pair_loss`` or ``BSMPairLoss`` (the target of :data:`BOOTSTRAP_ESTIMATORS`; h_hat:
     the network under stop-gradient, a lagged copy refreshed every ``lag`` steps, or
     ``ExactScore(law)``), minimised by the loop ``dsclab.train.fit``; a loss that becomes NaN or
     infinite raises :class:`dsclab.errors.TrainingDiverged`.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r} (known: {', '.join(ESTIMATORS)})")
-    est = ESTIMATORS[estimator]
+    est = BOOTSTRAP_ESTIMATORS.resolve(estimator)
     if est.oracle and law is None:
         raise ValueError(f"estimator {estimator!r} needs the data law (its exact score)")
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@ conditional law, and closed forms for Gaussian data (science.md §4). Numerics o
 
 Conventions are those of :mod:`dsclab.studies.score_learning.bootstrap` (OU process X_t = e^{-t} X_0 + sigma_t Z; a step
 Delta = t - t' > 0 from X_{t'} to X_t on one forward path; a = e^{-t}, a' = e^{-t'}). The targets,
-in score units, of the estimators of ``dsclab.studies.score_learning.bootstrap.ESTIMATORS``:
+in score units, of the estimators of ``dsclab.studies.score_learning.bootstrap.BOOTSTRAP_ESTIMATORS``:
 
 * DSM:  T_dsm = -(X_t - a X_0) / sigma_t^2;
 * pure bootstrap (``bsm``, ``bsm_oracle``):  T_pure = e^{Delta} h_hat(t', X_{t'});
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dsclab import noise
-from dsclab.studies.score_learning.bootstrap import ESTIMATORS
+from dsclab.studies.score_learning.bootstrap import BOOTSTRAP_ESTIMATORS
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.losses import bsm_rb_target
 
@@ -80,9 +80,7 @@ def target_draws(dist: GaussianMixture, x: torch.Tensor, t: float, t_prev: float
     h_hat = ``score_prev`` (the trained network, or the exact score for the oracles), evaluated
     in ``dtype``; the oracle and learned variants differ only in ``score_prev``.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r} (known: {', '.join(ESTIMATORS)})")
-    est = ESTIMATORS[estimator]
+    est = BOOTSTRAP_ESTIMATORS.resolve(estimator)
     x = x.to(torch.float64)
     x0 = posterior_x0(dist, x, t, R, generator)
     t_dsm = -(x[None] - noise.mean_coef(t) * x0) / noise.sigma2(t)
@@ -162,7 +160,7 @@ def target_variance_ratio(estimator: str, lam, t: float, t_prev: float, *, t_c: 
     """Closed-form conditional target variance of ``estimator`` (its effective, mixed target, exact
     h_hat) over DSM's, Gaussian data with eigenvalues ``lam`` (:func:`gaussian_target_variance`);
     1 at t <= t_c, where every estimator is DSM."""
-    est = ESTIMATORS[estimator]
+    est = BOOTSTRAP_ESTIMATORS[estimator]
     if not est.bootstrap or t <= t_c or mix >= 1.0:
         return 1.0
     v = gaussian_target_variance(lam, t, t_prev, mix)
@@ -174,7 +172,7 @@ def perturbation_gain(estimator: str, t: float, t_prev: float, *, t_c: float = 0
     h_hat = s_{t'} + eta g, E[T | X_t = x] - s_t(x) = gain * eta * E[g(X_{t'}) | X_t = x] for any
     data law and any g. gain = (1 - mix) e^{Delta} for the pure bootstrap target (amplified),
     (1 - mix) e^{-Delta} sigma_{t'}^2 / sigma_t^2 < 1 for T_RB (damped), 0 for DSM and at t <= t_c."""
-    est = ESTIMATORS[estimator]
+    est = BOOTSTRAP_ESTIMATORS[estimator]
     if not est.bootstrap or t <= t_c or mix >= 1.0:
         return 0.0
     dl = t - t_prev

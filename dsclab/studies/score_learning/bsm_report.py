@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dsclab.studies.score_learning import bootstrap as bs
 from dsclab.studies.score_learning import bootstrap_targets as bt
 from dsclab import distributions
 

@@ -33,14 +33,9 @@ from .spec import CELL_DIMS, ScoreLearningSpec
 
 VARIABLES = {
     # name: (extra dims, long name, units)
-    "score_l2": (("t",), "L2 score error E||s_hat - s||^2", "1"),
-    "score_l2_rel": (("t",), "relative L2 score error E||s_hat - s||^2 / E||s||^2", "1"),
-    "score_quantile": (("t", "delta"), "(1 - delta)-quantile of ||s_hat - s||", "1"),
     "target_var": (("t",), "conditional variance tr Cov[T | X_t] of the regression target (trained h_hat in BSM)", "1"),
     "target_var_1": (("t",), "conditional variance of coordinate 1 of the regression target", "1"),
     "target_var_oracle": (("t",), "conditional variance of the regression target with the exact score as h_hat", "1"),
-    "sliced_w2": ((), "sliced W2 of samples to q_t_min", "1"),
-    "sliced_w2_floor": ((), "sliced W2 between two independent draws of q_t_min", "1"),
     "mode_tv": ((), "TV between component-label laws of samples and q_t_min (lower bound on TV)", "1"),
     "mode_tv_floor": ((), "mode_tv of an independent draw of q_t_min", "1"),
     "kl_gauss": ((), "KL of the samples' Gaussian fit to N(mean, cov of q_t_min)", "nats"),
@@ -66,6 +61,8 @@ def template(spec: ScoreLearningSpec) -> xr.Dataset:
         "t": np.array(ev.t, dtype=np.float64), "delta": np.array(ev.delta, dtype=np.float64),
     }
     variables = {name: (CELL_DIMS + extra, long_name, units) for name, (extra, long_name, units) in VARIABLES.items()}
+    variables.update(layout.score_error_variables(CELL_DIMS))
+    variables.update(layout.sample_metric_variables(("sliced_w2",), CELL_DIMS, CELL_DIMS))
     return layout.template(spec, coords, CELL_DIMS, variables, COORD_ATTRS, attrs={
         "conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise); training times "
                        "t_min r^(k+u), r = (T/t_min)^(1/K) (dsclab.studies.score_learning.bootstrap)",

@@ -114,7 +114,7 @@ def evaluate(spec: ScoreLearningSpec, cell: SLCell, model, result: bs.FitResult 
         t_prev = t / tr.ratio
         state = g.get_state()
         kw = dict(estimator=cell.estimator, t_c=spec.bsm.t_c, mix=spec.bsm.mix)
-        h_hat = law.score if bs.ESTIMATORS[cell.estimator].oracle else model.score  # the h_hat the cell trained with
+        h_hat = law.score if bs.BOOTSTRAP_ESTIMATORS[cell.estimator].oracle else model.score  # the h_hat the cell trained with
         v, v1 = bt.conditional_variance(bt.target_draws(law, x, t, t_prev, ev.n_draws, g, score_prev=h_hat, **kw))
         g.set_state(state)  # the oracle uses the same posterior draws (paired)
         vo, _ = bt.conditional_variance(bt.target_draws(law, x, t, t_prev, ev.n_draws, g, score_prev=law.score,

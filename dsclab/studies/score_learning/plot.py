@@ -8,9 +8,10 @@ import numpy as np
 import xarray as xr
 
 from dsclab import analysis
+from dsclab.analysis import weighted_l2
 
 from .bsm_report import closed_form_ratio
-from .readout import band, done, n_star, ratio_table, sections, weighted_l2
+from .readout import band, done, n_star, ratio_table, sections
 from .report import exceedances
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from dsclab import analysis, noise
+from dsclab import analysis
 from dsclab.study import Status
 
 
@@ -28,13 +28,6 @@ def band_text(da: xr.DataArray) -> str:
     """'median [min, max]' over seeds of a DataArray with only the seed dim left."""
     med, lo, hi = band(da)
     return f"{fmt(float(med))} [{fmt(float(lo))}, {fmt(float(hi))}]"
-
-
-def weighted_l2(ds: xr.Dataset) -> xr.DataArray:
-    """mean over the t grid of sigma_t^2 score_l2(t): the L2 error in noise-prediction units (the
-    DSM weighting), so that no single noise level dominates; done cells only."""
-    w = xr.DataArray(noise.sigma2(ds.t.values.astype(np.float64)), dims="t", coords={"t": ds.t})
-    return (done(ds, "score_l2") * w).mean("t")
 
 
 def n_star(err: xr.DataArray, eps: float) -> xr.DataArray:

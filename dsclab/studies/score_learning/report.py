@@ -24,11 +24,12 @@ import numpy as np
 import xarray as xr
 
 from dsclab import analysis
+from dsclab.analysis import weighted_l2
 from dsclab import exceedance as exc
 from dsclab.study import Status
 
 from . import bsm_report as bsm
-from .readout import done, fmt, n_star, ratio_block, sections, weighted_l2
+from .readout import done, fmt, n_star, ratio_block, sections
 
 
 def _nstar_lines(err: xr.DataArray, ds: xr.Dataset, eps: float) -> tuple[list[str], float, tuple]:

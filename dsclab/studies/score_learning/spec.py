@@ -2,7 +2,7 @@
 
 A cell is (d, n, seed, estimator, data_mode, model) (:data:`CELL_DIMS`). It trains one network of
 class ``model`` (:data:`dsclab.studies.score_learning.bootstrap.HYPOTHESES`) with ``estimator`` (``dsm`` | ``bsm`` |
-``bsm_oracle`` | ``bsm_rb`` | ``bsm_rb_oracle``: :data:`dsclab.studies.score_learning.bootstrap.ESTIMATORS`) on a fixed training set of n clean points with K noised points each
+``bsm_oracle`` | ``bsm_rb`` | ``bsm_rb_oracle``: :data:`dsclab.studies.score_learning.bootstrap.BOOTSTRAP_ESTIMATORS`) on a fixed training set of n clean points with K noised points each
 (``data_mode``: ``independent`` | ``trajectory``; :mod:`dsclab.studies.score_learning.bootstrap`), then evaluates it
 (:mod:`.cell`). Axes follow :mod:`dsclab.axes`: d, n, seeds, evaluation times and quantile levels
 are stored sorted ascending; estimators, data modes and models keep the order given.
@@ -18,10 +18,10 @@ from dsclab import axes, distributions
 from dsclab.studies.score_learning import bootstrap as bs
 from dsclab.axes import PositiveInts, PositiveTimes, Seeds, UnitLevels
 from dsclab.distributions.gaussian import GaussianMixture
-from dsclab.spec import DistributionSpec, Sampler, Schedule, StudyBase, TimeRange, _Frozen, check_nfe
+from dsclab.spec import DistributionSpec, Sampler, Schedule, StudyBase, TimeRange, Frozen, check_nfe
 
 CELL_DIMS = ("d", "n", "seed", "estimator", "data_mode", "model")
-Estimators = axes.Names(bs.ESTIMATORS, "estimator")
+Estimators = axes.Names(bs.BOOTSTRAP_ESTIMATORS, "estimator")
 DataModes = axes.Names(bs.DATA_MODES, "data mode")
 Models = axes.Names(bs.HYPOTHESES, "model")
 
@@ -43,7 +43,7 @@ class SLTrainSpec(TimeRange):
         return bs.grid_ratio(self.K, self.t_min, self.T)
 
 
-class BsmSpec(_Frozen):
+class BsmSpec(Frozen):
     """Knobs of the bootstrap estimators ``bsm``, ``bsm_rb`` and their oracles (science.md §4)."""
 
     t_c: float = Field(0.3, gt=0, description="DSM at t <= t_c, bootstrapped targets above")
@@ -51,7 +51,7 @@ class BsmSpec(_Frozen):
     mix: float = Field(0.0, ge=0, le=1, description="weight of DSM in the loss above t_c")
 
 
-class SLEvalSpec(_Frozen):
+class SLEvalSpec(Frozen):
     t: PositiveTimes = Field([0.02, 0.1, 0.3, 0.6, 1.0, 2.0], description="times of the score-error and target-variance grid")
     delta: UnitLevels = Field([0.01, 0.1], description="quantile levels of the quantile score error")
     n_score: int = Field(2000, gt=0, description="fresh points per t for score errors")
@@ -63,7 +63,7 @@ class SLEvalSpec(_Frozen):
     n_samples: int = Field(1000, ge=2, description="generated samples")
 
 
-class SLCell(_Frozen):
+class SLCell(Frozen):
     d: int
     n: int
     seed: int

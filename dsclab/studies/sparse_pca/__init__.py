@@ -51,6 +51,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from dsclab.errors import TrainingDiverged
+from dsclab.analysis import WEIGHTED_L2
 from dsclab.studies import small_preset
 from dsclab.studies.sparse_pca import layout, numerics, plot, report
 from dsclab.studies.sparse_pca.spec import CELL_DIMS, SparsePCASpec
@@ -70,6 +71,8 @@ class SparsePCA(StudyKind):
     description = ("Overlap of trained scores and classical estimators with a sparse spike against n, beside "
                    "the IT, polynomial-time and spectral sample sizes.")
     small = small_preset(__file__)
+    preset = "sparse_pca.yaml"
+    derived = WEIGHTED_L2
     template = staticmethod(layout.template)
     report = staticmethod(report.report)
     plot = staticmethod(plot.plot)

@@ -47,6 +47,7 @@ from collections.abc import Callable
 import torch
 
 from dsclab.distributions.gaussian import GaussianMixture
+from dsclab.registry import Needs, Registry
 
 EXHAUSTIVE_MAX_SUPPORTS = 1_000_000
 
@@ -171,12 +172,15 @@ def exhaustive(x: torch.Tensor, k: int, max_supports: int = EXHAUSTIVE_MAX_SUPPO
     return restricted_top_eigvec(s, best)
 
 
-BASELINES: dict[str, Callable[..., torch.Tensor]] = {
-    "pca": pca,
-    "diagonal_thresholding": diagonal_thresholding,
-    "covariance_thresholding": covariance_thresholding,
-    "exhaustive": exhaustive,
-}
+BASELINES: Registry[Callable[..., torch.Tensor]] = Registry(
+    "dsclab.sparse_pca_baselines", "sparse-PCA baseline", check=Needs("sparse-PCA baseline"), builtins={
+        "pca": pca,
+        "diagonal_thresholding": diagonal_thresholding,
+        "covariance_thresholding": covariance_thresholding,
+        "exhaustive": exhaustive,
+    })
+"""Classical estimators of the spike direction, ``(x (n, d), k) -> u_hat (d,)``, by name (entry-point
+group ``dsclab.sparse_pca_baselines``)."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,12 +17,8 @@ PER_ESTIMATOR = {
     "support_recovery": ("|top-k(|u_hat|) ∩ supp(u)| / k of the overlap direction", "1"),
     "beta_hat": ("estimated spike strength along the overlap direction (baselines: u_hat^T S u_hat - 1 on the "
                  "data; network: on its samples)", "1"),
-    "sliced_w2": ("sliced W2 of samples to q_t_min", "1"),
-    "kl_gauss": ("KL between Gaussian fits of samples and of q_t_min draws", "nats"),
 }
 PER_CELL = {
-    "sliced_w2_floor": ("sliced W2 between two independent q_t_min draws (metric floor)", "1"),
-    "kl_gauss_floor": ("KL between Gaussian fits of two independent q_t_min draws (metric floor)", "nats"),
     "overlap_samples_floor": ("|<v, u>|, v the top eigenvector of the covariance of n_samples exact q_t_min "
                               "draws: the ceiling of overlap_samples (and of the network's overlap)", "1"),
     "train_seconds": ("training wall time of the network (its share of the batched ensemble)", "s"),
@@ -71,9 +67,8 @@ def template(spec: SparsePCASpec) -> xr.Dataset:
     per_cell = {name: v for name, v in PER_CELL.items() if spec.trains or not name.startswith("train_")}
     variables = {
         **layout.over(CELL_DIMS + ("estimator",), PER_ESTIMATOR),
-        **layout.over(CELL_DIMS + ("estimator", "t"), {
-            "score_l2": ("L2 score error E||s_hat - s||^2 on fresh x ~ q_t", "1"),
-            "score_l2_rel": ("relative L2 score error E||s_hat - s||^2 / E||s||^2", "1")}),
+        **layout.score_error_variables(CELL_DIMS + ("estimator",), ("score_l2", "score_l2_rel")),
+        **layout.sample_metric_variables(("sliced_w2", "kl_gauss"), CELL_DIMS + ("estimator",), CELL_DIMS),
         **layout.over(CELL_DIMS, per_cell),
         "u": (CELL_DIMS + ("i",), "the spike u of the cell (drawn once per (d, k, seed))", "1"),
         "u_hat": (CELL_DIMS + ("estimator", "i"), "unit direction of the overlap metric (sign arbitrary)", "1"),

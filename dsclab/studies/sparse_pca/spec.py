@@ -11,11 +11,11 @@ from pydantic import Field, model_validator
 
 from dsclab import axes
 from dsclab.studies.sparse_pca import estimators as spe
-from dsclab.spec import Sampler, Schedule, StudyBase, TimeRange, TrainSpec, _Frozen, check_nfe
+from dsclab.spec import Sampler, Schedule, StudyBase, TimeRange, TrainSpec, Frozen, check_nfe
 
 CELL_DIMS = ("d", "k", "beta", "n", "seed")
 NETWORK, ORACLE = "network", "oracle"
-ESTIMATOR_NAMES = tuple(spe.BASELINES) + (NETWORK, ORACLE)
+ESTIMATOR_NAMES = spe.BASELINES.builtin_names + (NETWORK, ORACLE)
 Estimators = axes.Names(ESTIMATOR_NAMES, "estimator")
 
 
@@ -51,7 +51,7 @@ class SparsePCASpec(StudyBase):
     beta: axes.NonNegativeFloats = Field(..., description="spike strengths (0: the null, for detection)")
     n: axes.PositiveInts = Field(..., description="training sample sizes")
     seed: axes.Seeds = Field([0], description="seeds (spike, data, initialisation, sampling)")
-    estimator: Estimators = Field(list(spe.BASELINES) + [NETWORK],
+    estimator: Estimators = Field(list(spe.BASELINES.builtin_names) + [NETWORK],
                                   description="estimators evaluated in every cell (also: oracle)")
     train: TrainSpec = Field(default_factory=_default_train)
     evaluation: SparsePCAEvalSpec = SparsePCAEvalSpec()
@@ -72,7 +72,7 @@ class SparsePCASpec(StudyBase):
         return NETWORK in self.estimator
 
 
-class SparsePCACell(_Frozen):
+class SparsePCACell(Frozen):
     """One cell: its coordinates along ``CELL_DIMS`` and its key (``StudyBase.key``)."""
 
     d: int

@@ -46,18 +46,18 @@ Conventions (stated once; every function in this package follows them)
 * **Sampler (SL Euler).** ``y_0 = 0``, ``y_{l+1} = y_l + Delta m(y_l, l Delta) + sym(dB_l)`` with
   ``dB_l ~ N(0, Delta I)`` i.i.d. (so ``sym(dB_l) = sqrt(Delta) g_l``, g_l a standard symmetric
   noise in the convention above); the sample is ``m(y_T, T)``. See :func:`sample_sl_euler`.
-* **Drifts** are functions ``drift(y, t) -> (m, n, n)`` estimating x; :data:`DRIFTS` maps a name to
-  a factory ``(dist, **params) -> drift`` (:func:`make_drift`).
+* **Drifts** are functions ``drift(y, t) -> (m, n, n)`` estimating x; :data:`DRIFTS` (``.catalog``,
+  entry-point group ``dsclab.drifts``) maps a name to a factory ``(dist, **params) -> drift``
+  (:func:`make_drift`).
 """
 from __future__ import annotations
 
+from dsclab.studies.computational_gap.spike.catalog import DRIFTS, DriftEntry, make_drift
 from dsclab.studies.computational_gap.spike.drifts import (
-    DRIFTS,
     bayes_drift,
     constant_drift,
     fixed_sample,
     gated,
-    make_drift,
     power_iteration_drift,
     project_to_support,
     spectral_drift,
@@ -99,7 +99,7 @@ from dsclab.studies.computational_gap.spike.network import SpikeNet, network_dri
 from dsclab.studies.computational_gap.spike.sampling import SLNoise, sample_sl_euler, sl_generate, sl_times
 
 __all__ = [
-    "DRIFTS", "SLNoise", "SPIKE_FAMILIES", "THRESHOLDS", "HiddenClique", "SparseSpike", "SpikeNet",
+    "DRIFTS", "DriftEntry", "SLNoise", "SPIKE_FAMILIES", "THRESHOLDS", "HiddenClique", "SparseSpike", "SpikeNet",
     "bayes_drift", "constant_drift", "drift_loss", "fixed_sample", "frac_close_rank_one", "gated",
     "hidden_clique", "integrated_loss", "make_drift", "make_spike", "mse_curve", "nearest_rank_one",
     "network_drift", "observe", "ou_denoiser", "ou_from_sl", "ou_score", "power_iteration_drift",

@@ -1,8 +1,7 @@
 """Drifts ``m(y, t) -> estimate of x`` (conventions: ``dsclab.studies.computational_gap.spike``; science.md §5).
 
 Every drift takes ``y (m, n, n)`` and ``t`` (float or ``(m,)``) and returns ``(m, n, n)`` in y's
-dtype. :data:`DRIFTS` maps a name to a :class:`DriftEntry` (its factory ``(dist, **params) -> drift``
-and its declared facts). The paper's hard-test baselines are in ``dsclab.studies.computational_gap.spike.paper``, its
+dtype. The registry of drifts by name is ``.catalog`` (:data:`DRIFTS`). The paper's hard-test baselines are in ``dsclab.studies.computational_gap.spike.paper``, its
 message-passing network in ``dsclab.studies.computational_gap.spike.mpnn``.
 
 Polynomial-time drifts (spectral, power iteration, thresholding) share one last step: a candidate
@@ -23,11 +22,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from dsclab.studies.computational_gap.spike.model import THRESHOLDS, SparseSpike, sym, t_vector
+from dsclab.studies.computational_gap.spike.model import SparseSpike, sym, t_vector
 
 Drift = Callable[[torch.Tensor, object], torch.Tensor]
 
@@ -146,7 +144,7 @@ def project_to_support(v: torch.Tensor, k: int, signs: str = "pm") -> torch.Tens
     return torch.zeros_like(v).scatter_(1, idx, s / math.sqrt(k))
 
 
-def _top_eigvec(a: torch.Tensor) -> torch.Tensor:
+def top_eigvec(a: torch.Tensor) -> torch.Tensor:
     """Eigenvector of the largest eigenvalue of each symmetric ``a (m, n, n)``."""
     return torch.linalg.eigh(sym(a))[1][..., -1]
 
@@ -165,7 +163,7 @@ def _single_candidate(dist: SparseSpike, uh: torch.Tensor, y: torch.Tensor, t) -
 
 def _cand_spectral(dist: SparseSpike):
     def cand(y, t):
-        return project_to_support(_top_eigvec(y.to(torch.float64)), dist.k, dist.signs)
+        return project_to_support(top_eigvec(y.to(torch.float64)), dist.k, dist.signs)
     return cand
 
 
@@ -200,7 +198,7 @@ def _cand_threshold(dist: SparseSpike, tau_mult: float | None):
         y64 = y.to(torch.float64)
         tau = mult * t_vector(t, m, device=y.device).sqrt()[:, None, None] * sd.to(y.device)
         eta = torch.sign(y64) * (y64.abs() - tau).clamp_min(0.0)
-        return project_to_support(_top_eigvec(eta), k, dist.signs)
+        return project_to_support(top_eigvec(eta), k, dist.signs)
     return cand
 
 
@@ -313,88 +311,3 @@ def fixed_sample(x_star: torch.Tensor, t0: float, below: Drift | None = None) ->
         after = (t_vector(t, m, device=y.device) >= t0)[:, None, None]
         return torch.where(after, xs, low)
     return drift
-
-
-# ----------------------------------------------------------------------------------------------
-# registry
-# ----------------------------------------------------------------------------------------------
-
-def _gated_factory(dist: SparseSpike, inner: str = "spectral", t_alg: float | None = None,
-                   test: str | None = "spectral", lo: float = 0.9, hi: float = 1.1, **inner_params) -> Drift:
-    """``gated(make_drift(inner), t_alg, spike_test(test))``; t_alg defaults to THRESHOLDS[inner]."""
-    if t_alg is None:
-        t_alg = THRESHOLDS[inner](dist.n, dist.k)
-    tst = None if test is None else spike_test(dist, test)
-    return gated(make_drift(inner, dist, **inner_params), t_alg, tst, lo=lo, hi=hi)
-
-
-def _fixed_factory(dist: SparseSpike, x_star: torch.Tensor, t0: float, below: str | None = None, **below_params) -> Drift:
-    return fixed_sample(x_star, t0, None if below is None else make_drift(below, dist, **below_params))
-
-
-def _network_factory(dist: SparseSpike, net, device="cpu", batch: int = 1024) -> Drift:
-    from dsclab.studies.computational_gap.spike.network import network_drift
-    return network_drift(net, device=device, batch=batch)
-
-
-def _mpnn_factory(dist: SparseSpike, net, generator: torch.Generator, device="cpu", batch: int = 512) -> Drift:
-    from dsclab.studies.computational_gap.spike.mpnn import mpnn_drift
-    return mpnn_drift(net, generator, device=device, batch=batch)
-
-
-def _spectral_paper_factory(dist: SparseSpike, threshold: float = 0.8) -> Drift:
-    from dsclab.studies.computational_gap.spike.paper import spectral_paper_drift
-    return spectral_paper_drift(dist, threshold)
-
-
-def _power_paper_factory(dist: SparseSpike, generator: torch.Generator, n_iter: int = 25,
-                         threshold: float = 0.7) -> Drift:
-    from dsclab.studies.computational_gap.spike.paper import power_iteration_paper_drift
-    return power_iteration_paper_drift(dist, generator, n_iter, threshold)
-
-
-@dataclass(frozen=True)
-class DriftEntry:
-    """A registered drift: ``build(dist, **params) -> drift`` and its declared facts.
-
-    ``needs``: the parameters the caller must supply beyond the law (``net``: a trained network;
-    ``generator``: a ``torch.Generator`` the drift draws from at each call; ``x_star``, ``t0``);
-    ``trained``: the drift is a trained network (``net``); ``random``: its value at (y, t) is
-    random (drawn from ``generator``); ``exact``: it is the Bayes drift (exponential cost).
-    Calling the entry builds the drift."""
-
-    build: Callable[..., Drift]
-    needs: tuple[str, ...] = ()
-    trained: bool = False
-    random: bool = False
-    exact: bool = False
-
-    def __call__(self, dist: SparseSpike, **params) -> Drift:
-        return self.build(dist, **params)
-
-
-DRIFTS: dict[str, DriftEntry] = {
-    "bayes": DriftEntry(bayes_drift, exact=True),
-    "spectral": DriftEntry(spectral_drift),
-    "power_iteration": DriftEntry(power_iteration_drift),
-    "threshold": DriftEntry(threshold_drift),
-    "constant": DriftEntry(constant_drift),
-    "gated": DriftEntry(_gated_factory),
-    "fixed_sample": DriftEntry(_fixed_factory, needs=("x_star", "t0")),
-    "network": DriftEntry(_network_factory, needs=("net",), trained=True),
-    "spectral_paper": DriftEntry(_spectral_paper_factory),
-    "power_iteration_paper": DriftEntry(_power_paper_factory, needs=("generator",), random=True),
-    "mpnn": DriftEntry(_mpnn_factory, needs=("net", "generator"), trained=True, random=True),
-}
-
-
-def make_drift(name: str, dist: SparseSpike, **params) -> Drift:
-    """Build drift ``name`` for the law ``dist`` with its keyword parameters."""
-    try:
-        entry = DRIFTS[name]
-    except KeyError:
-        raise ValueError(f"unknown drift {name!r} (known: {', '.join(sorted(DRIFTS))})") from None
-    missing = [p for p in entry.needs if p not in params]
-    if missing:
-        raise ValueError(f"drift {name!r} needs {', '.join(missing)}")
-    return entry(dist, **params)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from dsclab.studies.computational_gap.spike.drifts import _top_eigvec, project_to_support
+from dsclab.studies.computational_gap.spike.drifts import top_eigvec, project_to_support
 from dsclab.studies.computational_gap.spike.model import SparseSpike, sym, t_vector
 
 
@@ -44,7 +44,7 @@ def spectral_paper_drift(dist: SparseSpike, threshold: float = 0.8):
 
     def drift(y, t):
         Y, live = _rescaled(y, t)
-        return _tested(project_to_support(_top_eigvec(Y), k, signs), Y, live, c, y.dtype)
+        return _tested(project_to_support(top_eigvec(Y), k, signs), Y, live, c, y.dtype)
     return drift
 
 

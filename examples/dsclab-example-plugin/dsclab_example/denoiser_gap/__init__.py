@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dsclab.studies import small_preset
 from dsclab.study import Group, StudyKind
-from dsclab_example.denoiser_gap import numerics, readout
+from dsclab_example.denoiser_gap import layout, numerics, plot, report
 from dsclab_example.denoiser_gap.spec import CELL_DIMS, DenoiserGapSpec, GapCell
 
 
@@ -20,7 +20,7 @@ class DenoiserGap(StudyKind):
     torch_threads = 1  # small tensors: parallelism comes from the workers
 
     def template(self, spec):
-        return numerics.template(spec)
+        return layout.template(spec)
 
     def plan(self, spec, cells):
         """One task per cell, largest d first."""
@@ -30,10 +30,10 @@ class DenoiserGap(StudyKind):
         return numerics.evaluate(spec, cell)
 
     def report(self, ds):
-        return readout.report(ds)
+        return report.report(ds)
 
     def plot(self, ds, out):
-        return readout.plot(ds, out)
+        return plot.plot(ds, out)
 
 
 KIND = DenoiserGap()

@@ -1,5 +1,5 @@
 """The numerics of the ``denoiser_gap`` study: the best linear denoiser, its closed-form MSE, the
-store layout and one cell's evaluation. No I/O, no Prefect.
+and one cell's evaluation. No I/O, no Prefect.
 
 For data X_0 with mean mu and covariance Sigma = U diag(lam) U^T, and X_t = c X_0 + s Z
 (c = e^{-t}, s = sigma_t; ``dsclab.noise``), the best affine estimator of X_0 from X_t is the
@@ -17,9 +17,7 @@ is what a nonlinear denoiser (a trained network) can gain over a linear one. It 
 Gaussian data (D* is then (G1)) and positive otherwise. Both MSEs are measured on the same draws,
 so the gap's standard error is that of the paired per-point differences.
 
-Layout (the store's template): cell dims ``data, d, seed``; ``t``; ``mse_exact``, ``mse_linear``,
-``gap``, ``gap_se (data, d, seed, t)``, ``eval_seconds (data, d, seed)``, and the closed form
-``mse_linear_closed (data, d, t)`` = (G2), filled in the template.
+The store's layout is in :mod:`.layout`.
 """
 from __future__ import annotations
 
@@ -29,18 +27,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dsclab import layout, noise
+from dsclab import noise
 from dsclab.seeds import rng
-from dsclab_example.denoiser_gap.spec import CELL_DIMS, DenoiserGapSpec, GapCell
-
-PER_TIME = {
-    "mse_exact": "MSE per coordinate of the exact (Tweedie) denoiser E[X_0 | X_t], (1/d) E||X_0 - D*(X_t)||^2",
-    "mse_linear": "MSE per coordinate of the best linear denoiser (moment-matched Gaussian, G1)",
-    "gap": "mse_linear - mse_exact on the same draws (G3)",
-    "gap_se": "standard error of gap (paired per-point differences)",
-}
-COORD_ATTRS = layout.coord_attrs("data", "d", "seed", "t")
-
+from dsclab_example.denoiser_gap.spec import DenoiserGapSpec, GapCell
 
 def moments(law) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """mu (d,), lam (d,) and U (d, d) of the law's mean and covariance Sigma = U diag(lam) U^T."""
@@ -65,28 +54,13 @@ def linear_mse(law, t: float) -> float:
     return float((lam * s2 / (c * c * lam + s2)).mean())
 
 
-def template(spec: DenoiserGapSpec) -> xr.Dataset:
-    """The empty store: dims, coordinates, attributes; floats NaN, status pending, (G2) filled."""
-    names = [x.name for x in spec.data]
-    coords = {"data": np.array(names, dtype=str), "d": np.array(spec.d, dtype=np.int64),
-              "seed": np.array(spec.seed, dtype=np.int64), "t": np.array(spec.t, dtype=np.float64)}
-    variables = {"eval_seconds": (CELL_DIMS, "evaluation wall time", "s"),
-                 **layout.over(CELL_DIMS + ("t",), {name: (long_name, "1") for name, long_name in PER_TIME.items()})}
-    closed = np.array([[[linear_mse(spec.law(n, d), t) for t in spec.t] for d in spec.d] for n in names])
-    return layout.template(spec, coords, CELL_DIMS, variables, COORD_ATTRS, closed={
-        "mse_linear_closed": (("data", "d", "t"), closed, {
-            "long_name": "best linear denoiser's MSE per coordinate, (1/d) sum_i lam_i sigma_t^2 / "
-                         "(e^-2t lam_i + sigma_t^2) (closed form, G2)", "units": "1"})},
-        attrs={"conventions": "OU forward process X_t = e^-t X_0 + sigma_t Z (dsclab.noise)"})
-
-
 def evaluate(spec: DenoiserGapSpec, cell: GapCell) -> xr.Dataset:
     """One cell's MSE curves over ``t``: at each t, ``n_points`` draws X_0 from the law and
     X_t = e^{-t} X_0 + sigma_t Z, both denoisers applied to the same X_t. The draws at (law, d,
     seed, t) do not depend on the rest of the spec (adding a time leaves the others' numbers)."""
     t0 = time.perf_counter()
     law = spec.law(cell.data, cell.d)
-    rows = {k: [] for k in PER_TIME}
+    rows = {k: [] for k in ("mse_exact", "mse_linear", "gap", "gap_se")}  # the variables of .layout
     for t in spec.t:
         g = rng("denoiser-gap", spec.data_params(cell.data), cell.d, cell.seed, float(t))
         x0 = law.sample(spec.n_points, g).to(torch.float64)
