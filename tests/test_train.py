@@ -78,7 +78,12 @@ def test_bfloat16_step_changes_the_arithmetic_not_the_fit():
     against its exact score, must stay as good: the mean over 6 seeds of the paired ratio of
     errors within 2% of 1. The pairs share every draw, so only the arithmetic separates them
     (measured: 0.9996, while the error itself spreads 11% between seeds). A member trained
-    alone in bfloat16 equals the ensemble's member as in float32 (bound 1e-4, as above)."""
+    alone in bfloat16 follows the ensemble's member: the same arithmetic, its products summed in
+    another order (one matrix product against a batched one), so where the CPU has no bfloat16
+    units and rounds float32 sums to bfloat16 a rounding can flip. Bound: a quarter of the
+    smallest distance between a member's float32 and bfloat16 trajectories, i.e. far closer than
+    a change of arithmetic (measured, 300 steps: AMD EPYC without AMX 2.3e-4 against 2.0e-3;
+    Xeon with AMX below 1e-4)."""
     from dsclab.metrics import score_errors
 
     cfg = TrainConfig(steps=300, batch_size=128, width=32, depth=2)
@@ -88,7 +93,8 @@ def test_bfloat16_step_changes_the_arithmetic_not_the_fit():
     seeds = list(range(6))
     f32 = train_ensemble([x] * 6, seeds, config=cfg)
     b16 = train_ensemble([x] * 6, seeds, config=bf)
-    assert min(_max_diff(a.model, b.model) for a, b in zip(f32, b16)) > 1e-4  # really another arithmetic
+    apart = min(_max_diff(a.model, b.model) for a, b in zip(f32, b16))
+    assert apart > 1e-4  # really another arithmetic
 
     def err(r):
         return score_errors(r.model.score, dist, [0.05, 0.3, 1.0], 4000, [0.1], torch.Generator().manual_seed(1))["l2"].mean()
@@ -97,7 +103,7 @@ def test_bfloat16_step_changes_the_arithmetic_not_the_fit():
     ratio = (e16 / e32).mean().item()
     assert abs(ratio - 1) < 0.02, (e32, e16)
     alone = train_score(x, config=bf, seed=seeds[2])
-    assert _max_diff(alone.model, b16[2].model) < 1e-4
+    assert _max_diff(alone.model, b16[2].model) < apart / 4
 
 
 def test_unknown_precision_is_refused():
