@@ -35,7 +35,6 @@ class Memorization(StudyKind):
                    "memorization (Gu et al. 2023) and two networks on disjoint subsets (Kadkhodaie et al. 2024).")
     small = small_preset(__file__)
     preset = "digits.yaml"
-    pools = ("gpu", "cpu")
     template = staticmethod(layout.template)
     report = staticmethod(_report.report)
     plot = staticmethod(_plot.plot)

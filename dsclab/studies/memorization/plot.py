@@ -30,13 +30,14 @@ def plot(ds: xr.Dataset, out: str) -> str:
     """Top row, against n (log), one colour per d, band min–max over seeds: the memorization fraction
     of network a's samples (solid; dashed: held-out test points, the false-positive reference); the
     two networks' similarity (solid) and each one's similarity to its nearest training row (dashed),
-    with 0.9 dotted; the held-out NLL in bits/dim (solid; dashed: the moment-matched Gaussian);
+    with 0.9 dotted; the held-out NLL in bits/dim (solid; dashed: the moment-matched Gaussian; log scale);
     sliced W2 of the samples to the test part (solid; dotted: its floor, training vs test rows).
     Below: at the largest d, seed 0, the kept samples of network a at the smallest and the largest
     n, their nearest training rows, and network b's samples from the same noise."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     c = curves(ds)
     fig = plt.figure(figsize=(17, 9.5))
@@ -54,18 +55,22 @@ def plot(ds: xr.Dataset, out: str) -> str:
         _band(axes[3], n, s.sliced_w2, f"d={d} samples", color=col)
         axes[3].plot(n, s.sliced_w2_floor.mean("seed"), color=col, ls=":", label=f"d={d} floor")
     axes[1].axhline(0.9, color="gray", ls=":", lw=1)
+    axes[0].set_ylim(-0.03, 1.03)
+    axes[2].set_yscale("log")  # a Gaussian fitted to a few rows is off the scale of the networks
     for ax, y, title in zip(axes, ["fraction memorized", "cosine similarity (centred)", "bits per dimension",
                                    "sliced W2"],
                             ["Memorization (Gu et al.: r1 < r2/3)", "Generalization (Kadkhodaie et al.)",
                              "Held-out NLL (I-MMSE)", "Samples to the test part"]):
         ax.set_xscale("log")
+        ax.set_xticks(n, [str(int(v)) for v in n], fontsize=7)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("n (training rows per network)")
         ax.set_ylabel(y)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
 
-    shape = ds.attrs.get("image_shape") or []
+    shape = [int(v) for v in np.atleast_1d(ds.attrs.get("image_shape", []))]
     if ds.sizes.get("sample", 0) and len(shape) == 2:
         d = int(c.d.values[-1])
         seed = int(ds.seed.values[0])

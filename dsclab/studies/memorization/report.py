@@ -25,8 +25,8 @@ def _done(ds: xr.Dataset, var: str) -> xr.DataArray:
 def curves(ds: xr.Dataset) -> xr.Dataset:
     """Per (d, n, seed): the curves the report and the plot read (network a where a variable has two)."""
     return xr.Dataset({
-        "memorized": _done(ds, "memorized").sel(network="a"),
-        "memorized_b": _done(ds, "memorized").sel(network="b"),
+        "memorized": _done(ds, "memorized").sel(network="a", drop=True),
+        "memorized_b": _done(ds, "memorized").sel(network="b", drop=True),
         "memorized_test": _done(ds, "memorized_test"),
         "similarity_ab": _done(ds, "similarity_ab"),
         "train_similarity": _done(ds, "train_similarity").mean("network"),
