@@ -136,7 +136,7 @@ def evaluate(spec: SparsePCASpec, cell: SparsePCACell, x: np.ndarray, network=No
     x0 = torch.randn(ev.n_samples, d, generator=g)
     replay = replay_noise(ev, x0.shape, g)
     E, T, size = len(spec.estimator), len(ev.t), max(spec.d)
-    vals = {name: np.full(E, np.nan) for name in PER_ESTIMATOR}
+    vals = {name: np.full(E, np.nan) for name in (*PER_ESTIMATOR, "sliced_w2", "kl_gauss")}  # .layout's per-estimator variables
     l2, l2_rel = np.full((E, T), np.nan), np.full((E, T), np.nan)
     u_hat_all = np.full((E, size), np.nan)
     for j, name in enumerate(spec.estimator):
