@@ -180,7 +180,10 @@ class ExactScore:
         self.law = law
 
     def score(self, x: torch.Tensor, t) -> torch.Tensor:
-        return self.law.score(x.to(torch.float64), t).to(x.dtype)
+        """The law's score, computed on the CPU (where the law's tensors live) in float64, returned
+        in x's dtype on x's device."""
+        t = t.cpu() if isinstance(t, torch.Tensor) else t
+        return self.law.score(x.to("cpu", torch.float64), t).to(x.device, x.dtype)
 
 
 # ------------------------------------------------------------------------------------------

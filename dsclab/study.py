@@ -28,14 +28,20 @@ the kind's name). Cell axes are ``cell_dims``: each cell is one region of the st
 
 * ``prepare(spec, key, cache)`` — draw and cache a data set, or compute a small shared value;
   its return value (JSON-able, small) is handed to the later stages of the groups naming ``key``.
-* ``train(spec, cells, cache, prepared, device)`` — the GPU part: fit the cells of one group
-  (a batched ensemble), returning ``{cell.key: checkpoint payload}`` (a dict of tensors and plain
-  values), or a :class:`dsclab.errors.NumericalFailure` for a member that failed. Kinds that train
-  inside ``evaluate`` (small networks, one per cell) leave ``train`` undefined (``trains(spec)``
-  is then False).
+* ``train(spec, cells, cache, prepared, device)`` — the GPU part, and all of a kind's training:
+  fit the cells of one group (a batched ensemble, or one cell after another) on ``device`` (the
+  train task's, never a device the spec names), returning ``{cell.key: checkpoint payload}`` (a
+  dict of tensors and plain values that ``torch.save`` / ``torch.load(weights_only=True)``
+  handle; a cell that needs no network gets a small one, e.g. ``{}``), or a
+  :class:`dsclab.errors.NumericalFailure` for a member that failed. Every cell of the group gets
+  one or the other: a cell without a checkpoint is marked failed. ``trains(spec)`` says whether
+  runs of ``spec`` have this stage (default: whether the kind defines it); a kind that trains
+  nothing leaves it undefined.
 * ``evaluate(spec, cell, cache, prepared, trained, device)`` — the cell's values as an
   ``xr.Dataset`` over the store's non-cell dims; ``trained`` is the cell's checkpoint payload
-  (None for kinds without a train stage).
+  (None for runs without a train stage), which it restores onto ``device``. It never trains
+  (``tests/test_contract.py`` checks both: training on the device given, no optimiser in
+  ``evaluate``).
 
 A stage raising one of :data:`dsclab.errors.FAILURES` — a numerical failure
 (:data:`dsclab.errors.NUMERICAL`) or running out of memory on a single cell (a group that runs

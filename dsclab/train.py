@@ -255,11 +255,27 @@ class TrainResult:
                 "loss": self.loss, "seconds": self.seconds}
 
     @classmethod
-    def restore(cls, payload: dict) -> "TrainResult":
-        """The inverse of :meth:`payload`: an eval-mode model on the CPU and its training record."""
+    def restore(cls, payload: dict, device: str | torch.device = "cpu") -> "TrainResult":
+        """The inverse of :meth:`payload`: an eval-mode model on ``device`` and its training record."""
         model = ScoreMLP(payload["d"], width=payload["width"], depth=payload["depth"])
         model.load_state_dict(payload["state_dict"])
-        return cls(model.eval(), payload["loss"], payload["seconds"])
+        return cls(model.to(device).eval(), payload["loss"], payload["seconds"])
+
+
+def device_score(model: nn.Module) -> Callable[[torch.Tensor, object], torch.Tensor]:
+    """``model.score(x, t)`` for inputs on any device: it runs where the model's parameters live
+    (x, and t when it is a tensor, are moved there) and its value comes back to x's device. For
+    inputs already there it is ``model.score`` on the same tensors (the same numbers). The
+    evaluate stages use it to run a restored network on their device while the rest of their
+    numerics (generators, samplers, metrics) stays on the CPU."""
+    dev = next(model.parameters()).device
+
+    def score(x: torch.Tensor, t) -> torch.Tensor:
+        if x.device == dev:
+            return model.score(x, t)
+        return model.score(x.to(dev), t.to(dev) if isinstance(t, torch.Tensor) else t).to(x.device)
+
+    return score
 
 
 def resolve_device(device: str) -> torch.device:

@@ -2,7 +2,7 @@
 score kind, sampler), stores NaN for the others without computing them, and lets every exception
 raised inside an exact computation propagate (none becomes a stored NaN). Also: its spec axes
 follow ``dsclab.axes`` (numeric and seed axes distinct and sorted), and a diverged trained score
-raises ``dsclab.errors.TrainingDiverged``."""
+raises ``dsclab.errors.TrainingDiverged`` in the train stage."""
 from __future__ import annotations
 
 import math
@@ -187,10 +187,19 @@ def test_exact_route_refuses_a_score_without_one():
 
 
 def test_diverged_training_raises_training_diverged(monkeypatch):
+    """In the train stage: the cell gets the failure (the train task marks it failed); its
+    evaluation never trains, so it refuses to run without the trained networks."""
+    from dsclab.studies.sampler_convergence import KIND
+
     spec = _spec(target=["mixture"], score=["trained"], seed=[0, 1])
+    cell = spec.cells()[0]
     monkeypatch.setattr(targets, "train_ensemble", lambda data, seeds, **kw: [None] * len(seeds))
     with pytest.raises(errors.TrainingDiverged, match=r"seeds \[0, 1\]"):
-        run_cell(spec, spec.cells()[0])
+        targets.train_members(spec, cell, "cpu")
+    out = KIND.train(spec, [cell], None, {}, "cpu")
+    assert isinstance(out[cell.key], errors.TrainingDiverged)
+    with pytest.raises(ValueError, match="trained networks"):
+        run_cell(spec, cell)
 
 
 def test_axes_are_distinct_and_sorted():

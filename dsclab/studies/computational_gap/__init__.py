@@ -1,11 +1,13 @@
 """The computational-gap study kind (Montanari-Vu 2025): Bayes, polynomial-time and trained drifts.
 
 Modules: ``spec`` (the spec and its cells), ``layout`` (the store), ``numerics`` (training of the
-network drift, evaluation of one cell; the study's conventions are documented there), ``spike``
+trained drifts, in the train stage, and evaluation of one cell; the study's conventions are
+documented there), ``spike``
 (the science: the law, its drifts, the networks and the paper's numbers), ``report`` (text)
 and ``plot`` (figure)."""
 from __future__ import annotations
 
+from dsclab.errors import NUMERICAL
 from dsclab.studies import small_preset
 from dsclab.studies.computational_gap import layout, numerics
 from dsclab.studies.computational_gap import plot as _plot
@@ -30,20 +32,28 @@ class ComputationalGap(StudyKind):
     plot = staticmethod(_plot.plot)
 
     def plan(self, spec, cells):
-        """One task per (n, k, seed) cell (train its networks, evaluate every drift), largest n first."""
+        """One group per (n, k, seed) cell (train its networks, evaluate every drift), largest n first."""
         return [Group(cells=(c,)) for c in sorted(cells, key=lambda c: (-c.n, -c.k, c.seed))]
 
     def trains(self, spec) -> bool:
-        """The train stage runs when ``mpnn`` is a drift (the ``network`` drift trains in evaluate)."""
-        return spec.trains_mpnn
+        """The train stage runs when a trained drift (``network``, ``mpnn``) is a drift."""
+        return spec.trains or spec.trains_mpnn
 
     def train(self, spec, cells, cache, prepared, device):
-        """The paper's training of each cell's mpnn (one after another), resuming from its stage
-        checkpoints beside the store; {cell key: checkpoint payload}."""
-        return {c.key: numerics.train_mpnn_cell(spec, c, cache, device) for c in cells}
+        """Each cell's trained drifts (one cell after another) on ``device``: the equivariant network
+        and the paper's training of the mpnn, which resumes from its stage checkpoints beside the
+        store; {cell key: ``numerics.train_cell`` payload, or the numerical failure of its
+        training}."""
+        out = {}
+        for c in cells:
+            try:
+                out[c.key] = numerics.train_cell(spec, c, cache, device)
+            except NUMERICAL as e:
+                out[c.key] = e
+        return out
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return numerics.compute_cell(spec, cell, device, mpnn_payload=trained)
+        return numerics.compute_cell(spec, cell, device, trained)
 
 
 KIND = ComputationalGap()

@@ -1,7 +1,7 @@
 """The computational-gap study's numerics (project issue 6; science.md §5, Montanari–Vu 2025):
-training of the network drift and evaluation of one cell (the store layout is ``.layout``). No I/O and no Prefect
-here (the kind's stages, ``dsclab.studies.computational_gap``, wrap these; the spec is in
-``.spec``).
+training of the trained drifts (:func:`train_cell`, the kind's train stage) and evaluation of one
+cell (:func:`compute_cell`; the store layout is ``.layout``). No I/O and no Prefect here (the
+kind's stages, ``dsclab.studies.computational_gap``, wrap these; the spec is in ``.spec``).
 
 Law. The spec's ``family`` (``spec.STUDY_FAMILIES``): ``sparse_spike`` is
 ``mu_bar = 1/2 delta_0 + 1/2 mu_{n,k}`` (``dsclab.studies.computational_gap.spike.sparse_spike_mixture``), ``hidden_clique``
@@ -9,9 +9,11 @@ the same with all signs + (a planted clique's signal, ``dsclab.studies.computati
 x = u u^T, observed in stochastic-localisation time t (SNR): ``y_t = t x + W_t`` (conventions in
 ``dsclab.studies.computational_gap.spike``).
 
-Cells. One cell per (n, k, seed) (``CELL_DIMS``). A cell trains the equivariant network
-(``dsclab.studies.computational_gap.spike.SpikeNet``, drift loss, ``train.steps`` steps on ``train.n_train`` draws of mu_bar),
-then evaluates every drift of the ``drift`` axis on common random numbers:
+Cells. One cell per (n, k, seed) (``CELL_DIMS``). A cell's trained drifts train in the kind's
+train stage, on that stage's device: the equivariant network
+(``dsclab.studies.computational_gap.spike.SpikeNet``, drift loss, ``train.steps`` steps on ``train.n_train`` draws of mu_bar)
+and the mpnn (below); its evaluation restores them and evaluates every drift of the ``drift``
+axis on common random numbers:
 
 * ``mse (drift, n, k, t, seed)``: E||m(y_t, t) - x||^2 on ``evaluation.n_mse`` fresh (x, z) per t
   (``dsclab.studies.computational_gap.spike.mse_curve``); the t grid is absolute SL time, shared by every n;
@@ -57,14 +59,21 @@ from dsclab.studies.computational_gap.spec import STUDY_DRIFTS, ComputationalGap
 # Training
 # -------------------------------------------------------------------------------------------
 
+def network(spec: ComputationalGapSpec, n: int, generator: torch.Generator | None = None) -> spike.SpikeNet:
+    """The equivariant ``network`` drift's architecture at size n (initialised from ``generator``)."""
+    tr = spec.train
+    return spike.SpikeNet(n, width=tr.width, depth=tr.depth, t_scale=spec.evaluation.T_mult * n, generator=generator)
+
+
 def train(spec: ComputationalGapSpec, n: int, k: int, seed: int, device: str = "cpu"):
-    """Train the cell's equivariant ``network``; returns (net, mean loss of the last 10% of steps,
-    seconds). A loss that becomes NaN or infinite raises :class:`dsclab.errors.TrainingDiverged`."""
+    """Train the cell's equivariant ``network`` on ``device``; returns (net, mean loss of the last
+    10% of steps, seconds). A loss that becomes NaN or infinite raises
+    :class:`dsclab.errors.TrainingDiverged`."""
     tr = spec.train
     dist = spec.law(n, k)
     g = rng("gap-train", spec.family, n, k, seed)
     data = dist.sample(tr.n_train, g)
-    net = spike.SpikeNet(n, width=tr.width, depth=tr.depth, t_scale=spec.evaluation.T_mult * n, generator=g)
+    net = network(spec, n, generator=g)
     t0 = time.perf_counter()
     hist = spike.train_network(net, data, g, steps=tr.steps, lr=tr.lr, batch=tr.batch_size, device=device)
     secs = time.perf_counter() - t0
@@ -108,6 +117,27 @@ def restore_mpnn(payload: dict):
     from dsclab.studies.computational_gap.spike.mpnn import MPNN, from_vector
 
     return from_vector(MPNN(**payload["config"]), torch.as_tensor(payload["vector"])).eval()
+
+
+def train_cell(spec: ComputationalGapSpec, cell: GapCell, cache, device: str = "cpu", log=None) -> dict:
+    """Train the cell's trained drifts on ``device``; returns its checkpoint payload (CPU tensors):
+    ``network`` {state_dict, loss, seconds} when the equivariant network is a drift, ``mpnn``
+    (:func:`train_mpnn_cell`, resuming from its stage checkpoints in ``cache``) when the mpnn is."""
+    out = {}
+    if spec.trains:
+        net, loss, secs = train(spec, cell.n, cell.k, cell.seed, device)
+        out["network"] = {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}, "loss": loss,
+                          "seconds": secs}
+    if spec.trains_mpnn:
+        out["mpnn"] = train_mpnn_cell(spec, cell, cache, device, log)
+    return out
+
+
+def restore_network(spec: ComputationalGapSpec, n: int, payload: dict, device: str = "cpu") -> spike.SpikeNet:
+    """The trained equivariant network of a :func:`train_cell` payload, in eval mode on ``device``."""
+    net = network(spec, n)
+    net.load_state_dict(payload["state_dict"])
+    return net.to(device).eval()
 
 
 # -------------------------------------------------------------------------------------------
@@ -196,13 +226,15 @@ def evaluate(spec: ComputationalGapSpec, cell: GapCell, nets: dict | None = None
     return xr.Dataset(out)
 
 
-def compute_cell(spec: ComputationalGapSpec, cell: GapCell, device: str = "cpu", mpnn_payload: dict | None = None
+def compute_cell(spec: ComputationalGapSpec, cell: GapCell, device: str = "cpu", trained: dict | None = None
                  ) -> xr.Dataset:
-    """Train the equivariant network (when it is a drift) and evaluate one cell; ``mpnn_payload`` is
-    the cell's trained mpnn (from the train stage) when mpnn is a drift."""
+    """Evaluate one cell on ``device``; ``trained`` is its :func:`train_cell` payload (the train
+    stage's) when a drift is trained (the networks are restored, never trained here)."""
+    trained = trained or {}
     nets, loss, secs = {}, math.nan, math.nan
     if spec.trains:
-        nets["network"], loss, secs = train(spec, cell.n, cell.k, cell.seed, device)
+        p = trained["network"]
+        nets["network"], loss, secs = restore_network(spec, cell.n, p, device), p["loss"], p["seconds"]
     if spec.trains_mpnn:
-        nets["mpnn"] = restore_mpnn(mpnn_payload)
-    return evaluate(spec, cell, nets, loss, secs, device, mpnn_payload)
+        nets["mpnn"] = restore_mpnn(trained["mpnn"])
+    return evaluate(spec, cell, nets, loss, secs, device, trained.get("mpnn"))

@@ -112,7 +112,7 @@ class ComputationalGapSpec(StudyBase):
 
     @property
     def trains(self) -> bool:
-        """The equivariant ``network`` drift is a drift (it trains inside each cell's evaluation)."""
+        """The equivariant ``network`` drift is a drift (it trains in the kind's train stage)."""
         return "network" in self.drift
 
     @property

@@ -8,11 +8,13 @@ and ``plot``. This module is the contract adapter (``dsclab.study``); the generi
 """
 from __future__ import annotations
 
+from dsclab.errors import NUMERICAL
 from dsclab.studies import small_preset
 from dsclab.studies.immse import layout, plot, report
-from dsclab.studies.immse.numerics import run_cell
+from dsclab.studies.immse.numerics import evaluate_cell, train_cell
 from dsclab.studies.immse.spec import CELL_DIMS, ImmseSpec
 from dsclab.study import Group, StudyKind
+from dsclab.train import TrainResult
 
 
 class Immse(StudyKind):
@@ -28,11 +30,22 @@ class Immse(StudyKind):
     plot = staticmethod(plot.plot)
 
     def plan(self, spec, cells):
-        """One task per cell (train its network, evaluate every denoiser), largest d and n first."""
+        """One group per cell (train its network, evaluate every denoiser), largest d and n first."""
         return [Group(cells=(c,)) for c in sorted(cells, key=lambda c: (-c.d, -c.n, c.data, c.seed))]
 
+    def train(self, spec, cells, cache, prepared, device):
+        """Each cell's network, trained on ``device``: {cell key: ``TrainResult.payload()`` (CPU
+        tensors), or the numerical failure of its training}."""
+        out = {}
+        for c in cells:
+            try:
+                out[c.key] = train_cell(spec, c, device).payload()
+            except NUMERICAL as e:
+                out[c.key] = e
+        return out
+
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return run_cell(spec, cell)
+        return evaluate_cell(spec, cell, TrainResult.restore(trained, device))
 
 
 KIND = Immse()

@@ -1,5 +1,6 @@
-"""One cell of the I-MMSE study: its data, its network's training range, and the evaluation of
-every denoiser (``denoisers``). Plain numerics: no Prefect, no store.
+"""One cell of the I-MMSE study: its data, its network's training (:func:`train_cell`, the kind's
+train stage) and the evaluation of every denoiser (``denoisers``; :func:`evaluate_cell`, with the
+trained network restored). Plain numerics: no Prefect, no store.
 
 Discrete data. The discrete identity -log P(x) = 1/2 int mmse_eps d alpha needs a denoiser that
 snaps to the lattice at high SNR, or the integral diverges. Every denoiser of +-1 data is
@@ -9,7 +10,8 @@ below a. Truncation is the same as switching to hard rounding above b, whose sha
 < 1e-15 nats at clip = 4 (``dsclab.immse.data_set_nll``); so the trained network is used only
 where it was trained (t >= t_min of training covers alpha <= 6.2, b ~ 4.2 here).
 
-Cells. One cell per (data, d, n, seed): it trains one network and evaluates all denoisers.
+Cells. One cell per (data, d, n, seed): it trains one network (in the train stage, on that
+stage's device) and evaluates all denoisers.
 Held-out points and (alpha, eps) draws depend on (data, d, seed) only, so the n-independent
 denoisers (exact, gaussian, mismatched) are recomputed in every cell on identical inputs and
 stored identically along n (the reruns cost less than a separate cell kind would), and
@@ -32,7 +34,7 @@ from dsclab.errors import NonFiniteSamples
 from dsclab.seeds import derive_seed, draw_rows, rng
 from dsclab.studies.immse.denoisers import DENOISERS, ENSEMBLE_MEMBERS, denoisers_for
 from dsclab.studies.immse.spec import ImmseCell, ImmseSpec, cell_index
-from dsclab.train import TrainConfig, resolve_device, train_score
+from dsclab.train import TrainConfig, TrainResult, device_score, train_score
 
 
 def training_data(spec: ImmseSpec, name: str, d: int, seed: int) -> torch.Tensor:
@@ -60,21 +62,26 @@ def train_config(spec: ImmseSpec, law) -> TrainConfig:
     return TrainConfig.of(tr, t_min=t_min)
 
 
-def run_cell(spec: ImmseSpec, cell: ImmseCell) -> xr.Dataset:
-    """Train the cell's network, evaluate every denoiser on shared held-out points and draws.
-
-    Returns the cell's values over (denoiser, logsnr). Raises on numerical failure
-    (``TrainingDiverged``, non-finite estimates: ``dsclab.errors.NonFiniteSamples``); the task
-    marks the cell failed.
-    """
+def train_cell(spec: ImmseSpec, cell: ImmseCell, device: str) -> TrainResult:
+    """Train the cell's network on its first n training points, on ``device``. A loss that becomes
+    NaN or infinite raises :class:`dsclab.errors.TrainingDiverged` (the cell is marked failed)."""
     law = spec.law(cell.data, cell.d)
     x_train = training_data(spec, cell.data, cell.d, cell.seed)[: cell.n]
-    res = train_score(x_train.to(torch.float32), config=train_config(spec, law), seed=derive_seed("immse-train", cell.key),
-                      device=resolve_device(spec.train.device))
+    return train_score(x_train.to(torch.float32), config=train_config(spec, law),
+                       seed=derive_seed("immse-train", cell.key), device=device)
+
+
+def evaluate_cell(spec: ImmseSpec, cell: ImmseCell, res: TrainResult) -> xr.Dataset:
+    """Evaluate every denoiser on shared held-out points and draws, the trained one being
+    ``res.model`` (run on its device; :func:`train_cell`'s result, restored).
+
+    Returns the cell's values over (denoiser, logsnr). Raises on numerical failure (non-finite
+    estimates: ``dsclab.errors.NonFiniteSamples``); the task marks the cell failed.
+    """
+    law = spec.law(cell.data, cell.d)
     t0 = time.perf_counter()
-    model = res.model.cpu().eval()
     dens = denoisers_for(cell.data, law, spec.mismatch)
-    dens["trained"] = immse.denoiser_from_score_fn(model.score, dtype=torch.float32)
+    dens["trained"] = immse.denoiser_from_score_fn(device_score(res.model.eval()), dtype=torch.float32)
     order = list(dens)  # exact, gaussian, mismatched, trained
     ev = spec.evaluation
     g = rng("immse-heldout", spec.data_params(cell.data), cell.d, cell.seed)

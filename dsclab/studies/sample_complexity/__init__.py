@@ -17,7 +17,7 @@ from dsclab.studies.sample_complexity import plot as _plot
 from dsclab.studies.sample_complexity import report as _report
 from dsclab.studies.sample_complexity.spec import CELL_DIMS, StudySpec
 from dsclab.study import Group, StudyKind
-from dsclab.train import TrainResult
+from dsclab.train import TrainResult, device_score
 
 
 def data_name(spec: StudySpec, d: int, seed: int) -> str:
@@ -65,8 +65,8 @@ class SampleComplexity(StudyKind):
         return {c.key: TrainingDiverged() if r is None else r.payload() for c, r in zip(cells, results)}
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        res = TrainResult.restore(trained)
-        return sc.evaluate(spec, cell, res.model.score, res)
+        res = TrainResult.restore(trained, device)
+        return sc.evaluate(spec, cell, device_score(res.model), res)
 
 
 KIND = SampleComplexity()

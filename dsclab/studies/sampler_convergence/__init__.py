@@ -10,13 +10,16 @@ KL routes), ``sampled`` (sample metrics with their Monte Carlo floors), ``numeri
 """
 from __future__ import annotations
 
+from dsclab.errors import NUMERICAL
 from dsclab.studies import small_preset
 from dsclab.studies.sampler_convergence import exact, layout
 from dsclab.studies.sampler_convergence import plot as _plot
 from dsclab.studies.sampler_convergence import report as _report
-from dsclab.studies.sampler_convergence.numerics import run_cell
+from dsclab.studies.sampler_convergence.numerics import needs_training, run_cell
 from dsclab.studies.sampler_convergence.spec import CELL_DIMS, SamplerConvergenceSpec, sampled_route, shared_1d
+from dsclab.studies.sampler_convergence.targets import train_members
 from dsclab.study import Group, StudyKind
+from dsclab.train import TrainResult
 
 
 def _cost(spec, cell) -> float:
@@ -35,6 +38,7 @@ class SamplerConvergence(StudyKind):
     small = small_preset(__file__)
     preset = "srk.yaml"
     torch_threads = 1  # streams of small tensor ops: parallelism comes from the workers
+    train_axes = ("seed",)  # a trained cell's networks are one per seed
     template = staticmethod(layout.template)
     report = staticmethod(_report.report)
     plot = staticmethod(_plot.plot)
@@ -47,11 +51,31 @@ class SamplerConvergence(StudyKind):
         rest = sorted((c for c in cells if not shared_1d(c)), key=lambda c: -_cost(spec, c))
         return [Group(cells=(c,)) for c in rest] + [Group(cells=(c,), data=(c.score,)) for c in shared]
 
+    def trains(self, spec) -> bool:
+        """Whether some cell uses trained networks (a trained score on the sampled route)."""
+        return any(needs_training(spec, c) for c in spec.cells())
+
     def prepare(self, spec, key, cache):
         return exact.product_kl_1d(spec, key)
 
+    def train(self, spec, cells, cache, prepared, device):
+        """The networks of each cell with a trained score, one per seed, trained on ``device`` as one
+        batched ensemble: {cell key: {"members": [``TrainResult.payload()`` per seed]} (CPU
+        tensors), or the numerical failure of its training}; a cell without networks gets {}."""
+        out = {}
+        for c in cells:
+            try:
+                out[c.key] = ({"members": [r.payload() for r in train_members(spec, c, device)]}
+                              if needs_training(spec, c) else {})
+            except NUMERICAL as e:
+                out[c.key] = e
+        return out
+
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return run_cell(spec, cell, prepared.get(cell.score) if shared_1d(cell) else None)
+        members = None
+        if trained and "members" in trained:
+            members = [TrainResult.restore(p, device) for p in trained["members"]]
+        return run_cell(spec, cell, prepared.get(cell.score) if shared_1d(cell) else None, members)
 
 
 KIND = SamplerConvergence()

@@ -3,7 +3,8 @@ sampler x NFE (x seed), as the Dataset its region of the store receives (``layou
 
 The exact route (``exact``) gives ``kl`` where ``spec.kl_exact`` holds; the sampled route
 (``sampled``) gives ``sliced_w2`` and ``mmd`` where ``spec.sampled_route`` holds; the floors and
-the score error are stored in every cell.
+the score error are stored in every cell. A cell with a trained score gets its networks from the
+kind's train stage (``targets.train_members``); it never trains here.
 """
 from __future__ import annotations
 
@@ -15,14 +16,22 @@ import xarray as xr
 from dsclab.studies.sampler_convergence.exact import gaussian_kl_pair, product_kl_1d
 from dsclab.studies.sampler_convergence.sampled import Reference, sampled_curves, score_l2
 from dsclab.studies.sampler_convergence.spec import SamplerConvergenceSpec, SrkCell, exact_route, sampled_route
-from dsclab.studies.sampler_convergence.targets import exact_score, make_target, member_score, perturb, trained_scores
+from dsclab.studies.sampler_convergence.targets import exact_score, make_target, member_score, perturb, trained_score
+from dsclab.train import TrainResult
 
 
-def run_cell(spec: SamplerConvergenceSpec, cell: SrkCell, kl1d: dict | None = None) -> xr.Dataset:
+def needs_training(spec: SamplerConvergenceSpec, cell: SrkCell) -> bool:
+    """The cell's values use trained networks (a trained score on the sampled route)."""
+    return cell.score == "trained" and sampled_route(spec, cell)
+
+
+def run_cell(spec: SamplerConvergenceSpec, cell: SrkCell, kl1d: dict | None = None,
+             members: list[TrainResult] | None = None) -> xr.Dataset:
     """All values of one (target, d, score) cell as a Dataset over (sampler, nfe, seed, t).
 
     ``kl1d``: the output of :func:`product_kl_1d` for this score kind (product target, exact
-    route). Raises ``dsclab.errors.TrainingDiverged`` when a seed's training diverged; an
+    route). ``members``: the cell's trained networks, one per seed (``targets.train_members``,
+    restored on the device they run on), needed by a cell that :func:`needs_training`. An
     exception of the exact route propagates (``exact``).
     """
     t0 = time.perf_counter()
@@ -53,8 +62,10 @@ def run_cell(spec: SamplerConvergenceSpec, cell: SrkCell, kl1d: dict | None = No
     mm_floor = np.array([r.mmd_floor for r in refs])
     if sampled_route(spec, cell):
         if cell.score == "trained":
-            score, results = trained_scores(spec, cell, dist)
-            for r, (seed, res) in enumerate(zip(spec.seed, results)):
+            if members is None:
+                raise ValueError(f"cell {cell.target}, d={cell.d} needs its trained networks (the train stage's)")
+            score = trained_score([res.model for res in members])
+            for r, (seed, res) in enumerate(zip(spec.seed, members)):
                 tr_sec[r] = res.seconds
                 l2[r] = score_l2(spec, cell, dist, member_score(res.model), seed)
         else:

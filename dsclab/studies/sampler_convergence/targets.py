@@ -26,9 +26,10 @@ Score kinds (``score`` axis):
   probability-flow ODE;
 * ``trained``: a ``ScoreMLP`` trained by DSM on ``n_train`` draws of the target, one network
   per seed (``dsclab.train.train_ensemble``: all seeds as one batched ensemble, member r equal
-  to ``train_score`` with that seed). A trained network is neither affine nor coordinatewise, so
-  no exact route holds: ``kl`` is NaN and the error is measured from samples (``sliced_w2``,
-  ``mmd``), for every target.
+  to ``train_score`` with that seed), in the kind's train stage on that stage's device
+  (:func:`train_members`); the evaluation restores them (:func:`trained_score`). A trained
+  network is neither affine nor coordinatewise, so no exact route holds: ``kl`` is NaN and the
+  error is measured from samples (``sliced_w2``, ``mmd``), for every target.
 
 A score is a callable ``score(x, t)`` of a batch x (m, d) and a forward time t, returning (m, d).
 """
@@ -44,10 +45,10 @@ from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.errors import TrainingDiverged
 from dsclab.studies.sampler_convergence.exact_kl import mixture1d
 from dsclab.studies.sampler_convergence.gaussian_exact import gaussian_score
-from dsclab.nets import EnsembleMLP
+from dsclab.nets import EnsembleMLP, ScoreMLP
 from dsclab.seeds import derive_seed, rng
 from dsclab.studies.sampler_convergence.spec import SamplerConvergenceSpec, SrkCell
-from dsclab.train import TrainConfig, resolve_device, train_ensemble
+from dsclab.train import TrainConfig, TrainResult, device_score, train_ensemble
 
 Score = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -155,37 +156,46 @@ def train_config(spec: SamplerConvergenceSpec) -> TrainConfig:
     return TrainConfig.of(spec.train)
 
 
-def trained_scores(spec: SamplerConvergenceSpec, cell: SrkCell, dist):
-    """Train one ``ScoreMLP`` per seed on ``n_train`` draws of the target (seed r: its own data,
-    initialisation and minibatches), all seeds at once as one batched ensemble
-    (``train.train_ensemble``: member r equals ``train_score`` with the same seed).
-
-    Returns (score, results): ``score`` evaluates member r on rows [r m, (r + 1) m) of a batch of
-    R m rows (the layout of ``sampled.sampled_curves``); ``results[r]`` is the member's
-    ``TrainResult``. Raises ``TrainingDiverged`` if a member diverged.
-    """
+def train_members(spec: SamplerConvergenceSpec, cell: SrkCell, device: str) -> list[TrainResult]:
+    """Train one ``ScoreMLP`` per seed on ``n_train`` draws of the cell's target (seed r: its own
+    data, initialisation and minibatches), all seeds at once as one batched ensemble on ``device``
+    (``train.train_ensemble``: member r equals ``train_score`` with the same seed). Returns the
+    members' ``TrainResult`` in seed order (models on the CPU); raises ``TrainingDiverged`` if a
+    member diverged."""
+    dist = make_target(spec, cell.target, cell.d)
     data, seeds = [], []
     for seed in spec.seed:
         g = rng("srk-train-data", spec.target_params(cell.target), cell.d, seed)
         data.append(dist.sample(spec.n_train, g).to(torch.float32))
         seeds.append(derive_seed("srk-train", cell.key, seed))
-    results = train_ensemble(data, seeds, config=train_config(spec), device=resolve_device(spec.train.device))
+    results = train_ensemble(data, seeds, config=train_config(spec), device=device)
     if any(r is None for r in results):
         raise TrainingDiverged(f"training diverged for seeds {[s for s, r in zip(spec.seed, results) if r is None]}")
-    net = EnsembleMLP([r.model for r in results]).eval()
+    return results
+
+
+def trained_score(models: list[ScoreMLP]) -> Score:
+    """The score of the trained members (:func:`train_members`), as one batched ensemble on the
+    members' device: member r evaluates rows [r m, (r + 1) m) of a batch of R m rows (the layout
+    of ``sampled.sampled_curves``), whatever device the batch is on (it comes back there)."""
+    net = EnsembleMLP(models).eval()
+    dev = next(net.parameters()).device
 
     def score(y: torch.Tensor, t: float) -> torch.Tensor:
-        tt = torch.full((y.shape[0],), float(t), dtype=torch.float64)
+        tt = torch.full((y.shape[0],), float(t), dtype=torch.float64, device=dev)
         with torch.no_grad():
-            eps = net(y.to(torch.float32), tt)
-        return noise.score_from_eps(eps, tt.to(torch.float32)).to(y.dtype)
+            eps = net(y.to(dev, torch.float32), tt)
+        return noise.score_from_eps(eps, tt.to(torch.float32)).to(y.device, y.dtype)
 
-    return score, results
+    return score
 
 
 def member_score(model) -> Score:
-    """The score of one trained ``ScoreMLP`` (float32 network, output in the input's dtype)."""
+    """The score of one trained ``ScoreMLP`` (float32 network on its device, output in the input's
+    dtype and device)."""
+    run = device_score(model)
+
     def score(y: torch.Tensor, t: float) -> torch.Tensor:
         with torch.no_grad():
-            return model.score(y.to(torch.float32), float(t)).to(y.dtype)
+            return run(y.to(torch.float32), float(t)).to(y.dtype)
     return score

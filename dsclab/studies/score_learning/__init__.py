@@ -3,18 +3,19 @@ science.md §2): time bootstrapping (BSM) against DSM, Markov-trajectory against
 training pairs, a d-free hypothesis class against the generic MLP, and the L2 versus quantile
 score error.
 
-Modules: :mod:`.spec` (the spec and its cells), :mod:`.layout` (the store), :mod:`.cell` (data,
+Modules: :mod:`.spec` (the spec and its cells), :mod:`.layout` (the store), :mod:`.numerics` (data,
 training and evaluation of one cell), :mod:`.readout` (what the report and figure read),
 :mod:`.report` (the text report, by section) and :mod:`.plot` (the figure). Each cell trains its
-own small network inside ``evaluate`` (no separate train stage).
+own small network in the train stage, on that stage's device; ``evaluate`` restores it.
 """
 from __future__ import annotations
 
 from dsclab.analysis import WEIGHTED_L2
+from dsclab.errors import NUMERICAL
 from dsclab.studies import small_preset
 from dsclab.study import Group, StudyKind
 
-from .numerics import run_cell
+from . import numerics
 from .layout import template as _template
 from .plot import plot as _plot
 from .report import report as _report
@@ -40,8 +41,20 @@ class ScoreLearning(StudyKind):
         order = sorted(cells, key=lambda c: (-c.d, c.seed, c.data_mode, -c.n, c.model, c.estimator))
         return [Group(cells=(c,)) for c in order]
 
+    def train(self, spec, cells, cache, prepared, device):
+        """Each cell's network, trained on ``device``: {cell key: ``numerics.payload`` (CPU
+        tensors), or the numerical failure of its training}."""
+        out = {}
+        for c in cells:
+            try:
+                out[c.key] = numerics.payload(numerics.train_cell(spec, c, device))
+            except NUMERICAL as e:
+                out[c.key] = e
+        return out
+
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return run_cell(spec, cell)
+        res = numerics.restore(spec, cell, trained, device)
+        return numerics.evaluate(spec, cell, res.model, res)
 
 
 KIND = ScoreLearning()

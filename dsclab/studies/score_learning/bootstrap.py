@@ -93,6 +93,10 @@ class NoisedData:
         """The first n rows (nested designs: a cell with sample size n uses a prefix)."""
         return NoisedData(self.x0[:n], self.times[:n], self.xt[:n], self.prev[:n], self.t_prev[:n])
 
+    def to(self, device) -> "NoisedData":
+        """The same rows on ``device`` (themselves where they are already there)."""
+        return NoisedData(*(v.to(device) for v in (self.x0, self.times, self.xt, self.prev, self.t_prev)))
+
 
 def _prev_times(times: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(times[:, :1]), times[:, :-1]], dim=1)
@@ -261,8 +265,10 @@ def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, g
 
     Each step draws ``batch_size`` rows with replacement and uses all K pairs of each row (in
     ``trajectory`` mode the pairs of a row are Markov-dependent). Deterministic for a generator.
-    ``law`` (with an exact ``score``) is needed by the oracle estimators only. The loss is
-    ``dsclab.losses.dsm_pair_loss`` or ``BSMPairLoss`` (the target of :data:`BOOTSTRAP_ESTIMATORS`; h_hat:
+    ``model`` and ``data`` share a device; the rows are drawn by ``generator`` (the CPU's) and
+    moved there, so the draws are the same on every device. ``law`` (with an exact ``score``) is
+    needed by the oracle estimators only. The loss is ``dsclab.losses.dsm_pair_loss`` or
+    ``BSMPairLoss`` (the target of :data:`BOOTSTRAP_ESTIMATORS`; h_hat:
     the network under stop-gradient, a lagged copy refreshed every ``lag`` steps, or
     ``ExactScore(law)``), minimised by the loop ``dsclab.train.fit``; a loss that becomes NaN or
     infinite raises :class:`dsclab.errors.TrainingDiverged`.
@@ -284,7 +290,7 @@ def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, g
         loss = BSMPairLoss(target, t_c=config.t_c, mix=config.mix, rao_blackwell=est.rao_blackwell)
 
     def draw(step: int) -> tuple:
-        idx = torch.randint(0, n, (config.batch_size,), generator=generator)
+        idx = torch.randint(0, n, (config.batch_size,), generator=generator).to(x0.device)
         b0 = x0[idx][:, None, :].expand(-1, K, -1).reshape(-1, d)
         pairs = (b0, xt[idx].reshape(-1, d), data.times[idx].reshape(-1))
         if not est.bootstrap:

@@ -1,5 +1,6 @@
-"""One score-learning cell: its training data, its training and its evaluation (numerics only: no
-Prefect, no store).
+"""One score-learning cell: its training data, its training (:func:`train_cell`, the kind's train
+stage, on that stage's device) and its evaluation (:func:`evaluate`, with the trained network
+restored: :func:`restore`); numerics only: no Prefect, no store.
 
 Common random numbers: the clean data and the per-row times depend on (d, seed) only, the noise
 on (d, seed, data_mode), the initialisation and minibatches on (d, seed, model), and all
@@ -26,6 +27,7 @@ from dsclab.metrics import gaussian_kl, score_errors, sliced_w2
 from dsclab.noise_sources import GaussianNoise
 from dsclab.samplers import SAMPLERS, steps_for_nfe
 from dsclab.seeds import DATA_BLOCK, block_rows, rng
+from dsclab.train import device_score
 
 from .spec import ScoreLearningSpec, SLCell
 
@@ -73,14 +75,35 @@ def fit_config(spec: ScoreLearningSpec) -> bs.FitConfig:
     return bs.FitConfig(steps=tr.steps, batch_size=tr.batch_size, lr=tr.lr, t_c=b.t_c, lag=b.lag, mix=b.mix)
 
 
-def train_cell(spec: ScoreLearningSpec, cell: SLCell, data: bs.NoisedData | None = None) -> bs.FitResult:
-    """Fit the cell's network on the first n rows of its training set; a loss that becomes NaN or
-    infinite raises :class:`dsclab.errors.TrainingDiverged` (the cell is marked failed)."""
-    data = (data or training_data(spec, cell.d, cell.seed, cell.data_mode)).head(cell.n)
-    g_init = rng("sl-init", cell.d, cell.seed, cell.model)
-    model = bs.HYPOTHESES[cell.model](cell.d, width=spec.train.width, depth=spec.train.depth, generator=g_init)
+def make_model(spec: ScoreLearningSpec, cell: SLCell, generator: torch.Generator) -> torch.nn.Module:
+    """The cell's network (its hypothesis class at the spec's width and depth), initialised from
+    ``generator``."""
+    return bs.HYPOTHESES[cell.model](cell.d, width=spec.train.width, depth=spec.train.depth, generator=generator)
+
+
+def train_cell(spec: ScoreLearningSpec, cell: SLCell, device: str = "cpu",
+               data: bs.NoisedData | None = None) -> bs.FitResult:
+    """Fit the cell's network on the first n rows of its training set, on ``device`` (the draws
+    come from CPU generators, the same on every device); a loss that becomes NaN or infinite
+    raises :class:`dsclab.errors.TrainingDiverged` (the cell is marked failed)."""
+    data = (data or training_data(spec, cell.d, cell.seed, cell.data_mode)).head(cell.n).to(device)
+    model = make_model(spec, cell, rng("sl-init", cell.d, cell.seed, cell.model)).to(device)
     g = rng("sl-batches", cell.d, cell.seed, cell.model)
     return bs.fit(model, data, cell.estimator, fit_config(spec), g, law=spec.law(cell.d))
+
+
+def payload(result: bs.FitResult) -> dict:
+    """The checkpoint payload of a trained cell: its network's state (CPU tensors) and its training
+    record."""
+    return {"state_dict": {k: v.cpu() for k, v in result.model.state_dict().items()},
+            "loss": result.loss, "seconds": result.seconds}
+
+
+def restore(spec: ScoreLearningSpec, cell: SLCell, payload: dict, device: str = "cpu") -> bs.FitResult:
+    """The inverse of :func:`payload`: the cell's network in eval mode on ``device``, and its record."""
+    model = make_model(spec, cell, torch.Generator())
+    model.load_state_dict(payload["state_dict"])
+    return bs.FitResult(model.to(device).eval(), payload["loss"], payload["seconds"])
 
 
 def mode_tv(law: GaussianMixture, y: torch.Tensor, t: float) -> float:
@@ -99,14 +122,16 @@ def gauss_kl_to(law: GaussianMixture, y: torch.Tensor, t: float) -> float:
 
 def evaluate(spec: ScoreLearningSpec, cell: SLCell, model, result: bs.FitResult | None = None) -> xr.Dataset:
     """All metrics of one trained cell as a Dataset over (t, delta) (the variables of
-    :mod:`.layout`); samples that are not finite raise :class:`dsclab.errors.NonFiniteSamples`."""
+    :mod:`.layout`); ``model`` runs on its device, the draws and metrics on the CPU. Samples that
+    are not finite raise :class:`dsclab.errors.NonFiniteSamples`."""
     ev, tr = spec.evaluation, spec.train
     t0 = time.perf_counter()
     law = spec.law(cell.d)
+    score = device_score(model)
     # common random numbers across n, estimators and models: every draw depends on (law, d, seed)
     # and, per t, on t alone (a value does not depend on the rest of the t grid)
     crn = (spec.distribution.model_dump(mode="json"), cell.d, cell.seed)
-    errs = score_errors(model.score, law, ev.t, ev.n_score, ev.delta, lambda t: rng("sl-score", *crn, t))
+    errs = score_errors(score, law, ev.t, ev.n_score, ev.delta, lambda t: rng("sl-score", *crn, t))
     tv, tv1, tvo = (np.full(len(ev.t), np.nan) for _ in range(3))
     for i, t in enumerate(ev.t):
         g = rng("sl-var", *crn, t)
@@ -114,7 +139,7 @@ def evaluate(spec: ScoreLearningSpec, cell: SLCell, model, result: bs.FitResult 
         t_prev = t / tr.ratio
         state = g.get_state()
         kw = dict(estimator=cell.estimator, t_c=spec.bsm.t_c, mix=spec.bsm.mix)
-        h_hat = law.score if bs.BOOTSTRAP_ESTIMATORS[cell.estimator].oracle else model.score  # the h_hat the cell trained with
+        h_hat = law.score if bs.BOOTSTRAP_ESTIMATORS[cell.estimator].oracle else score  # the h_hat the cell trained with
         v, v1 = bt.conditional_variance(bt.target_draws(law, x, t, t_prev, ev.n_draws, g, score_prev=h_hat, **kw))
         g.set_state(state)  # the oracle uses the same posterior draws (paired)
         vo, _ = bt.conditional_variance(bt.target_draws(law, x, t, t_prev, ev.n_draws, g, score_prev=law.score,
@@ -125,7 +150,7 @@ def evaluate(spec: ScoreLearningSpec, cell: SLCell, model, result: bs.FitResult 
     gs = rng("sl-sample", cell.key)
     y0 = law.sample(ev.n_samples, gs, t=T).to(torch.float32)
     with torch.no_grad():
-        y = SAMPLERS[ev.sampler](model.score, y0, ts, noise=GaussianNoise(y0.shape, gs)).to(torch.float64)
+        y = SAMPLERS[ev.sampler](score, y0, ts, noise=GaussianNoise(y0.shape, gs)).to(torch.float64)
     if not torch.isfinite(y).all():
         raise NonFiniteSamples(f"sampler {ev.sampler} produced non-finite samples")
     target = law.sample(ev.n_samples, rng("sl-target", *crn), t=t_min)
@@ -152,7 +177,3 @@ def evaluate(spec: ScoreLearningSpec, cell: SLCell, model, result: bs.FitResult 
     return ds
 
 
-def run_cell(spec: ScoreLearningSpec, cell: SLCell) -> xr.Dataset:
-    """Train and evaluate one cell; raises on numerical failure (the task marks the cell failed)."""
-    res = train_cell(spec, cell)
-    return evaluate(spec, cell, res.model, res)

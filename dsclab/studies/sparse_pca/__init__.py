@@ -113,7 +113,7 @@ class SparsePCA(StudyKind):
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
         x = cache.load_array(data_name(spec, cell.d, cell.k, cell.beta, cell.seed))
-        res = TrainResult.restore(trained) if trained is not None else None
+        res = TrainResult.restore(trained, device) if trained is not None else None
         return numerics.evaluate(spec, cell, x, res.model if res else None, res)
 
 

@@ -19,7 +19,7 @@ from dsclab.samplers import SAMPLERS, steps_for_nfe, uses_levy_area
 from dsclab.seeds import block_rows, derive_seed, draw_rows, rng
 from dsclab.studies.sparse_pca.layout import PER_ESTIMATOR
 from dsclab.studies.sparse_pca.spec import NETWORK, ORACLE, SparsePCACell, SparsePCAEvalSpec, SparsePCASpec
-from dsclab.train import TrainConfig, TrainResult, group_size, train_group
+from dsclab.train import TrainConfig, TrainResult, device_score, group_size, train_group
 
 # -------------------------------------------------------------------------------------------
 # Data and training
@@ -112,7 +112,7 @@ def evaluate(spec: SparsePCASpec, cell: SparsePCACell, x: np.ndarray, network=No
     """Every estimator of the spec on the cell's first n rows of ``x`` (the full dataset).
 
     ``network`` is the trained ``ScoreMLP`` (needed when ``network`` is an estimator; it runs in
-    float32, the Gaussian scores in float64). Every estimator sees the same score-error points
+    float32 on its device, the Gaussian scores in float64 on the CPU). Every estimator sees the same score-error points
     (fresh x ~ q_t, ``evaluation.n_score`` per t), the same sampler start and Brownian path, and
     the same target draws and projections. Returns the cell's values over (estimator, t, i).
     Raises on numerical failure (the task marks the cell failed); an infeasible exhaustive search
@@ -136,14 +136,14 @@ def evaluate(spec: SparsePCASpec, cell: SparsePCACell, x: np.ndarray, network=No
     x0 = torch.randn(ev.n_samples, d, generator=g)
     replay = replay_noise(ev, x0.shape, g)
     E, T, size = len(spec.estimator), len(ev.t), max(spec.d)
-    vals = {name: np.full(E, np.nan) for name in PER_ESTIMATOR}
+    vals = {name: np.full(E, np.nan) for name in (*PER_ESTIMATOR, "sliced_w2", "kl_gauss")}  # .layout's per-estimator variables
     l2, l2_rel = np.full((E, T), np.nan), np.full((E, T), np.nan)
     u_hat_all = np.full((E, size), np.nan)
     for j, name in enumerate(spec.estimator):
         if name == NETWORK:
             if network is None:
                 raise ValueError("the network estimator needs a trained network")
-            score, direction, dtype = network.score, None, torch.float32
+            score, direction, dtype = device_score(network), None, torch.float32
         elif name == ORACLE:
             score, direction, b_hat, dtype = exact, u.clone(), cell.beta, torch.float64
         else:
