@@ -92,9 +92,8 @@ def train_cells(spec: StudySpec, cells: list[Cell], data: dict[int, np.ndarray],
 
 
 def restore(payload: dict, device: str) -> TrainResult:
-    res = TrainResult.restore(payload)
-    res.model.to(device)
-    return res
+    """A network's checkpoint payload as an eval-mode model on ``device`` (evaluation never trains)."""
+    return TrainResult.restore(payload, device)
 
 
 def _denoised(score, y: torch.Tensor, t: float) -> torch.Tensor:
