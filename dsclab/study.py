@@ -229,7 +229,8 @@ def _check_kind(name: str, obj: object) -> None:
         raise RegistryError(f"study kind registered as {name!r} calls itself {obj.name!r}")
 
 
-BUILTIN = ("sample_complexity", "immse", "score_learning", "sampler_convergence", "computational_gap", "sparse_pca")
+BUILTIN = ("sample_complexity", "immse", "score_learning", "sampler_convergence", "computational_gap", "sparse_pca",
+           "two_scores")
 
 KINDS: Registry[StudyKind] = Registry(
     "dsclab.studies", "study kind", check=_check_kind,
