@@ -303,12 +303,15 @@ def test_worker_killed_mid_task_is_retried_elsewhere(api, team, tmp_path):
     t0 = time.perf_counter()
     follow = deployment_run(api, {"spec": {**TINY, "name": "tiny-dask-follow", "d": [2], "n": [60], "seed": [0],
                                            "store": str(team["tmp"] / "dask-follow.zarr")}})
-    started = wait_flow_run(api, follow, 60, until={"RUNNING"} | TERMINAL)
+    started = wait_flow_run(api, follow, 120, until={"RUNNING"} | TERMINAL)
     t_start = time.perf_counter() - t0
     final = wait_flow_run(api, follow, 120)
     print(f"following deployment run: Running {t_start:.1f} s after it was created, {final['state_type']} "
           f"{time.perf_counter() - t0:.1f} s after")
-    assert started["state_type"] in {"RUNNING", "COMPLETED"} and t_start < 10, (started["state"], t_start)
+    # No slot of the killed worker holds it back: no "waiting for" line and no held slot (below).
+    # The bound on its start is generous, the worker's polling and a flow-run process's start take
+    # 3-11 s on 2 loaded cores (10.88 s failed a bound of 10 s), yet below the ~75 s a held slot lasts.
+    assert started["state_type"] in {"RUNNING", "COMPLETED"} and t_start < 60, (started["state"], t_start)
     assert final["state_type"] == "COMPLETED", final["state"]
     assert not [m for m in flow_run_logs(api, follow) if m.startswith("waiting for")]
     assert held_slots(api) == {}

@@ -73,9 +73,11 @@ def test_a_killed_holder_frees_the_lock_at_once(tmp_path, monkeypatch):
         assert not got, "the lock was taken while its holder lived"
         t_kill = time.monotonic()
         os.kill(holder.pid, signal.SIGKILL)
-        t.join(5)
-        # the kernel drops the dead process's lock as it closes its files: well under a second
-        assert got and got["t"] - t_kill < 1.0, got
+        t.join(30)
+        # the kernel drops the dead process's lock as it closes its files (well under a second when
+        # idle); the bound is generous for a loaded machine (a thread of this process has to be
+        # scheduled) and still far below the 60 s lease a Prefect slot would hold
+        assert got and got["t"] - t_kill < 15.0, got
         assert log.lines[-1].startswith("got cuda-test after waiting"), log.lines
     finally:
         holder.kill()
