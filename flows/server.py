@@ -48,7 +48,7 @@ from flows.access import (
     AUTH, HOW_TO_AUTH, RESULTS_ROOT, SERVER_AUTH, access_problem, api_request, auth_string, base_env, health, loopback,
     prefect, results_root, wait_healthy,
 )
-from flows.temporary_server import TemporaryServer  # noqa: F401 - ``from flows.server import TemporaryServer``
+from flows.temporary_server import TemporaryServer, TemporaryServerError  # noqa: F401 - re-exported
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_API = "http://127.0.0.1:4200/api"
