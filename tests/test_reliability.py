@@ -331,10 +331,10 @@ def _gpu_check():
 def test_gpu_check_refuses_without_cuda_in_one_line(tmp_path):
     """Without an OUT_DIR it is a usage error (exit 2); without CUDA it says so in one line and
     exits 2 with nothing run or written."""
-    usage = subprocess.run([sys.executable, str(GPU_CHECK)], capture_output=True, text=True, timeout=120)
+    usage = subprocess.run([sys.executable, str(GPU_CHECK)], capture_output=True, text=True, timeout=600)
     assert usage.returncode == 2 and "the following arguments are required: out" in usage.stderr
     out = tmp_path / "x"
-    run = subprocess.run([sys.executable, str(GPU_CHECK), str(out)], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, str(GPU_CHECK), str(out)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("gpu_check: no CUDA device visible"), run.stderr
     assert not out.exists()

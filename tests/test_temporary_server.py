@@ -43,7 +43,7 @@ def test_prestart_imports_neither_torch_nor_prefect(tmp_path):
     code = ("import sys; from flows.server import TemporaryServer; s = TemporaryServer.prestart(); "
             "print(s is not None, 'torch' in sys.modules, 'prefect' in sys.modules); s.stop()")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path / "home"),
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["True", "False", "False"], out.stderr
 
 
