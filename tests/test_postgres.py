@@ -182,3 +182,35 @@ def test_eight_runs_on_the_default_server_and_worker(tmp_path):
     for store in stores:
         assert (xr.open_zarr(store).status == storage.DONE).all(), store
     assert locked == 0 and not any(failed.values()), (locked, failed, logs["server"][-6000:])
+
+
+def test_sqlite_server_begins_every_transaction_immediate():
+    """``flows/sqlite_server.py`` patches prefect 3.8.8's SQLite configuration: a transaction that
+    Prefect begins DEFERRED (with_for_update False) begins IMMEDIATE, and the mode is reset after.
+    Fails when a Prefect upgrade moves what it patches."""
+    import asyncio
+
+    from prefect.server.database import configurations as c
+
+    from flows import sqlite_server
+
+    original = c.AioSqliteConfiguration.begin_transaction
+    seen = []
+
+    class Session:
+        @contextlib.asynccontextmanager
+        async def begin(self):
+            seen.append(c.SQLITE_BEGIN_MODE.get())
+            yield "transaction"
+
+    async def go(with_for_update: bool):
+        async with c.AioSqliteConfiguration.begin_transaction(object(), Session(), with_for_update) as tx:
+            assert tx == "transaction"
+
+    try:
+        sqlite_server.patch()
+        asyncio.run(go(False))
+        asyncio.run(go(True))
+    finally:
+        c.AioSqliteConfiguration.begin_transaction = original
+    assert seen == ["IMMEDIATE", "IMMEDIATE"] and c.SQLITE_BEGIN_MODE.get() is None
