@@ -16,13 +16,14 @@ import tempfile
 from pathlib import Path
 
 
-STARTUP_TIMEOUT = 180.0
+STARTUP_TIMEOUT = 600.0
 """Seconds the temporary server may take to answer (``DSCLAB_SERVER_STARTUP_TIMEOUT`` when set, else
 this or Prefect's ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``, whichever is longer).
 Prefect's default, 20 s, is not enough on a loaded machine: with two other studies running on 2
 cores the server's start (an interpreter, its imports, the database migrations) took over 20 s and
 ``make demo`` ended in Prefect's traceback ``Timed out while attempting to connect to ephemeral
-Prefect API server``."""
+Prefect API server``; at a load of 20 it took about 3 minutes. A server that cannot start at all
+exits, which ends the wait at once; only one that hangs waits this long."""
 
 
 class TemporaryServerError(RuntimeError):

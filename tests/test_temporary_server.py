@@ -141,7 +141,7 @@ def test_a_server_that_fails_to_start_falls_back_to_prefect():
 
 def test_a_server_too_slow_to_answer_is_one_line(tmp_path):
     """A temporary server that does not answer within the start-up wait (here 0.01 s, set by
-    DSCLAB_SERVER_STARTUP_TIMEOUT; by default 180 s, for a loaded machine) ends the command with one
+    DSCLAB_SERVER_STARTUP_TIMEOUT; by default 600 s, for a loaded machine) ends the command with one
     line saying what to do, exit code 1, no traceback, and no server left behind."""
     home = tmp_path / "home"
     spec = tmp_path / "spec.yaml"
