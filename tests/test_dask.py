@@ -111,9 +111,10 @@ def test_preimport_ignores_a_shadowing_folder(tmp_path, monkeypatch):
 @pytest.fixture
 def api(team):
     """Report to the team server of tests/prefect_team.py (saves starting a test server)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: team["api"]}):
+    # heartbeats as dsclab's runs send them: the team server marks a run silent for 90 s Crashed
+    with temporary_settings({PREFECT_API_URL: team["api"], PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
         yield team["api"]
 
 

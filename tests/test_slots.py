@@ -90,9 +90,10 @@ def test_no_lock_on_the_cpu():
 
 @pytest.fixture
 def api(team):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: team["api"]}):
+    # heartbeats as dsclab's runs send them: the team server marks a run silent for 90 s Crashed
+    with temporary_settings({PREFECT_API_URL: team["api"], PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
         yield team["api"]
 
 
