@@ -39,7 +39,8 @@ def _kind(data_or_ds):
 
 
 def _prepare_run(args):
-    """Everything ``run`` checks before any work: the spec, the store, the runner options."""
+    """Everything ``run`` checks before any work and before any server starts: the spec, the
+    store, the runner options (a refusal costs the imports only, never a server's start)."""
     from dsclab.spec import load_yaml
 
     data = load_yaml(args.spec)
@@ -54,22 +55,32 @@ def _prepare_run(args):
     confine(path)  # a store outside $DSCLAB_RESULTS_ROOT (when set): refused
     storage.reconcile(kind, spec, path)  # refuse another version's store or a changed setting before any work
     from flows.runners import runner_from_args
-    from flows.study import kind_flow
 
     try:
         runner = runner_from_args(args)  # --runner / --dask-address / --dask-workers
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return kind, spec, path, kind_flow(kind.name), ({"runner": runner} if runner else {})
+    return kind, spec, path, ({"runner": runner} if runner else {})
+
+
+def _heartbeats() -> None:
+    """A run reporting to a team server sends a heartbeat every 30 s, so that the server's
+    automation marks it Crashed 90 s after its process dies (``flows.server.crash_automation``)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 
 
 def cmd_run(args) -> int:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.server import TemporaryServer
+    _heartbeats()
+    kind, spec, path, runner_kw = _prepare_run(args)  # bad input: refused before any server starts
+    from flows.server import TemporaryServer, TemporaryServerError
 
-    server = TemporaryServer.prestart()  # its start overlaps the imports and checks below
+    server = TemporaryServer.prestart()  # its start overlaps the Prefect imports below
     try:
-        kind, spec, path, flow, runner_kw = _prepare_run(args)
+        from flows.study import kind_flow
+
+        flow = kind_flow(kind.name)
     except BaseException:
         if server is not None:
             server.stop()
@@ -88,7 +99,7 @@ def cmd_run(args) -> int:
     try:
         with server.adopt() if server is not None else nullcontext():
             out = flow(spec=spec, **runner_kw)
-    except StudyTaskError as e:
+    except (StudyTaskError, TemporaryServerError) as e:
         return _err(str(e), 1)
     ds = storage.open_results(path)
     print()
@@ -105,7 +116,7 @@ def cmd_search(args) -> int:
     """``dsclab search``: every input is checked (one line, exit 2) before the temporary server
     starts and before anything is computed; then the rounds run through the search flow
     (``flows/search.py``) and the report is printed."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _heartbeats()
     from dsclab.spec import load_yaml
     from flows.search import prepare, search
 
@@ -113,7 +124,7 @@ def cmd_search(args) -> int:
                       metric=args.metric, eps=args.eps, ratio=args.ratio)
     from contextlib import nullcontext
 
-    from flows.server import TemporaryServer
+    from flows.server import TemporaryServer, TemporaryServerError
     from flows.study import StudyTaskError
 
     server = TemporaryServer.prestart()
@@ -121,7 +132,7 @@ def cmd_search(args) -> int:
     try:
         with server.adopt() if server is not None else nullcontext():
             out = search(request=request)
-    except StudyTaskError as e:
+    except (StudyTaskError, TemporaryServerError) as e:
         return _err(str(e), 1)
     print()
     print(f"store: {out['store']}  ({out['cells_computed']} cells computed in {out['rounds']} round(s), "

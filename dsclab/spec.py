@@ -83,9 +83,12 @@ def check_nfe(samplers: str | Sequence[str], nfe: int | Sequence[int], field: st
 
 
 class DistributionSpec(Frozen):
-    """The data family (``dsclab.distributions.DISTRIBUTIONS``) and its parameters."""
+    """The data family (``dsclab.distributions.DISTRIBUTIONS``) and its parameters. ``name`` is
+    required: parameters without a family (``distribution: {params: {k: 2}}``) are refused, never
+    read as those of a default family; a spec that omits the whole section gets its kind's default
+    law (e.g. ``DistributionSpec(name="gaussian_mixture")``)."""
 
-    name: Distribution = Field("gaussian_mixture", description="data family")
+    name: Distribution = Field(..., description="data family")
     params: dict[str, float | int | list[float]] = Field(default_factory=dict, description="family parameters")
 
     @model_validator(mode="after")
