@@ -52,6 +52,10 @@ def _fs(path: str):
         fs, root = fsspec.core.url_to_fs(str(path))
     except (ImportError, ValueError) as e:  # unknown protocol, or its backend is not installed
         raise StoreError(f"store {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(fs, LocalFileSystem):
+        # fsspec keeps one instance per protocol and options, with a cache of listings: another
+        # process (a Dask worker, a killed run) may have written since; look again.
+        fs.invalidate_cache()
     return fs, root
 
 
