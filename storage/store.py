@@ -40,10 +40,14 @@ def files_url(path: str) -> str:
 
 
 def plot_path(path: str) -> str:
-    """Where a store's figure goes by default: ``x.files/plot.png`` (the folder is created when local)."""
+    """Where a store's figure goes by default: ``x.files/plot.png`` (the folder is created).
+    matplotlib writes local files: a ``file://`` store's figure goes beside it, any other URL
+    store's (``s3://b/x.zarr``) into ``x.files/`` of the working directory."""
     root = files_url(path)
-    if "://" not in root:
-        os.makedirs(root, exist_ok=True)
+    if "://" in root:
+        protocol, _, rest = root.partition("://")
+        root = rest if protocol == "file" else os.path.basename(rest.rstrip("/"))
+    os.makedirs(root, exist_ok=True)
     return f"{root}/plot.png"
 
 
