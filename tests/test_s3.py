@@ -164,10 +164,13 @@ def test_kill_at_each_step_of_an_s3_growth_loses_nothing(s3, stores, tmp_path, s
     xr.testing.assert_identical(values(url), values(stores / "fresh.zarr"))
 
 
-def test_dsclab_run_on_s3_killed_then_resumed(s3, stores, tmp_path):  # noqa: F811
+def test_dsclab_run_on_s3_killed_then_resumed(s3, stores, tmp_path, monkeypatch):  # noqa: F811
     """``dsclab run --store s3://...`` killed (kill -9 of its process group) at a random moment,
-    then rerun: every cell done, no done cell computed again, equal to the local run."""
+    then rerun: every cell done, no done cell computed again, equal to the local run; the figure
+    drawn into ``s.files/`` of the working directory."""
     from test_kill import _env, _run
+
+    monkeypatch.chdir(tmp_path)
 
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump({**BASE, "n": [100, 300, 1000]}))
@@ -187,6 +190,7 @@ def test_dsclab_run_on_s3_killed_then_resumed(s3, stores, tmp_path):  # noqa: F8
     s3.fs.invalidate_cache()
     for n, t in stamps.items():  # a done cell's checkpoint was not written again
         assert s3.fs.info(f"{ckpt}/{keys[n]}.pt")["LastModified"] == t
+    assert (tmp_path / "s.files" / "plot.png").is_file()
     xr.testing.assert_identical(values(url), values(stores / "fresh.zarr"))
 
 
@@ -219,3 +223,95 @@ def test_no_credential_in_any_object_of_the_bucket(s3):
     for key in keys:
         blob = s3.fs.cat_file(key)
         assert KEY_ID.encode() not in blob and SECRET.encode() not in blob, key
+
+
+NO_DISK = {**BASE, "name": "no-shared-disk", "n": [100, 300], "seed": [0, 1], "group_memory_mb": 1,
+           "train": {"steps": 200, "width": 16, "depth": 1}}  # 4 cells, trainings long enough to be caught
+
+
+def test_dask_workers_that_share_no_disk(s3, harness, tmp_path):
+    """A study on a Dask cluster of two worker processes (``dask worker``), each started in its own
+    empty working directory with its own TMPDIR and Dask directory, the store on the local S3
+    server; one worker is killed (SIGKILL) while it executes a task. The study completes, equal
+    to the same study run in one process on a local disk, and neither worker's folder holds any
+    of the study's files (the only place they share is the bucket)."""
+    import signal
+    import socket
+    import time
+
+    from distributed import Client
+
+    from dsclab.studies.sample_complexity import KIND
+    from flows.runners import RunnerSpec
+
+    spec = KIND.parse(NO_DISK)
+    assert run(spec, tmp_path / "ref.zarr")["done"] == 4  # one process (threads), a local disk
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    procs, dirs = [], []
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                       "--port", str(port), "--no-dashboard"], cwd=tmp_path, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for i in range(2):
+            home = tmp_path / f"worker{i}"
+            (home / "tmp").mkdir(parents=True)
+            dirs.append(home)
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(home / "tmp"), "HOME": str(home),
+                   "DASK_CONFIG": str(ROOT / "deploy" / "dask"), "OMP_NUM_THREADS": "1"}
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1", "--nthreads", "2",
+                 "--resources", "GPU=1", "--local-directory", str(home / "dask"), "--no-dashboard"],
+                cwd=home, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        url = s3.url("no-shared-disk/s.zarr")
+        kill: dict = {}
+        errors: list = []
+        with Client(address, timeout=120) as client:
+            client.wait_for_workers(2, timeout=180)
+            cwds = client.run(lambda: (os.getcwd(), os.environ["TMPDIR"]))
+            assert sorted(cwds.values()) == sorted((str(d), str(d / "tmp")) for d in dirs)
+            import threading
+
+            stop = threading.Event()
+
+            def _executing(dask_worker):  # defined here: pickled by value (the workers cannot import tests/)
+                import os
+
+                return os.getpid(), [str(k) for k, ts in dask_worker.state.tasks.items() if ts.state == "executing"]
+
+            def killer():
+                while not stop.is_set() and not kill:
+                    try:
+                        for addr, (pid, keys) in client.run(_executing).items():
+                            if keys:  # a task of the study is executing there
+                                os.kill(pid, signal.SIGKILL)
+                                kill.update(addr=addr, pid=pid, keys=keys)
+                                break
+                    except Exception as e:  # noqa: BLE001 - a worker mid-restart; look again
+                        errors.append(repr(e))
+                    time.sleep(0.2)
+
+            watcher = threading.Thread(target=killer, daemon=True)
+            watcher.start()
+            try:
+                from flows.study import run_flow
+
+                out = run_flow(KIND, spec, url, runner=RunnerSpec(kind="dask", address=address))
+            finally:
+                stop.set()
+                watcher.join(30)
+        assert kill, f"no worker was caught executing a task: the kill did not happen {errors[-3:]}"
+        assert out["done"] == 4 and out["failed"] == 0
+        xr.testing.assert_identical(values(url), values(tmp_path / "ref.zarr"))
+        for home in dirs:  # nothing of the study on either worker's disk
+            found = [p for p in home.rglob("*") if ".zarr" in str(p) or ".files" in str(p) or p.suffix in (".pt", ".npy")]
+            assert found == [], found
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=30)
