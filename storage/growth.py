@@ -40,10 +40,9 @@ import warnings
 
 import numpy as np
 import xarray as xr
-
-from dsclab.study import Status, StudyKind
 from fsspec.implementations.local import LocalFileSystem
 
+from dsclab.study import Status, StudyKind
 from storage.store import (
     StoreError, _exists, _fs, _open, check_store, check_version, create_or_open, open_results, with_failure,
     zarr_target,
