@@ -7,6 +7,7 @@
     dsclab plot STORE [--out FILE] [--tau T1,T2]   the study's figure
     dsclab report STORE [--tau T1,T2]              the study's text report (tables, fits; --tau: levels of P[error > tau])
     dsclab check STORE                             status/value disagreements, missing or corrupt chunks
+    dsclab doctor [--spec SPEC]                    torch build, CUDA, devices, each stage's device, Prefect API, results root
     dsclab server | deploy | worker                team Prefect server, work pools, GPU workers (flows/server.py)
 
 Exit codes: 0 success; 2 bad input (nothing created or changed); 3 finished with failed cells;
@@ -221,6 +222,20 @@ def cmd_check(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_doctor(args) -> int:
+    """``dsclab doctor``: what this machine gives the lab (``flows/doctor.py``); always exit 0."""
+    spec_device = None
+    if args.spec:
+        from dsclab.spec import load_yaml
+
+        data = load_yaml(args.spec)
+        spec_device = getattr(getattr(_kind(data).parse(data), "train", None), "device", None)
+    from flows.doctor import report
+
+    print(report(spec_device))
+    return 0
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (``dsclab run: error: ...``), exit code 2."""
 
@@ -270,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     for c in (pl, rp):
         c.add_argument("--tau", metavar="T1,T2", help="error levels of P[error > tau] (default: derived from the errors)")
     on_store("check", cmd_check, "cells whose status and values disagree; missing or corrupt chunks")
+    dr = sub.add_parser("doctor", help="torch build, CUDA, devices, each stage's device, Prefect API, results root")
+    dr.add_argument("--spec", help="a study spec: its train.device decides the stages' device")
+    dr.set_defaults(fn=cmd_doctor)
     for name, text in [("server", "start a Prefect server, create the work pools and deploy the study flows"),
                        ("deploy", "create the work pools and gpu limit and deploy the study flows on a running server"),
                        ("worker", "start one gpu-pool worker per GPU (and cpu-pool workers)")]:
