@@ -215,3 +215,130 @@ SAMPLE_METRICS: Registry[Callable] = Registry(
     check=Needs("metric", long_name=(nonempty_text, "a non-empty string"),
                 units=(text, "a string (CF units, '1' for a pure number)")),
     builtins={"sliced_w2": _sliced_w2, "mmd": _mmd, "w2": _w2, "kl_gauss": _kl_gauss})
+
+
+# ------------------------------------------------------------------------------------------
+# Metrics that need no exact score (real data; science.md §7)
+# ------------------------------------------------------------------------------------------
+
+
+def nearest_two(x: torch.Tensor, ref: torch.Tensor, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distances from each row of ``x (m, d)`` to its nearest and second-nearest rows of
+    ``ref (n, d)`` (n >= 2), and the index of the nearest: ``(r1, r2, i1)``, each ``(m,)``, float64.
+    Brute force in chunks of ``chunk`` rows of x; exact distances (``torch.cdist`` on float64,
+    the direct formula, no matrix-product shortcut)."""
+    x, ref = x.to(torch.float64), ref.to(x.device, torch.float64)
+    if ref.shape[0] < 2:
+        raise ValueError("need at least two reference rows")
+    r1, r2, i1 = [], [], []
+    for s in range(0, x.shape[0], chunk):
+        dist = torch.cdist(x[s:s + chunk], ref, compute_mode="donot_use_mm_for_euclid_dist")
+        v, i = torch.topk(dist, 2, dim=1, largest=False)
+        r1.append(v[:, 0]), r2.append(v[:, 1]), i1.append(i[:, 0])
+    return torch.cat(r1), torch.cat(r2), torch.cat(i1)
+
+
+MEMORIZATION_RATIO = 1.0 / 3.0
+"""Gu et al. (2023): a sample is memorized when its nearest training row is closer than a third of
+the distance to the second nearest."""
+
+
+def memorized(x: torch.Tensor, train: torch.Tensor, ratio: float = MEMORIZATION_RATIO) -> torch.Tensor:
+    """Per row of ``x``, whether it is memorized from ``train`` (Gu et al. 2023, "On Memorization in
+    Diffusion Models"): ||x - NN_1(x)|| < ratio ||x - NN_2(x)||, NN_k the k-th nearest row of
+    ``train`` (bool ``(m,)``). An exact copy of a training row (r1 = 0 < r2 / 3) is memorized."""
+    r1, r2, _ = nearest_two(x, train)
+    return r1 < ratio * r2
+
+
+def memorization_fraction(x: torch.Tensor, train: torch.Tensor, generator: torch.Generator | None = None) -> float:
+    """The fraction of rows of ``x`` memorized from ``train`` (:func:`memorized`)."""
+    return float(memorized(x, train).double().mean())
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor, centre: torch.Tensor | None = None) -> torch.Tensor:
+    """Row-wise cosine similarity of ``a`` and ``b`` (each ``(m, d)``), both first centred by
+    ``centre (d,)`` when given (the training part's mean: uncentred, two images sharing a
+    background are similar whatever they show). A zero row has similarity 0."""
+    a, b = a.to(torch.float64), b.to(a.device, torch.float64)
+    if centre is not None:
+        c = torch.as_tensor(centre, dtype=torch.float64, device=a.device)
+        a, b = a - c, b - c
+    den = a.norm(dim=1) * b.norm(dim=1)
+    return torch.where(den > 0, (a * b).sum(1) / den.clamp_min(1e-300), torch.zeros_like(den))
+
+
+def paired_similarity(a: torch.Tensor, b: torch.Tensor, centre: torch.Tensor | None = None) -> float:
+    """Mean cosine similarity of paired rows (Kadkhodaie et al. 2024: two networks' samples from the
+    same initial noise and Brownian path); 1 for identical samples."""
+    return float(cosine(a, b, centre).mean())
+
+
+def nearest_similarity(x: torch.Tensor, train: torch.Tensor, centre: torch.Tensor | None = None) -> float:
+    """Mean over the rows of ``x`` of the cosine similarity to their nearest (Euclidean) row of ``train``."""
+    _, _, i1 = nearest_two(x, train) if train.shape[0] >= 2 else (None, None, torch.zeros(x.shape[0], dtype=torch.long))
+    return float(cosine(x, train.to(x.device)[i1], centre).mean())
+
+
+def heldout_dsm(score_hat: Callable, x: torch.Tensor, t: float, generator: torch.Generator,
+                dtype=torch.float32) -> float:
+    """The DSM loss of a score on held-out rows ``x (m, d)`` at time t, per dimension:
+    mean_i sigma_t^2 ||s_hat(x_t, t) + z_i / sigma_t||^2 / d with x_t = e^{-t} x_i + sigma_t z_i,
+    z from ``generator`` (the same generator gives the same z for every model: paired differences).
+    Its minimum over scores is the held-out law's denoising error, not 0."""
+    from dsclab import noise
+
+    x = x.to(torch.float64)
+    z = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x.device)
+    tt = torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
+    sig = noise.sigma(tt)[:, None]
+    xt = noise.mean_coef(tt)[:, None] * x + sig * z
+    with torch.no_grad():
+        s = score_hat(xt.to(dtype), float(t)).to(torch.float64)
+    return float(((sig * s + z) ** 2).sum(1).mean() / x.shape[1])
+
+
+@declare(long_name="fraction of samples memorized (nearest training row closer than 1/3 of the second nearest)",
+         units="1")
+def _memorized(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
+    """:func:`memorization_fraction` of ``x`` against the rows ``y`` (Gu et al. 2023)."""
+    return memorization_fraction(x, y)
+
+
+@declare(long_name="mean cosine similarity (centred) to the nearest training row", units="1")
+def _nearest_similarity(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
+    """:func:`nearest_similarity` of ``x`` to the rows ``y``, centred by the mean of ``y``."""
+    return nearest_similarity(x, y, y.to(torch.float64).mean(0))
+
+
+ROW_METRICS: Registry[Callable] = Registry(
+    "dsclab.row_metrics", "row metric",
+    check=Needs("row metric", long_name=(nonempty_text, "a non-empty string"),
+                units=(text, "a string (CF units, '1' for a pure number)")),
+    builtins={"memorized": _memorized, "nearest_similarity": _nearest_similarity})
+"""Metrics of generated samples against the rows they were trained on (no exact law needed), with
+the signature of :data:`SAMPLE_METRICS`, ``(samples, rows, generator) -> float`` (entry-point
+group ``dsclab.row_metrics``)."""
+
+
+HELD_OUT: dict[str, tuple[str, str]] = {
+    "dsm_heldout": ("held-out DSM loss E sigma_t^2 ||s_hat(x_t) + z / sigma_t||^2 / d on the test part "
+                    "(the same z for every n)", "1"),
+    "nll_bpd": ("I-MMSE estimate of -log p(x) of the trained model on the test part (discrete estimator on "
+                "lattice data)", "bits per dimension"),
+    "nll_bpd_se": ("standard error of nll_bpd (test points and log-SNR draws)", "bits per dimension"),
+    "nll_gauss_bpd": ("the same estimate for the Gaussian moment-matched to the cell's training rows, on the "
+                      "same draws", "bits per dimension"),
+    "nll_gauss_bpd_se": ("standard error of nll_gauss_bpd", "bits per dimension"),
+    "memorized": ("fraction of generated samples memorized from the cell's training rows (Gu et al. 2023: "
+                  "nearest closer than 1/3 of the second nearest)", "1"),
+    "memorized_test": ("the same fraction for held-out test points against the cell's training rows "
+                       "(false-positive reference)", "1"),
+    "similarity_ab": ("mean cosine similarity (centred) between the samples of two networks trained on disjoint "
+                      "subsets of size n, from the same initial noise and Brownian path (Kadkhodaie et al. 2024)",
+                      "1"),
+    "train_similarity": ("mean cosine similarity (centred) of a network's samples to their nearest training row "
+                         "of its own subset", "1"),
+}
+"""Long name and units of each metric of real data (:func:`heldout_dsm`, the I-MMSE NLL of a held-out
+part, :func:`memorized`, :func:`paired_similarity`, :func:`nearest_similarity`) as a store variable."""

@@ -89,7 +89,9 @@ class DistributionSpec(Frozen):
     law (e.g. ``DistributionSpec(name="gaussian_mixture")``)."""
 
     name: Distribution = Field(..., description="data family")
-    params: dict[str, float | int | list[float]] = Field(default_factory=dict, description="family parameters")
+    # bool and str (a data set's lattice flag and path) come after the numbers: pydantic's smart union
+    # keeps an exact-type match, so existing specs validate (and hash) as before
+    params: dict[str, float | int | list[float] | bool | str] = Field(default_factory=dict, description="family parameters")
 
     @model_validator(mode="after")
     def _params(self) -> "DistributionSpec":

@@ -151,3 +151,23 @@ def test_kill_during_growth_loses_nothing(stores, tmp_path, step):
     assert out["computed"] == 1 and out["done"] == 3
     assert not any(Path(str(path) + s).exists() for s in (".grow-new", ".grow-old"))
     xr.testing.assert_identical(values(path), values(stores / "fresh.zarr"))
+
+
+MEMO = {"kind": "memorization", "name": "grow_digits", "d": [4], "n": [4, 8], "seed": [0],
+        "train": {"steps": 20, "width": 16, "depth": 1, "batch_size": 32},
+        "evaluation": {"t": [0.1, 1.0], "n_alpha": 4, "nfe": 4, "n_samples": 16, "keep": 2}, "workers": 1}
+
+
+def test_memorization_grows_n_in_place(harness, tmp_path):
+    """The real-data kind grows like the synthetic ones: n added computes only the new cells, and the
+    store equals a fresh run of the grown spec (the split and the paired draws do not depend on n)."""
+    from dsclab.studies.memorization import KIND as MEMO_KIND
+    from flows.study import run_flow
+
+    base, grown_spec = MEMO_KIND.parse(MEMO), MEMO_KIND.parse({**MEMO, "n": [4, 8, 16]})
+    grown, fresh = tmp_path / "grown.zarr", tmp_path / "fresh.zarr"
+    assert run_flow(MEMO_KIND, base, str(grown))["computed"] == 2
+    out = run_flow(MEMO_KIND, grown_spec, str(grown))
+    assert out["cells"] == 3 and out["computed"] == 1 and out["done"] == 3
+    assert run_flow(MEMO_KIND, MEMO_KIND.parse({**MEMO, "name": "other", "n": [4, 8, 16]}), str(fresh))["computed"] == 3
+    xr.testing.assert_identical(values(grown), values(fresh))

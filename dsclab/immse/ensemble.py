@@ -22,7 +22,7 @@ from dsclab.immse.core import (
 __all__ = [
     "ensemble_nll", "per_dim", "bits_per_dim", "spectrum", "empirical_moments", "moment_matched_gaussian",
     "GapTerms", "CrossedEstimate", "gap_terms", "crossed_mean", "crossed_estimates", "clamp_to_box",
-    "lattice_box", "DataSetNLL", "data_set_nll",
+    "lattice_box", "DataSetNLL", "data_set_nll", "held_out_nll",
 ]
 
 # -------------------------------------------------------------------------------------------
@@ -303,3 +303,22 @@ def data_set_nll(x: torch.Tensor, denoisers: Sequence[Denoiser], dist, generator
     return DataSetNLL(npy(est.value), npy(est.se), npy(gap.value), npy(gap.se), curves.cpu().numpy(),
                       float(est.ensemble) / d, float(est.ensemble_se) / d, float(gap.ensemble) / d,
                       float(gap.ensemble_se) / d, ens_curve.cpu().numpy(), share, exact, exact_se)
+
+
+def held_out_nll(x: torch.Tensor, denoisers: Sequence[Denoiser], generator: torch.Generator, *, lam,
+                 box: tuple[float, float] | None = None, n_alpha: int = 64, clip: float = 4.0) -> Estimate:
+    """mean_i[-log p(x_i)] of held-out rows ``x (m, d)`` under K denoisers, in bits per dimension,
+    with its SE over the points and the draws (``value, se (K,)``), every model on the same
+    stratified (alpha, eps) draws (:func:`gap_terms`, :func:`crossed_estimates`). Rows on a
+    lattice (``box`` its hull (lo, hi)): the discrete estimator with the Gaussian left-tail term,
+    every denoiser clamped to the box; else the continuous one with the reference Gaussian of
+    spectrum ``lam``, which also sets the log-SNR proposal (data of no exact law: estimate it from
+    training rows, never from ``x``)."""
+    x = x.to(torch.float64)
+    if box is not None:
+        denoisers = [clamp_to_box(den, *box) for den in denoisers]
+    with torch.no_grad():
+        terms = gap_terms(x, denoisers, generator, lam=lam, discrete=box is not None, left_tail=box is not None,
+                          n_alpha=n_alpha, clip=clip, stratified=True)
+    est = crossed_estimates(terms, members=[])
+    return bits_per_dim(Estimate(est.value, est.se), x.shape[1])
