@@ -7,6 +7,7 @@
     dsclab plot STORE [--out FILE] [--tau T1,T2]   the study's figure
     dsclab report STORE [--tau T1,T2]              the study's text report (tables, fits; --tau: levels of P[error > tau])
     dsclab check STORE                             status/value disagreements, missing or corrupt chunks
+    dsclab doctor [--spec SPEC]                    torch build, CUDA, devices, each stage's device, Prefect API, results root
     dsclab server | deploy | worker                team Prefect server, work pools, GPU workers (flows/server.py)
 
 Exit codes: 0 success; 2 bad input (nothing created or changed); 3 finished with failed cells;
@@ -39,7 +40,8 @@ def _kind(data_or_ds):
 
 
 def _prepare_run(args):
-    """Everything ``run`` checks before any work: the spec, the store, the runner options."""
+    """Everything ``run`` checks before any work and before any server starts: the spec, the
+    store, the runner options (a refusal costs the imports only, never a server's start)."""
     from dsclab.spec import load_yaml
 
     data = load_yaml(args.spec)
@@ -54,22 +56,32 @@ def _prepare_run(args):
     confine(path)  # a store outside $DSCLAB_RESULTS_ROOT (when set): refused
     storage.reconcile(kind, spec, path)  # refuse another version's store or a changed setting before any work
     from flows.runners import runner_from_args
-    from flows.study import kind_flow
 
     try:
         runner = runner_from_args(args)  # --runner / --dask-address / --dask-workers
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return kind, spec, path, kind_flow(kind.name), ({"runner": runner} if runner else {})
+    return kind, spec, path, ({"runner": runner} if runner else {})
+
+
+def _heartbeats() -> None:
+    """A run reporting to a team server sends a heartbeat every 30 s, so that the server's
+    automation marks it Crashed 90 s after its process dies (``flows.server.crash_automation``)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 
 
 def cmd_run(args) -> int:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.server import TemporaryServer
+    _heartbeats()
+    kind, spec, path, runner_kw = _prepare_run(args)  # bad input: refused before any server starts
+    from flows.server import TemporaryServer, TemporaryServerError
 
-    server = TemporaryServer.prestart()  # its start overlaps the imports and checks below
+    server = TemporaryServer.prestart()  # its start overlaps the Prefect imports below
     try:
-        kind, spec, path, flow, runner_kw = _prepare_run(args)
+        from flows.study import kind_flow
+
+        flow = kind_flow(kind.name)
     except BaseException:
         if server is not None:
             server.stop()
@@ -88,7 +100,7 @@ def cmd_run(args) -> int:
     try:
         with server.adopt() if server is not None else nullcontext():
             out = flow(spec=spec, **runner_kw)
-    except StudyTaskError as e:
+    except (StudyTaskError, TemporaryServerError) as e:
         return _err(str(e), 1)
     ds = storage.open_results(path)
     print()
@@ -105,7 +117,7 @@ def cmd_search(args) -> int:
     """``dsclab search``: every input is checked (one line, exit 2) before the temporary server
     starts and before anything is computed; then the rounds run through the search flow
     (``flows/search.py``) and the report is printed."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _heartbeats()
     from dsclab.spec import load_yaml
     from flows.search import prepare, search
 
@@ -113,7 +125,7 @@ def cmd_search(args) -> int:
                       metric=args.metric, eps=args.eps, ratio=args.ratio)
     from contextlib import nullcontext
 
-    from flows.server import TemporaryServer
+    from flows.server import TemporaryServer, TemporaryServerError
     from flows.study import StudyTaskError
 
     server = TemporaryServer.prestart()
@@ -121,7 +133,7 @@ def cmd_search(args) -> int:
     try:
         with server.adopt() if server is not None else nullcontext():
             out = search(request=request)
-    except StudyTaskError as e:
+    except (StudyTaskError, TemporaryServerError) as e:
         return _err(str(e), 1)
     print()
     print(f"store: {out['store']}  ({out['cells_computed']} cells computed in {out['rounds']} round(s), "
@@ -210,6 +222,20 @@ def cmd_check(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_doctor(args) -> int:
+    """``dsclab doctor``: what this machine gives the lab (``flows/doctor.py``); always exit 0."""
+    spec_device = None
+    if args.spec:
+        from dsclab.spec import load_yaml
+
+        data = load_yaml(args.spec)
+        spec_device = getattr(getattr(_kind(data).parse(data), "train", None), "device", None)
+    from flows.doctor import report
+
+    print(report(spec_device))
+    return 0
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (``dsclab run: error: ...``), exit code 2."""
 
@@ -259,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     for c in (pl, rp):
         c.add_argument("--tau", metavar="T1,T2", help="error levels of P[error > tau] (default: derived from the errors)")
     on_store("check", cmd_check, "cells whose status and values disagree; missing or corrupt chunks")
+    dr = sub.add_parser("doctor", help="torch build, CUDA, devices, each stage's device, Prefect API, results root")
+    dr.add_argument("--spec", help="a study spec: its train.device decides the stages' device")
+    dr.set_defaults(fn=cmd_doctor)
     for name, text in [("server", "start a Prefect server, create the work pools and deploy the study flows"),
                        ("deploy", "create the work pools and gpu limit and deploy the study flows on a running server"),
                        ("worker", "start one gpu-pool worker per GPU (and cpu-pool workers)")]:

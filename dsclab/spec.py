@@ -83,9 +83,12 @@ def check_nfe(samplers: str | Sequence[str], nfe: int | Sequence[int], field: st
 
 
 class DistributionSpec(Frozen):
-    """The data family (``dsclab.distributions.DISTRIBUTIONS``) and its parameters."""
+    """The data family (``dsclab.distributions.DISTRIBUTIONS``) and its parameters. ``name`` is
+    required: parameters without a family (``distribution: {params: {k: 2}}``) are refused, never
+    read as those of a default family; a spec that omits the whole section gets its kind's default
+    law (e.g. ``DistributionSpec(name="gaussian_mixture")``)."""
 
-    name: Distribution = Field("gaussian_mixture", description="data family")
+    name: Distribution = Field(..., description="data family")
     # bool and str (a data set's lattice flag and path) come after the numbers: pydantic's smart union
     # keeps an exact-type match, so existing specs validate (and hash) as before
     params: dict[str, float | int | list[float] | bool | str] = Field(default_factory=dict, description="family parameters")

@@ -1,7 +1,15 @@
 """Prefect orchestration: the one generic study flow and a typed flow per study kind
 (``flows.study``), task runners (``flows.runners``), artifacts (``flows.artifacts``) and the team
 server (``flows.server``). Importing this package, or ``flows.server``, imports neither PyTorch nor
-Prefect (``dsclab run`` starts the temporary server before those imports)."""
+Prefect (``dsclab run`` starts the temporary server before those imports).
+
+Flow runs send a heartbeat every 30 s unless told otherwise (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``,
+set here before Prefect reads its settings when this package is imported first): a team server
+marks a run silent for 90 s Crashed (``flows.server.crash_automation``), and Prefect's default,
+180 s, would look like a crash there."""
+import os
+
+os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 
 
 def as_package_module(namespace: dict, package_name: str) -> None:

@@ -85,6 +85,8 @@ HEADER = """\
 DEFINITIONS = """\
 definitions:
   work_pools:
+    # Every run sends a heartbeat every 30 s: the team server marks one silent for 90 s Crashed
+    # (its process died; `dsclab server` creates that automation, flows/server.py).
     # Runs on a GPU worker: the worker's CUDA_VISIBLE_DEVICES is inherited by the flow run, and
     # training picks CUDA when it is visible, else the CPU. To pin one run to a device, set
     # env.DSCLAB_DEVICE (cpu, cuda, cuda:1) or env.CUDA_VISIBLE_DEVICES in the run's job variables.
@@ -94,6 +96,7 @@ definitions:
         env:
           DSCLAB_DEVICE: auto
           PREFECT_SERVER_ANALYTICS_ENABLED: "false"
+          PREFECT_FLOWS_HEARTBEAT_FREQUENCY: "30"
     # Runs on a CPU worker: GPUs hidden, training on the CPU.
     cpu: &cpu_pool
       name: cpu
@@ -102,6 +105,7 @@ definitions:
           DSCLAB_DEVICE: cpu
           CUDA_VISIBLE_DEVICES: ""
           PREFECT_SERVER_ANALYTICS_ENABLED: "false"
+          PREFECT_FLOWS_HEARTBEAT_FREQUENCY: "30"
   schedules:
     # An example schedule, inactive: switch it on in the UI (or set active: true) to rerun a
     # study every Monday at 03:00 UTC; done cells are skipped, so a rerun only fills gaps.

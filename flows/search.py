@@ -172,7 +172,8 @@ def run_search(request: SearchRequest, runner: RunnerSpec | None = None) -> dict
     plot_file = search_plot_path(path)
     plot = sr.plot(values, results, settings, plot_file) if plot_file else None
     _publish(spec.name, path, text, plot, log)
-    log.info("search done: %d cells computed in %d round(s)\n%s", sum(computed), len(computed), text)
+    # the report once: ``dsclab search`` prints it, a deployment run has it as an artifact (above)
+    log.info("search done: %d cells computed in %d round(s)", sum(computed), len(computed))
     return {"store": path, "rounds": len(computed), "computed": computed, "cells_computed": sum(computed),
             "curves": [r.as_dict() for r in results],
             "exponents": [{**c, "exponent": b, "per_seed": list(band)} for c, b, band in sr.exponents(results)],

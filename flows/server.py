@@ -48,7 +48,7 @@ from flows.access import (
     AUTH, HOW_TO_AUTH, RESULTS_ROOT, SERVER_AUTH, access_problem, api_request, auth_string, base_env, health, loopback,
     prefect, results_root, wait_healthy,
 )
-from flows.temporary_server import TemporaryServer  # noqa: F401 - ``from flows.server import TemporaryServer``
+from flows.temporary_server import TemporaryServer, TemporaryServerError  # noqa: F401 - re-exported
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_API = "http://127.0.0.1:4200/api"
@@ -79,6 +79,60 @@ def existing_pools(api_url: str) -> set[str]:
     return {p["name"] for p in r.json()}
 
 
+HEARTBEAT_SECONDS = 30
+"""Seconds between a flow run's heartbeats (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, Prefect's
+smallest: its default is 180): the deployments' job variables and ``dsclab run`` against a team
+server set it."""
+CRASH_AFTER_SECONDS = 90
+"""A flow run whose last heartbeat is older than this (three beats missed), and which did not end,
+is marked Crashed by the team server's automation :data:`CRASH_AUTOMATION`."""
+CRASH_AUTOMATION = "dsclab: crash flow runs without heartbeats"
+
+
+def crash_automation() -> dict:
+    """Prefect's own mechanism for runs whose process died (kill -9, a lost machine): a proactive
+    event trigger per flow run, armed by each ``prefect.flow-run.heartbeat`` event, that fires when
+    neither another heartbeat nor the end of the run (Completed, Failed, Cancelled, Crashed) follows
+    within :data:`CRASH_AFTER_SECONDS`, and moves the run to Crashed with the reason."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    return AutomationCore(
+        name=CRASH_AUTOMATION,
+        description=(f"Flow runs send a heartbeat every {HEARTBEAT_SECONDS} s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY); "
+                     f"one silent for {CRASH_AFTER_SECONDS} s without ending has lost its process: Crashed. "
+                     "Created by `dsclab server` / `dsclab deploy` (flows/server.py)."),
+        trigger=EventTrigger(
+            posture=Posture.Proactive, threshold=1, within=CRASH_AFTER_SECONDS,
+            match={"prefect.resource.id": "prefect.flow-run.*"}, for_each={"prefect.resource.id"},
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Cancelling", "prefect.flow-run.Crashed"}),
+        actions=[ChangeFlowRunState(
+            state=StateType.CRASHED,
+            message=(f"no heartbeat for {CRASH_AFTER_SECONDS} s: the flow run's process died (killed, or its "
+                     "machine lost); rerun the same spec to resume from its store"))],
+    ).model_dump(mode="json")
+
+
+def ensure_crash_automation(api_url: str) -> str:
+    """Create :func:`crash_automation` on the server at ``api_url``, or bring the one of that name
+    up to date; returns its id."""
+    body = crash_automation()
+    base = api_url.rstrip("/")
+    r = api_request("POST", f"{base}/automations/filter", json={"limit": 200})
+    r.raise_for_status()
+    mine = [a for a in r.json() if a.get("name") == CRASH_AUTOMATION]
+    if mine:
+        r = api_request("PUT", f"{base}/automations/{mine[0]['id']}", json=body)
+        r.raise_for_status()
+        return mine[0]["id"]
+    r = api_request("POST", f"{base}/automations/", json=body)
+    r.raise_for_status()
+    return r.json()["id"]
+
+
 def setup(api_url: str, deploy: bool = True, prefect_file: Path | None = None) -> None:
     """Pools and the deployments on the server at ``api_url`` (no concurrency limit: a GPU is
     guarded on the machine that trains, ``flows.gpu_lock``, or by Dask's resource): those
@@ -101,6 +155,9 @@ def setup(api_url: str, deploy: bool = True, prefect_file: Path | None = None) -
         out, _ = p.communicate(timeout=120)
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(c)} failed ({p.returncode}):\n{out[-3000:]}")
+    ensure_crash_automation(api_url)
+    print(f"automation: a flow run silent for {CRASH_AFTER_SECONDS} s is marked Crashed ({CRASH_AUTOMATION!r})",
+          flush=True)
     if deploy:
         names = deployments.deploy(prefect_file, env)
         print("deployed:", ", ".join(names) or "(see prefect deployment ls)", flush=True)
@@ -215,7 +272,11 @@ def cmd_server(args) -> int:
     env.pop("PREFECT_API_URL", None)
     group = Group()
     try:
-        proc = group.start("server", prefect("server", "start", "--host", args.host, "--port", str(args.port)), env)
+        start = ["server", "start", "--host", args.host, "--port", str(args.port)]
+        # SQLite: Prefect's server with every transaction begun IMMEDIATE (flows/sqlite_server.py), so that
+        # two workers' runs queue for the write lock instead of failing with "database is locked"
+        cmd = prefect(*start) if args.database_url else [sys.executable, "-m", "flows.sqlite_server", *start]
+        proc = group.start("server", cmd, env, cwd=ROOT)
         wait_healthy(api_url, args.timeout, proc)
         setup(api_url, deploy=not args.no_deploy)
     except BaseException:
@@ -254,6 +315,7 @@ def cmd_worker(args) -> int:
     try:
         for name, pool, visible in worker_specs(detect_gpus(args.gpus), args.cpu):
             env = base_env(api_url, CUDA_VISIBLE_DEVICES=visible, **root)
+            env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS))  # the runs it starts
             group.start(name, prefect("worker", "start", "--pool", pool, "--name", name, "--limit", str(args.limit),
                                       "--type", "process"), env)
     except BaseException:

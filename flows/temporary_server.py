@@ -5,6 +5,7 @@ module imports only the standard library: neither PyTorch nor Prefect
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -13,6 +14,38 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+
+STARTUP_TIMEOUT = 600.0
+"""Seconds the temporary server may take to answer (``DSCLAB_SERVER_STARTUP_TIMEOUT`` when set, else
+this or Prefect's ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``, whichever is longer).
+Prefect's default, 20 s, is not enough on a loaded machine: with two other studies running on 2
+cores the server's start (an interpreter, its imports, the database migrations) took over 20 s and
+``make demo`` ended in Prefect's traceback ``Timed out while attempting to connect to ephemeral
+Prefect API server``; at a load of 20 it took about 3 minutes. A server that cannot start at all
+exits, which ends the wait at once; only one that hangs waits this long."""
+
+
+class TemporaryServerError(RuntimeError):
+    """The temporary server did not answer in time; the message is one line."""
+
+
+def startup_timeout() -> float:
+    """The start-up wait in seconds (:data:`STARTUP_TIMEOUT`)."""
+    own = os.environ.get("DSCLAB_SERVER_STARTUP_TIMEOUT")
+    if own:
+        try:
+            return float(own)
+        except ValueError:
+            pass
+    from prefect.settings import get_current_settings
+
+    return max(STARTUP_TIMEOUT, float(get_current_settings().server.ephemeral.startup_timeout_seconds))
+
+
+def _too_slow(timeout: float) -> str:
+    return (f"the temporary Prefect server did not answer within {timeout:g} s (a busy machine?): retry, "
+            f"allow longer with DSCLAB_SERVER_STARTUP_TIMEOUT=SECONDS, or set PREFECT_API_URL to a running server")
 
 
 class TemporaryServer:
@@ -79,29 +112,35 @@ class TemporaryServer:
 
     def adopt(self):
         """A context manager for the flow call: Prefect's settings pointed at this server when they
-        name no API and it answers within Prefect's ephemeral start-up timeout; else nothing, and
-        the server is stopped."""
-        import contextlib
-
+        name no API and it answers within :func:`startup_timeout`; else nothing, and the server is
+        stopped. A server that does not answer in time is a :class:`TemporaryServerError` (one
+        line); one whose process exited (a port taken meanwhile) gives way to Prefect's own, with
+        the same start-up wait and a database of its own."""
         from prefect.settings import (PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_API_URL,
-                                      PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings)
+                                      PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+                                      PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings)
 
         from flows.access import wait_healthy
 
         if not _wants_temporary():
             self.stop()
             return contextlib.nullcontext()
+        timeout = startup_timeout()
         try:
-            wait_healthy(self.api_url, timeout=get_current_settings().server.ephemeral.startup_timeout_seconds,
-                         proc=self.proc, poll=0.05)
-        except (RuntimeError, TimeoutError):
+            wait_healthy(self.api_url, timeout=timeout, proc=self.proc, poll=0.05)
+        except TimeoutError:
+            self.stop()
+            raise TemporaryServerError(_too_slow(timeout)) from None
+        except RuntimeError:
             self.stop()
             # Prefect's own temporary server (a subprocess given these settings) on a database of its own
             home = own_database_folder()
             import atexit
 
             atexit.register(shutil.rmtree, home, ignore_errors=True)
-            return temporary_settings({PREFECT_API_DATABASE_CONNECTION_URL: database_url(home)})
+            return _one_line_timeout(temporary_settings({PREFECT_API_DATABASE_CONNECTION_URL: database_url(home),
+                                                         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: max(1, int(timeout))}),
+                                     timeout)
         # No flow-run heartbeats: they let a long-lived server mark a run crashed when its process
         # dies, but this server dies with the process; and the engine's wait for the heartbeat
         # thread adds up to 1 s (0.5 s on average) to the end of every run.
@@ -140,6 +179,19 @@ def own_database_folder() -> Path:
 
 def database_url(folder: Path) -> str:
     return f"sqlite+aiosqlite:///{folder / 'prefect.db'}"
+
+
+@contextlib.contextmanager
+def _one_line_timeout(settings, timeout: float):
+    """``settings`` entered; Prefect's start-up timeout of its own temporary server turned into a
+    :class:`TemporaryServerError` (one line) instead of its traceback."""
+    with settings:
+        try:
+            yield
+        except RuntimeError as e:
+            if "Timed out while attempting to connect to ephemeral" in str(e):
+                raise TemporaryServerError(_too_slow(timeout)) from None
+            raise
 
 
 def _wants_temporary() -> bool:

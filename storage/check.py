@@ -53,6 +53,7 @@ def check_store(path: str) -> list[str]:
 
 
 def _has(store, key: str) -> bool:
-    import asyncio
+    """On zarr's own event loop: an fsspec store (s3://) is bound to the loop zarr opened it on."""
+    from zarr.core.sync import sync
 
-    return asyncio.run(store.exists(key))
+    return sync(store.exists(key))

@@ -4,10 +4,11 @@ from __future__ import annotations
 import io
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 import torch
 
-from storage.store import files_url
+from storage.store import _fs, files_url
 
 
 def url(store: str, *parts: str) -> str:
@@ -15,17 +16,22 @@ def url(store: str, *parts: str) -> str:
 
 
 def exists(u: str) -> bool:
-    fs, root = fsspec.core.url_to_fs(u)
+    fs, root = _fs(u)  # on object storage: without a stale listing of another process's writes
     return fs.exists(root)
 
 
 def _write_atomic(u: str, write) -> None:
     """Write atomically enough for a cache: ``write(buffer)`` fills a buffer, which goes to a
-    temporary name beside ``u`` and is then moved into place (a reader never sees half a file)."""
-    fs, root = fsspec.core.url_to_fs(u)
-    fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
+    temporary name beside ``u`` and is then moved into place (a reader never sees half a file).
+    On object storage (no rename: a move is a copy) the buffer is one PUT of the object, which a
+    reader sees whole or not at all."""
+    fs, root = _fs(u)
     buf = io.BytesIO()
     write(buf)
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(root, buf.getvalue())
+        return
+    fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
     tmp = root + ".tmp"
     with fs.open(tmp, "wb") as f:
         f.write(buf.getvalue())

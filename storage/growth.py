@@ -22,6 +22,16 @@ complete, then swapped in: ``<path>`` -> ``<path>.grow-old``, ``.grow-new`` -> `
 one removed. :func:`recover`, run before every open, finishes or undoes a swap that a kill
 interrupted: a complete new store is moved in, an incomplete one removed, and the old store put
 back, so a kill at any moment loses no stored value.
+
+On object storage (``s3://``, any filesystem but the local disk) there is no rename: a "move" is
+a copy of every object and a delete, and a kill halfway leaves both copies partial. There the
+swap keeps no ``.grow-old``; the grown copy's marker is the commit point instead
+(:func:`_swap_by_copy`): once ``<path>.grow-new/.dsclab-complete`` exists (one object, written
+atomically, after every other object of the grown store), the grown copy holds every stored value
+and is the store. The swap then deletes ``<path>``, copies ``.grow-new`` into it, deletes the
+marker (from then on ``<path>`` is the store again) and deletes ``.grow-new``. :func:`recover`
+restarts an interrupted swap from its first step while the marker exists (each step may be
+repeated), and removes a ``.grow-new`` without it; ``tests/test_s3.py`` kills it at each step.
 """
 from __future__ import annotations
 
@@ -30,6 +40,7 @@ import warnings
 
 import numpy as np
 import xarray as xr
+from fsspec.implementations.local import LocalFileSystem
 
 from dsclab.study import Status, StudyKind
 from storage.store import (
@@ -57,10 +68,40 @@ def _complete(path: str) -> bool:
     return fs.exists(f"{root.rstrip('/')}/{COMPLETE}")
 
 
+def _local(path: str) -> bool:
+    """Whether ``path`` is on a filesystem with an atomic rename (the local disk)."""
+    return isinstance(_fs(path)[0], LocalFileSystem)
+
+
+def _copy(src: str, dst: str) -> None:
+    """Copy every object under ``src`` to the same key under ``dst`` (object storage)."""
+    fs, a = _fs(src)
+    _, b = _fs(dst)
+    a, b = a.rstrip("/"), b.rstrip("/")
+    keys = fs.find(a)
+    fs.copy(keys, [b + k[len(a):] for k in keys])
+
+
+def _swap_by_copy(path: str) -> None:
+    """Replace the store at ``path`` by the complete grown copy ``path + NEW`` where there is no
+    rename (module docstring). Every step may be repeated after a kill (:func:`recover` does)."""
+    _rm(path)
+    _copy(path + NEW, path)
+    _rm(f"{path}/{COMPLETE}")
+    _rm(f"{path}{NEW}/{COMPLETE}")  # the commit: ``path`` is the store again
+    _rm(path + NEW)
+
+
 def recover(path: str) -> None:
     """Finish or undo a growth that a kill interrupted (see the module docstring)."""
     path = str(path).rstrip("/")
     new, old = path + NEW, path + OLD
+    if not _local(path):
+        if _exists(new)[0] and _complete(new):
+            _swap_by_copy(path)
+        elif _exists(new)[0]:  # a grown copy never completed: the store at ``path`` is whole
+            _rm(new)
+        return
     have_new, have_old, have_path = _exists(new)[0], _exists(old)[0], _exists(path)[0]
     if have_old:
         if have_path:  # the swap finished; only the old copy's removal was cut short
@@ -166,6 +207,9 @@ def grow(path: str, template: xr.Dataset, cell_dims, *, reset_done: bool) -> Non
         new.to_zarr(zarr_target(path + NEW), mode="w-", encoding=encoding, consolidated=False, zarr_format=2)
     fs, root = _fs(path + NEW)
     fs.touch(f"{root}/{COMPLETE}")
+    if not _local(path):
+        _swap_by_copy(path)
+        return
     _mv(path, path + OLD)
     _mv(path + NEW, path)
     _rm(path + OLD)

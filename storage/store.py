@@ -40,10 +40,14 @@ def files_url(path: str) -> str:
 
 
 def plot_path(path: str) -> str:
-    """Where a store's figure goes by default: ``x.files/plot.png`` (the folder is created when local)."""
+    """Where a store's figure goes by default: ``x.files/plot.png`` (the folder is created).
+    matplotlib writes local files: a ``file://`` store's figure goes beside it, any other URL
+    store's (``s3://b/x.zarr``) into ``x.files/`` of the working directory."""
     root = files_url(path)
-    if "://" not in root:
-        os.makedirs(root, exist_ok=True)
+    if "://" in root:
+        protocol, _, rest = root.partition("://")
+        root = rest if protocol == "file" else os.path.basename(rest.rstrip("/"))
+    os.makedirs(root, exist_ok=True)
     return f"{root}/plot.png"
 
 
@@ -52,6 +56,10 @@ def _fs(path: str):
         fs, root = fsspec.core.url_to_fs(str(path))
     except (ImportError, ValueError) as e:  # unknown protocol, or its backend is not installed
         raise StoreError(f"store {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(fs, LocalFileSystem):
+        # fsspec keeps one instance per protocol and options, with a cache of listings: another
+        # process (a Dask worker, a killed run) may have written since; look again.
+        fs.invalidate_cache()
     return fs, root
 
 

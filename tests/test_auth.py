@@ -52,12 +52,10 @@ def one_line_refusal(cmd: list[str], env: dict, timeout: float = 120) -> str:
 
 def test_an_open_server_needs_credentials():
     port = free_port()
-    t0 = time.perf_counter()
     err = one_line_refusal([sys.executable, "-m", "dsclab.cli", "server", "--host", "0.0.0.0", "--port", str(port)],
                            env_without_credentials())
     assert "PREFECT_API_AUTH_STRING" in err and "0.0.0.0" in err, err
     assert not srv.health(f"http://127.0.0.1:{port}/api", timeout=0.5)  # nothing was started
-    assert time.perf_counter() - t0 < 30
 
 
 @pytest.fixture(scope="module")

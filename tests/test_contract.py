@@ -301,7 +301,7 @@ def regenerate() -> None:  # pragma: no cover - run by hand: python tests/test_c
     from dsclab.study import BUILTIN
     from flows.study import run_flow
 
-    with prefect_test_harness(server_startup_timeout=120), tempfile.TemporaryDirectory() as tmp:
+    with prefect_test_harness(server_startup_timeout=600), tempfile.TemporaryDirectory() as tmp:
         for name in BUILTIN:
             kind, spec = small(name)
             path = Path(tmp) / f"{name}.zarr"

@@ -293,7 +293,7 @@ def _measure(names: list[str]) -> None:
     from flows.study import kind_flow
 
     print("TOLERANCES = {")
-    with prefect_test_harness(server_startup_timeout=120), tempfile.TemporaryDirectory() as tmp:
+    with prefect_test_harness(server_startup_timeout=600), tempfile.TemporaryDirectory() as tmp:
         for name in names:
             runs = []
             for r in range(1, SPREAD_RUNS + 1):

@@ -112,10 +112,10 @@ def team_on(database_url: str | None, tmp: Path, workers_cpu: int = 3, limit: in
             assert server.poll() is None and time.monotonic() < deadline, logs["server"].read_text()[-3000:]
             time.sleep(0.3)
         deployments.deploy(prefect_file, srv.base_env(api))
-        group.start("dsclab worker", [sys.executable, "-m", "flows.server", "worker", "--api", api, "--gpus", "none",
-                                      "--cpu", str(workers_cpu), "--limit", str(limit)],
-                    env, stdout=logs["worker"].open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
-        yield {"api": api, "logs": logs, "results": results}
+        worker = group.start("dsclab worker", [sys.executable, "-m", "flows.server", "worker", "--api", api,
+                                               "--gpus", "none", "--cpu", str(workers_cpu), "--limit", str(limit)],
+                             env, stdout=logs["worker"].open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+        yield {"api": api, "logs": logs, "results": results, "group": group, "worker": worker, "env": env}
     finally:
         group.stop(grace=10)
 
@@ -160,3 +160,57 @@ def test_eight_runs_at_once_with_four_workers_on_postgresql(pg_team):
         assert (xr.open_zarr(store).status == storage.DONE).all(), store
     assert held_slots(pg_team["api"]) == {}
     assert LOCKED not in server_log
+
+
+FAILED_CALLS = ("503 Service Unavailable", "Service Unavailable", "status code 503", "OperationalError")
+
+
+def test_eight_runs_on_the_default_server_and_worker(tmp_path):
+    """The default team set-up, as the README starts it: ``dsclab server`` (no database option)
+    and ``dsclab worker`` (one gpu-pool and one cpu-pool worker, one flow run at once each), eight
+    small runs queued at once: all complete, and neither log has a ``database is locked`` line or
+    a failed API call (a 503, which Prefect answers when its database is busy)."""
+    with team_on(None, tmp_path, workers_cpu=1, limit=1) as team:
+        wall, frs, stores = run_at_once(team)
+        logs = {k: f.read_text() for k, f in team["logs"].items()}
+    locked = sum(text.count(LOCKED) for text in logs.values())
+    failed = {k: [line for line in text.splitlines() if any(f in line for f in FAILED_CALLS)] for k, text in logs.items()}
+    print(f"\n{RUNS} flow runs queued on the default server and worker: {wall:.1f} s wall; {locked} "
+          f"'{LOCKED}' lines, {sum(map(len, failed.values()))} failed API calls in the logs")
+    bad = [(fr["name"], fr["state_type"], fr["state"]["message"]) for fr in frs if fr["state_type"] != "COMPLETED"]
+    assert not bad, (bad, logs["worker"][-4000:])
+    for store in stores:
+        assert (xr.open_zarr(store).status == storage.DONE).all(), store
+    assert locked == 0 and not any(failed.values()), (locked, failed, logs["server"][-6000:])
+
+
+def test_sqlite_server_begins_every_transaction_immediate():
+    """``flows/sqlite_server.py`` patches prefect 3.8.8's SQLite configuration: a transaction that
+    Prefect begins DEFERRED (with_for_update False) begins IMMEDIATE, and the mode is reset after.
+    Fails when a Prefect upgrade moves what it patches."""
+    import asyncio
+
+    from prefect.server.database import configurations as c
+
+    from flows import sqlite_server
+
+    original = c.AioSqliteConfiguration.begin_transaction
+    seen = []
+
+    class Session:
+        @contextlib.asynccontextmanager
+        async def begin(self):
+            seen.append(c.SQLITE_BEGIN_MODE.get())
+            yield "transaction"
+
+    async def go(with_for_update: bool):
+        async with c.AioSqliteConfiguration.begin_transaction(object(), Session(), with_for_update) as tx:
+            assert tx == "transaction"
+
+    try:
+        sqlite_server.patch()
+        asyncio.run(go(False))
+        asyncio.run(go(True))
+    finally:
+        c.AioSqliteConfiguration.begin_transaction = original
+    assert seen == ["IMMEDIATE", "IMMEDIATE"] and c.SQLITE_BEGIN_MODE.get() is None

@@ -73,9 +73,11 @@ def test_a_killed_holder_frees_the_lock_at_once(tmp_path, monkeypatch):
         assert not got, "the lock was taken while its holder lived"
         t_kill = time.monotonic()
         os.kill(holder.pid, signal.SIGKILL)
-        t.join(5)
-        # the kernel drops the dead process's lock as it closes its files: well under a second
-        assert got and got["t"] - t_kill < 1.0, got
+        t.join(30)
+        # the kernel drops the dead process's lock as it closes its files (well under a second when
+        # idle); the bound is generous for a loaded machine (a thread of this process has to be
+        # scheduled) and still far below the 60 s lease a Prefect slot would hold
+        assert got and got["t"] - t_kill < 15.0, got
         assert log.lines[-1].startswith("got cuda-test after waiting"), log.lines
     finally:
         holder.kill()
@@ -88,9 +90,10 @@ def test_no_lock_on_the_cpu():
 
 @pytest.fixture
 def api(team):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: team["api"]}):
+    # heartbeats as dsclab's runs send them: the team server marks a run silent for 90 s Crashed
+    with temporary_settings({PREFECT_API_URL: team["api"], PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
         yield team["api"]
 
 
@@ -165,7 +168,7 @@ def test_temporary_server_runs_then_a_team_run_on_one_dask_cluster(team, dask_cl
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "dsclab.cli", "run", str(spec_file), "--store", store,
                               "--dask-address", dask_cluster], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=120)
+                             timeout=600)
         times.append(time.perf_counter() - t0)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert (xr.open_zarr(store).status == storage.DONE).all()
@@ -176,7 +179,7 @@ def test_temporary_server_runs_then_a_team_run_on_one_dask_cluster(team, dask_cl
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "dsclab.cli", "run", str(spec_file), "--store", store,
                           "--dask-address", dask_cluster], cwd=ROOT, env=env | {"PREFECT_API_URL": api},
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=600)
     times.append(time.perf_counter() - t0)
     print(f"\ntwo `dsclab run` without an API and a team run on one Dask cluster: "
           f"{', '.join(f'{t:.1f}' for t in times)} s")

@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from dsclab import cli
-from dsclab.spec import SpecError
+from dsclab.spec import SpecError, TrainSpec
 from dsclab.study import load_spec, parse_spec
 from dsclab.studies.sample_complexity.spec import StudySpec
 
@@ -102,3 +102,18 @@ def test_nfe_check_reads_the_declared_nfe_per_step():
         assert parse_spec({**GOOD, "sampler": ["triple_em"], "nfe": [3, 9]}).nfe == [3, 9]
     finally:
         SAMPLERS.unregister("triple_em")
+
+
+def test_a_partial_train_section_keeps_the_kinds_other_training_defaults():
+    """sparse_pca's default training is its own (width 64, depth 2, batch 128, 600 steps): a ``train``
+    section given in part takes the fields it leaves out from that, not from TrainSpec's defaults
+    (width 128, depth 3), and a full section or none at all is read as before."""
+    from dsclab.studies.sparse_pca.spec import SparsePCASpec, _default_train
+
+    base = {"kind": "sparse_pca", "name": "p", "d": [16], "k": [2], "beta": [1.0], "n": [8]}
+    part = parse_spec({**base, "train": {"steps": 100}})
+    assert part.train == _default_train().model_copy(update={"steps": 100})
+    assert parse_spec(base).train == _default_train()
+    full = TrainSpec(steps=50, batch_size=8, lr=1e-3, width=8, depth=1)
+    assert parse_spec({**base, "train": full.model_dump()}).train == full
+    assert isinstance(part, SparsePCASpec)

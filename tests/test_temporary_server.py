@@ -43,7 +43,7 @@ def test_prestart_imports_neither_torch_nor_prefect(tmp_path):
     code = ("import sys; from flows.server import TemporaryServer; s = TemporaryServer.prestart(); "
             "print(s is not None, 'torch' in sys.modules, 'prefect' in sys.modules); s.stop()")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path / "home"),
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["True", "False", "False"], out.stderr
 
 
@@ -137,3 +137,37 @@ def test_a_server_that_fails_to_start_falls_back_to_prefect():
     with server.adopt():
         assert get_current_settings().api.url is None
     assert proc.poll() == 3
+
+
+def test_a_server_too_slow_to_answer_is_one_line(tmp_path):
+    """A temporary server that does not answer within the start-up wait (here 0.01 s, set by
+    DSCLAB_SERVER_STARTUP_TIMEOUT; by default 600 s, for a loaded machine) ends the command with one
+    line saying what to do, exit code 1, no traceback, and no server left behind."""
+    home = tmp_path / "home"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(TINY))
+    out = subprocess.run([sys.executable, "-m", "dsclab.cli", "run", str(spec), "--store", str(tmp_path / "s.zarr")],
+                         cwd=ROOT, env=_env(home) | {"DSCLAB_SERVER_STARTUP_TIMEOUT": "0.01"},
+                         capture_output=True, text=True, timeout=300)
+    err = out.stderr.strip()
+    assert out.returncode == 1 and err.count("\n") == 0, out.stderr[-3000:]
+    assert err.startswith("dsclab: error: the temporary Prefect server did not answer within 0.01 s"), err
+    assert "DSCLAB_SERVER_STARTUP_TIMEOUT" in err and "Traceback" not in out.stdout + out.stderr
+    assert _servers_of(home) == []
+
+
+def test_a_bad_spec_starts_no_server(tmp_path):
+    """A spec is refused (exit 2, one line) before the temporary server starts: no server process
+    nor database folder of the command ever exists."""
+    home = tmp_path / "home"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**TINY, "distribution": {"params": {"k": 2}}}))
+    p = subprocess.Popen([sys.executable, "-m", "dsclab.cli", "run", str(spec), "--store", str(tmp_path / "s.zarr")],
+                         cwd=ROOT, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    while p.poll() is None:
+        seen += _servers_of(home) + _own_folders(p.pid)
+        time.sleep(0.05)
+    err = p.stderr.read().strip()
+    assert p.returncode == 2 and err == "dsclab: error: distribution.name: missing (required)", err
+    assert seen == [] and not (tmp_path / "s.zarr").exists()

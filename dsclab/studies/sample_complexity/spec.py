@@ -65,7 +65,7 @@ class StudySpec(StudyBase):
         "t": "evaluation.t", "delta": "evaluation.delta", "logsnr": "evaluation.logsnr"}
 
     kind: Literal["sample_complexity"] = Field("sample_complexity", description="study kind (selects the flow)")
-    distribution: DistributionSpec = DistributionSpec()
+    distribution: DistributionSpec = DistributionSpec(name="gaussian_mixture")
     d: axes.PositiveInts = Field(..., description="dimensions")
     n: axes.PositiveInts = Field(..., description="training sample sizes")
     seed: axes.Seeds = Field([0], description="seeds (data, initialisation and sampling)")

@@ -80,7 +80,7 @@ def _exceedance_row(ax, ds: xr.Dataset) -> None:
         ax[j].axvline(1 / eta, color="0.5", ls=":", label="n = 1/η")
         ax[j].set_xscale("log"), ax[j].set_ylim(-0.03, 1.03), ax[j].set_xlabel("n")
         ax[j].set_ylabel("P[error > τ] over seeds")
-        ax[j].set_title(f"P[{err} > τ] at t={t:g} ({ds.sizes['seed']} seeds)", fontsize=9)
+        ax[j].set_title(f"P[{err} > τ] at t={t:g} ({ds.sizes['seed']} seed{'s' if ds.sizes['seed'] != 1 else ''})", fontsize=9)
         ax[j].grid(True, which="both", alpha=0.3), ax[j].legend(fontsize=7)
 
 
@@ -150,7 +150,7 @@ def plot(ds: xr.Dataset, out: str) -> str:
             _finish_axes(ax[2], "n", "sampling error vs n")
         else:
             ax[0].text(0.5, 0.5, "no section for this grid", ha="center")
-    fig.suptitle(f"{ds.attrs.get('name', '')} (score_learning): bands = min–max over {ds.sizes['seed']} seeds"
+    fig.suptitle(f"{ds.attrs.get('name', '')} (score_learning): bands = min–max over {ds.sizes['seed']} seed{'s' if ds.sizes['seed'] != 1 else ''}"
                  + (" (P[error > τ]: Clopper–Pearson 95% interval)" if ("exceed", None) in rows else ""))
     fig.tight_layout()
     fig.savefig(out, dpi=100)

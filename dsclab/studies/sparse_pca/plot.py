@@ -21,6 +21,7 @@ def plot(ds: xr.Dataset, out: str) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     ds = ds.load()
     ov = done(ds, "overlap")
@@ -49,6 +50,7 @@ def plot(ds: xr.Dataset, out: str) -> str:
             ax.axhline(0.5, color="0.7", lw=0.8)
             ax.axhline(1 / math.sqrt(float(d)), color="0.85", lw=0.8)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # a short range labelled its minor ticks over each other
             ax.set_ylim(0, 1.02)
             ax.set_title(f"d={int(d)} k={int(k)} β={float(beta):g}", fontsize=9)
             ax.grid(alpha=0.3, which="both")
@@ -57,11 +59,11 @@ def plot(ds: xr.Dataset, out: str) -> str:
             if c == 0:
                 ax.set_ylabel("overlap |⟨û, u⟩|")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle(f"{ds.attrs.get('name', '')}: overlap vs n/(k log d); band = min–max over {ds.sizes['seed']} seeds; "
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.suptitle(f"{ds.attrs.get('name', '')}: overlap vs n/(k log d); band = min–max over {ds.sizes['seed']} seed{'s' if ds.sizes['seed'] != 1 else ''};\n"
                  "vertical: n_IT (dotted), n_poly (dashed), n_spectral (dash-dot); grey: 1/2 and 1/sqrt(d)",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(out, dpi=100)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return out

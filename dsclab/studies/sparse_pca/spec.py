@@ -24,6 +24,9 @@ def _default_train() -> TrainSpec:
     return TrainSpec(steps=600, batch_size=128, lr=2e-3, width=64, depth=2)
 
 
+_UNSET_IN_TRAINSPEC = {"steps", "batch_size", "lr", "width", "depth"}  # what _default_train sets
+
+
 class SparsePCAEvalSpec(TimeRange):
     """How each cell is evaluated."""
 
@@ -55,6 +58,17 @@ class SparsePCASpec(StudyBase):
                                   description="estimators evaluated in every cell (also: oracle)")
     train: TrainSpec = Field(default_factory=_default_train)
     evaluation: SparsePCAEvalSpec = SparsePCAEvalSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_over_kind_defaults(cls, data):
+        """A ``train`` section given in part takes its other fields from this kind's default
+        training (``_default_train``), never from ``TrainSpec``'s own defaults (width 128, depth 3,
+        batch 256: another network than the one the section leaves unsaid)."""
+        if isinstance(data, dict) and isinstance(data.get("train"), dict):
+            given = data["train"]
+            data = {**data, "train": {**_default_train().model_dump(include=_UNSET_IN_TRAINSPEC), **given}}
+        return data
 
     @model_validator(mode="after")
     def _grid(self) -> "SparsePCASpec":
