@@ -13,19 +13,21 @@ Prefect server is started once before timing, so each time is the cluster's star
 
     .venv/bin/python benchmarks/dask_scaling.py [--spec studies/quick.yaml] [--steps N] [--workers 1 2]
                                                 [--torch-threads 1]
+
+With ``DSCLAB_BENCH_TINY=1`` the spec is cut to 4 cells x 10 steps and a small evaluation
+(``common.tiny_study``), each cluster size still through a real local Dask cluster and the flow.
+The record goes to ``$DSCLAB_BENCH_OUT`` when set.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_study, record  # noqa: E402
-
+from common import load_study, on_server, record, start_prefect_server  # noqa: E402
 
 
 def main() -> None:
@@ -36,8 +38,14 @@ def main() -> None:
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="PyTorch threads per worker (default: the cores split between the workers)")
     args = ap.parse_args()
+    server = start_prefect_server()
     spec = load_study(args.spec, args.steps)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    with on_server(server):
+        res = run(spec, args)
+    print(f"record: {record('dask_scaling', res)}")
+
+
+def run(spec, args) -> dict:
     from prefect import flow
 
     from flows import runners
@@ -45,7 +53,7 @@ def main() -> None:
     from flows.study import sample_complexity
 
     @flow(name="warm-up")
-    def warm_up() -> None:  # starts the temporary Prefect server outside the timings
+    def warm_up() -> None:  # the first flow call (the server ready, the client up) outside the timings
         return None
 
     warm_up()
@@ -66,7 +74,7 @@ def main() -> None:
            "speedup": {n: seconds[base] / s for n, s in seconds.items()}}
     for n in args.workers[1:]:
         print(f"speedup {n} workers over {base}: {res['speedup'][n]:.2f}x")
-    print(f"record: {record('dask_scaling', res)}")
+    return res
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@ alternate plain and flow, and the median of the pairs' overheads is printed with
 (back-to-back runs of the same path differ by up to ~20% on a shared 2-core machine).
 
     .venv/bin/python benchmarks/orchestration.py [--spec studies/quick.yaml] [--steps N] [--repeat 3]
+
+With ``DSCLAB_BENCH_TINY=1`` the spec is cut to 4 cells x 10 steps and a small evaluation
+(``common.tiny_study``), ``--repeat`` defaults to 1 and the one-cell warm-up is left out (the
+same calls as the timed pair); both ways still run. The record goes to
+``$DSCLAB_BENCH_OUT`` when set.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ import yaml
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_study, record  # noqa: E402
+from common import load_study, on_server, record, start_prefect_server, tiny  # noqa: E402
 
 import storage  # noqa: E402
 from dsclab.studies.sample_complexity import layout as sc_layout  # noqa: E402
@@ -72,7 +77,7 @@ def plain(spec, path: str) -> None:
     kind.plot(ds, str(Path(path).with_suffix(".png")))
 
 
-def tiny(spec):
+def one_cell(spec):
     """A one-cell version of ``spec`` (its first d, n and seed; 10 steps; one NFE)."""
     return spec.model_copy(update={"d": spec.d[:1], "n": spec.n[:1], "seed": spec.seed[:1], "nfe": spec.nfe[:1],
                                    "train": spec.train.model_copy(update={"steps": 10})})
@@ -80,7 +85,11 @@ def tiny(spec):
 
 def in_process(spec, repeat: int, tmp: str) -> list[tuple[float, float]]:
     """(plain, flow) seconds of ``repeat`` pairs in this process, with a running server."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    with on_server(start_prefect_server()):
+        return _in_process(spec, repeat, tmp)
+
+
+def _in_process(spec, repeat: int, tmp: str) -> list[tuple[float, float]]:
     from prefect import flow
 
     from flows.study import sample_complexity
@@ -90,8 +99,9 @@ def in_process(spec, repeat: int, tmp: str) -> list[tuple[float, float]]:
         return None
 
     start_server()
-    plain(tiny(spec), f"{tmp}/warm-plain.zarr")
-    sample_complexity(spec=tiny(spec), store=f"{tmp}/warm-flow.zarr")
+    if not tiny():
+        plain(one_cell(spec), f"{tmp}/warm-plain.zarr")
+        sample_complexity(spec=one_cell(spec), store=f"{tmp}/warm-flow.zarr")
     pairs = []
     for r in range(repeat):
         t0 = time.perf_counter()
@@ -137,7 +147,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--spec", default="studies/quick.yaml")
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--repeat", type=int, default=3, help="plain/flow pairs, each way")
+    ap.add_argument("--repeat", type=int, default=1 if tiny() else 3, help="plain/flow pairs, each way")
     ap.add_argument("--plain-only", action="store_true", help="(internal) run the plain calls once and exit")
     ap.add_argument("--store", help="(with --plain-only) the store to write")
     args = ap.parse_args()
@@ -148,9 +158,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         inproc = in_process(spec, args.repeat, tmp)
         e2e = end_to_end(spec, args.repeat, tmp)
+    over_inproc, over_e2e = [f / p - 1 for p, f in inproc], [f / p - 1 for p, f in e2e]
     res = {"cells": len(spec.cells()), "steps": spec.train.steps, "pairs_in_process_seconds": inproc,
-           "pairs_end_to_end_seconds": e2e, "overhead_running_server": median(f / p - 1 for p, f in inproc),
-           "overhead_end_to_end": median(f / p - 1 for p, f in e2e)}
+           "pairs_end_to_end_seconds": e2e, "overheads_in_process": over_inproc, "overheads_end_to_end": over_e2e,
+           "overhead_running_server": median(over_inproc), "overhead_end_to_end": median(over_e2e)}
     print(f"{res['cells']} cells, {args.repeat} pairs each way")
     print(f"overhead (median of pairs): {100 * res['overhead_running_server']:+.1f}% in one process with a running "
           f"server, {100 * res['overhead_end_to_end']:+.1f}% end to end (dsclab run with its temporary server "

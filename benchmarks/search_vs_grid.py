@@ -18,6 +18,11 @@ wall time, dense / search) and the machine's load average, and writes a JSON rec
 
     .venv/bin/python benchmarks/search_vs_grid.py [--spec studies/search_quick.yaml] [--metric score_l2]
         [--eps 0.5] [--ratio 1.25] [--steps N]
+
+With ``DSCLAB_BENCH_TINY=1`` the spec is cut by ``common.tiny_study`` to its first d and seed, n
+from 30 to 480 and a small evaluation, with 200 float32 training steps of a width-32, depth-2
+network (so that the error still crosses eps inside the range and the search bisects) and ``--ratio`` 2 by default; the record goes to
+``$DSCLAB_BENCH_OUT`` when set.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-from common import record  # noqa: E402
+from common import on_server, record, start_prefect_server, tiny, tiny_study  # noqa: E402
 
 from dsclab import search as sr  # noqa: E402
 from dsclab.spec import load_yaml  # noqa: E402
@@ -49,6 +54,10 @@ def run(spec_file: str, metric: str, eps: float, ratio: float, steps: int | None
     from flows.study import kind_flow
 
     data = load_yaml(spec_file)
+    if tiny():
+        data = {**tiny_study(data), "n": [30, 480]}
+        data["d"] = data["d"][:1]
+        data["train"] = {**data["train"], "steps": 200, "width": 32, "depth": 2, "precision": "float32"}
     if steps:
         data = {**data, "train": {**data.get("train", {}), "steps": steps}}
     kind = kind_of(data)
@@ -109,10 +118,11 @@ def main() -> None:
     ap.add_argument("--spec", default="studies/search_quick.yaml")
     ap.add_argument("--metric", default="score_l2")
     ap.add_argument("--eps", type=float, default=0.5)
-    ap.add_argument("--ratio", type=float, default=1.25)
+    ap.add_argument("--ratio", type=float, default=2.0 if tiny() else 1.25)
     ap.add_argument("--steps", type=int, default=None, help="shorten every cell's training (both ways)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    server = start_prefect_server()
+    with tempfile.TemporaryDirectory() as tmp, on_server(server):
         res = run(args.spec, args.metric, args.eps, args.ratio, args.steps, tmp)
     print(f"dense / search: {res['cells_ratio']:.2f}x the cells ({res['dense_cells']} / {res['search_cells']}), "
           f"{res['time_ratio']:.2f}x the wall time ({res['dense_seconds']:.1f} s / {res['search_seconds']:.1f} s); "

@@ -15,6 +15,12 @@ through ``torch.compile``; one compilation per group shape); ``bfloat16`` (the s
 and Adam). Whatever the setting, the trained networks are evaluated in float32 at 'highest'.
 
     .venv/bin/python benchmarks/train_settings.py [--spec studies/quick.yaml] [--steps N] [--device cpu|cuda]
+
+With ``DSCLAB_BENCH_TINY=1`` the spec is cut to 4 cells x 10 steps and a small evaluation
+(``common.tiny_study``) and every setting still runs, ``compile`` with ``--compile-backend``
+``aot_eager`` by default (TorchDynamo's capture and AOTAutograd's forward and backward graphs,
+run eagerly: inductor's code generation alone would take minutes of the test suite's time).
+The record goes to ``$DSCLAB_BENCH_OUT`` when set.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_study, record, training_data  # noqa: E402
+from common import load_study, record, tiny, training_data  # noqa: E402
 
 from dsclab import distributions, losses, metrics  # noqa: E402
 from dsclab.studies.sample_complexity import numerics as sc  # noqa: E402
@@ -41,13 +47,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--settings", nargs="+", default=["default", "medium", "high", "compile", "bfloat16"])
+    ap.add_argument("--compile-backend", default="aot_eager" if tiny() else "inductor",
+                    help="torch.compile's backend for the compile setting")
     args = ap.parse_args()
     spec = load_study(args.spec, args.steps)
     cfg = dataclasses.replace(sc.train_config(spec), precision="float32")
     cells = spec.cells()
     groups = {d: [c for c in cells if c.d == d] for d in spec.d}
     data = training_data(spec)
-    losses.SCORE_LOSSES.register("dsm+compile", torch.compile(losses.dsm_loss))  # this script's registry entry
+    # this script's registry entry
+    losses.SCORE_LOSSES.register("dsm+compile", torch.compile(losses.dsm_loss, backend=args.compile_backend))
     ev = spec.evaluation
 
     def score_errors(d, models) -> list[float]:
@@ -74,7 +83,7 @@ def main() -> None:
         torch.set_float32_matmul_precision("highest")
         errs = np.concatenate([score_errors(d, [r.model for r in res]) for d, res in trained.items()])
         rows[setting] = {"seconds": wall, "ms_per_cell_step": 1e3 * wall / (len(cells) * cfg.steps),
-                         "score_l2_rel": errs.tolist()}
+                         "score_l2_rel": errs.tolist(), "score_l2_rel_mean": float(errs.mean())}
         print(f"{setting:8s}: {wall:7.1f} s  {rows[setting]['ms_per_cell_step']:.3f} ms per cell-step  "
               f"relative score error (mean over cells) {errs.mean():.5f}", flush=True)
     base = rows.get("default")
@@ -84,9 +93,11 @@ def main() -> None:
             ratio = np.log(np.array(r["score_l2_rel"]) / b)  # paired, cell by cell
             r["speedup"] = base["seconds"] / r["seconds"]
             r["error_log_ratio"] = [float(ratio.mean()), float(ratio.std(ddof=1) / np.sqrt(ratio.size)) if ratio.size > 1 else 0.0]
-            print(f"{s:8s}: {r['speedup']:.2f}x the default's speed; score error x{np.exp(ratio.mean()):.4f} "
+            r["error_ratio"] = float(np.exp(ratio.mean()))
+            print(f"{s:8s}: {r['speedup']:.2f}x the default's speed; score error x{r['error_ratio']:.4f} "
                   f"(geometric mean over cells, +- {r['error_log_ratio'][1]:.4f} in log)")
-    res = {"cells": len(cells), "steps": cfg.steps, "device": args.device, "settings": rows}
+    res = {"cells": len(cells), "steps": cfg.steps, "device": args.device, "compile_backend": args.compile_backend,
+           "settings": rows}
     print(f"record: {record('train_settings', res)}")
 
 

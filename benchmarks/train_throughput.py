@@ -17,7 +17,8 @@ same data and seeds, and prints cells/hour for each and the ratios to the plain 
     .venv/bin/python benchmarks/train_throughput.py [--device cpu|cuda] [--steps N] [--spec FILE]
 
 ``--steps`` shortens every cell's budget equally (the ratio is per optimiser step, so it is not
-affected); default: the spec's own budget.
+affected); default: the spec's own budget. With ``DSCLAB_BENCH_TINY=1`` the spec is cut to
+4 cells x 10 steps (``common.tiny_study``); the record goes to ``$DSCLAB_BENCH_OUT`` when set.
 """
 from __future__ import annotations
 
@@ -36,15 +37,18 @@ from common import load_study, record, training_data  # noqa: E402
 from dsclab.studies.sample_complexity import numerics as sc  # noqa: E402
 from dsclab.losses import dsm_loss, sample_times  # noqa: E402
 from dsclab.nets import ScoreMLP  # noqa: E402
+from dsclab.seeds import generator, rng  # noqa: E402
 from dsclab.train import train_ensemble, train_score  # noqa: E402
 
 
 def textbook_train(x: torch.Tensor, cfg, seed: int, device: str = "cpu") -> ScoreMLP:
     """The tutorial training loop for one cell (the baseline users compare against), on ``device``
-    (model, data and random draws there: one small step at a time, as a tutorial does on a GPU)."""
-    model = ScoreMLP(x.shape[1], width=cfg.width, depth=cfg.depth,
-                     generator=torch.Generator().manual_seed(seed)).to(device)
-    g = torch.Generator(device=device).manual_seed(seed)
+    (model, data and random draws there: one small step at a time, as a tutorial does on a GPU).
+    Seeded as dsclab's trainers are (``dsclab.seeds``, every bit of the 128-bit cell seed): the
+    initial weights are ``train_score``'s and the draws come from the same generator, drawn one
+    step at a time."""
+    model = ScoreMLP(x.shape[1], width=cfg.width, depth=cfg.depth, generator=generator(seed)).to(device)
+    g = rng("batches", seed, device=device)
     x = x.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
@@ -133,9 +137,14 @@ def main() -> None:
     print(f"batched, one group at once : {batched:8.1f} s  {res['batched_cells_per_hour']:10.0f} cells/hour"
           f"  {res['speedup']:.2f}x")
     if batched_f32 is not None:
-        res.update(batched_float32_seconds=batched_f32, batched_float32_cells_per_hour=3600 * n / batched_f32)
+        res.update(batched_float32_seconds=batched_f32, batched_float32_cells_per_hour=3600 * n / batched_f32,
+                   precision_speedup=batched_f32 / batched)
+        if textbook is not None:
+            res.update(speedup_float32_over_textbook=textbook / batched_f32)
+        vs_textbook = (f"; float32 batched over textbook: {res['speedup_float32_over_textbook']:.2f}x"
+                       if textbook is not None else "")
         print(f"batched, float32           : {batched_f32:8.1f} s  {res['batched_float32_cells_per_hour']:10.0f} "
-              f"cells/hour  ({cfg.precision} is {batched_f32 / batched:.2f}x faster)")
+              f"cells/hour  ({cfg.precision} is {res['precision_speedup']:.2f}x faster{vs_textbook})")
     print(f"batched, {spec.workers} groups at once   : {flow_like:8.1f} s  {res['flow_like_cells_per_hour']:10.0f} "
           f"cells/hour  {res['speedup_flow_like']:.2f}x")
     print(f"record     : {record('train_throughput', res)}")
