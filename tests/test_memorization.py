@@ -171,3 +171,74 @@ def test_heldout_dsm_is_paired_and_smallest_for_the_exact_score():
     again = heldout_dsm(lambda y, t: law.score(y.to(torch.float64), t), x, 0.3, rng("z"), dtype=torch.float64)
     zero = heldout_dsm(lambda y, t: -y.to(torch.float64), x, 0.3, rng("z"), dtype=torch.float64)
     assert exact == again and exact < zero
+
+
+def _uniform_lattice_denoiser(levels: torch.Tensor):
+    """The Bayes denoiser of the uniform law on ``levels`` per coordinate: the posterior mean over
+    the levels, each weighted by its Gaussian likelihood (independent of dsclab.immse)."""
+    def denoise(x, t):
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        m, s2 = torch.exp(-t)[:, None, None], -torch.expm1(-2 * t)[:, None, None]
+        logw = -(x.to(torch.float64)[..., None] - m * levels) ** 2 / (2 * s2)
+        return (torch.softmax(logw, -1) * levels).sum(-1)
+    return denoise
+
+
+def test_rounding_mmse_and_its_tail_against_monte_carlo_and_quadrature():
+    from dsclab.immse.core import mmse_eps
+    step = 0.125
+    alpha = torch.tensor([2.0, 5.0, 6.0, 7.0])
+    x = torch.zeros(40000, 2)  # an interior point of -1 + step Z
+    mc = mmse_eps(x, alpha, immse.lattice_rounding(-1.0, step, -1.0, 1.0), rng("test-round")).mean(0) / 2
+    np.testing.assert_allclose(mc.numpy(), immse.rounding_mmse(alpha, step).numpy(), rtol=0.03)
+    for b, st in ((6.0, 0.125), (9.57, 0.03125), (1.0, 2.0)):
+        grid = torch.linspace(b, 45.0, 400001, dtype=torch.float64)
+        quad = 0.5 * float(torch.trapz(immse.rounding_mmse(grid, st), grid))
+        assert immse.rounding_tail(b, st) == pytest.approx(quad, rel=1e-6)
+    # at very high SNR rounding is exact: nothing is left above
+    assert immse.rounding_tail(12.0, 0.125) < 1e-12
+
+
+def test_completed_above_switches_rows_at_the_top():
+    zero = lambda x, t: torch.zeros_like(x)
+    one = lambda x, t: torch.ones_like(x)
+    top = 4.0
+    den = immse.completed_above(zero, one, top)
+    alpha = torch.tensor([-2.0, 3.9, 4.1, 9.0], dtype=torch.float64)
+    t = 0.5 * torch.nn.functional.softplus(-alpha)
+    out = den(torch.zeros(4, 3, dtype=torch.float64), t)
+    assert out[:, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_completed_discrete_nll_matches_the_entropy_of_a_uniform_lattice():
+    """iid uniform on 5 levels {-1, -1/2, 0, 1/2, 1}: log2 5 bits per dimension. With its exact
+    denoiser the estimate matches it with or without the completion; a denoiser that stops snapping
+    above log-SNR 6 (it returns its rescaled input, a flat law's answer) costs 1/2 nat per coordinate
+    and unit of log-SNR up to the range's end, and the completion by rounding removes that cost
+    (rounding is the Bayes denoiser there: sqrt(gamma) step >= 10)."""
+    d, step, top = 4, 0.5, 6.0
+    levels = torch.arange(-1.0, 1.0 + 1e-9, step, dtype=torch.float64)
+    x = levels[torch.randint(len(levels), (400, d), generator=rng("test-uniform"))]
+    exact = _uniform_lattice_denoiser(levels)
+    flat_above = immse.completed_above(exact, lambda y, t: y * torch.exp(t)[:, None], top)
+    lam = torch.tensor([0.5, 0.5, 0.005, 0.005], dtype=torch.float64)  # a wide range: [-6.9, 12.9]
+    kw = dict(lam=lam, box=(-1.0, 1.0), n_alpha=128)
+    plain = immse.held_out_nll(x, [exact, flat_above], rng("test-immse"), **kw)
+    done = immse.held_out_nll(x, [exact, flat_above], rng("test-immse"), lattice=(-1.0, step), top=top, **kw)
+    h = float(np.log2(len(levels)))
+    for est in (plain, done):
+        assert abs(float(est.value[0]) - h) < 3 * float(est.se[0]) + 0.01, (est.value, est.se)
+    assert abs(float(done.value[1]) - h) < 3 * float(done.se[1]) + 0.01, (done.value, done.se)
+    b = float(immse.logsnr_range(*immse.loc_scale(lam))[1])
+    # clamped to the box, the flat answer's error vanishes half the time on a face (x = -1 or 1)
+    per_coordinate = 1 - 0.5 * float((x.abs() == 1).double().mean())
+    assert float(plain.value[1]) - h == pytest.approx(per_coordinate * (b - top) / 2 / np.log(2), rel=0.05)
+
+
+def test_digits_lie_on_their_declared_lattice():
+    for d in (4, 16, 64):
+        ds = distributions.make("digits", d)
+        origin, step = ds.lattice_points()
+        k = (ds.load() - origin) / step
+        assert np.abs(k - np.round(k)).max() < 1e-9
+        assert len(np.unique(np.round(k))) > 0.6 * (2 / step)  # the step is the lattice's, not a multiple

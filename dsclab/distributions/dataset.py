@@ -191,6 +191,20 @@ class Dataset:
         """The box hull of the lattice, (low, high), for lattice data; None otherwise."""
         return (self.low, self.high) if self.lattice else None
 
+    def lattice_points(self) -> tuple[float, float] | None:
+        """(origin, step) of the lattice the rows at d lie on, origin + step Z (lattice data; else
+        None): integers scaled by s = (high - low) / (vmax - vmin) and shifted to low, then averaged
+        over f x f blocks, lie on low - vmin s + (s / f^2) Z. Reads the array's minimum when
+        ``vmin`` is not given."""
+        if not self.lattice:
+            return None
+        raw = _raw(self._file, self._key)
+        lo = float(raw.min()) if self.vmin is None else float(self.vmin)
+        hi = float(raw.max()) if self.vmax is None else float(self.vmax)
+        s = (self.high - self.low) / (hi - lo)
+        step = s / self.factor ** 2
+        return self.low - lo * s, step
+
     def identity(self) -> dict:
         """What the split is keyed by: the data (path, key, rows) and the test fraction."""
         return {"path": self.path, "key": self.key, "rows": self.rows, "test_fraction": self.test_fraction}

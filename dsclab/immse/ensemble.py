@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dsclab import noise
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.distributions.rademacher import Rademacher
 from dsclab.seeds import derive_seed, draw_seed, generator as seed_generator
@@ -22,7 +23,8 @@ from dsclab.immse.core import (
 __all__ = [
     "ensemble_nll", "per_dim", "bits_per_dim", "spectrum", "empirical_moments", "moment_matched_gaussian",
     "GapTerms", "CrossedEstimate", "gap_terms", "crossed_mean", "crossed_estimates", "clamp_to_box",
-    "lattice_box", "DataSetNLL", "data_set_nll", "held_out_nll",
+    "lattice_box", "lattice_rounding", "completed_above", "rounding_mmse", "rounding_tail", "DataSetNLL",
+    "data_set_nll", "held_out_nll",
 ]
 
 # -------------------------------------------------------------------------------------------
@@ -192,6 +194,79 @@ def clamp_to_box(denoise: Denoiser, lo: float = -1.0, hi: float = 1.0) -> Denois
     return clamped
 
 
+def lattice_rounding(origin: float, step: float, lo: float, hi: float) -> Denoiser:
+    """Hard rounding onto the lattice origin + step Z, clamped to the box [lo, hi]^d: x_hat is the
+    lattice point nearest the rescaled observation e^t x_t = x + eps / sqrt(gamma). It is the limit of
+    the Bayes denoiser of any law on the lattice as the SNR grows (the posterior concentrates on the
+    nearest point), and the Bayes denoiser of a locally uniform one there."""
+    def rounded(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1)
+        y = x * torch.exp(t)[:, None]
+        return (origin + step * torch.round((y - origin) / step)).clamp(lo, hi)
+    return rounded
+
+
+def completed_above(denoise: Denoiser, above: Denoiser, logsnr_top: float) -> Denoiser:
+    """``denoise`` at log-SNR up to ``logsnr_top`` (t >= t_from_logsnr(logsnr_top)), ``above`` at
+    higher SNR, row by row. A network is a model only where it was trained: above the top of its
+    training range its output is an extrapolation (the Fourier features of ``dsclab.nets`` repeat
+    with period 16 in log-SNR, so it even reads those times as low-SNR ones)."""
+    t_top = float(noise.t_from_logsnr(float(logsnr_top)))
+
+    def completed(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device).reshape(-1).expand(x.shape[0])
+        high = t < t_top
+        out = denoise(x, t)
+        if bool(high.any()):
+            out = out.clone()
+            out[high] = above(x[high], t[high]).to(out.dtype)
+        return out
+    return completed
+
+
+def _q(c):
+    return 0.5 * torch.special.erfc(c / math.sqrt(2.0))
+
+
+def _phi(c):
+    return torch.exp(-0.5 * c * c) / math.sqrt(2 * math.pi)
+
+
+def _rounding_terms(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half-integers k -+ 1/2 (k = 1..K, K covering |eps| up to 40 steps) as (K,) float64."""
+    K = int(math.ceil(40.0 / max(float(s.min()), 1e-3))) + 2
+    k = torch.arange(1, K + 1, dtype=torch.float64)
+    return k, k - 0.5
+
+
+def rounding_mmse(alpha, step: float) -> torch.Tensor:
+    """Per coordinate, E gamma (r - x)^2 of :func:`lattice_rounding` at an interior lattice point x
+    (no clamping): with s = sqrt(gamma) step, the rounding error is k step when eps / s falls in
+    (k - 1/2, k + 1/2), so mmse = s^2 sum_{k>=1} k^2 2 [Q((k - 1/2) s) - Q((k + 1/2) s)]."""
+    alpha = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)
+    s = torch.exp(alpha / 2) * step
+    k, lo = _rounding_terms(s)
+    c = s[:, None] * lo[None, :]
+    return s ** 2 * (k[None] ** 2 * 2 * (_q(c) - _q(c + s[:, None]))).sum(-1)
+
+
+def rounding_tail(b: float, step: float) -> float:
+    """1/2 int_b^inf :func:`rounding_mmse` d alpha, nats per coordinate: the likelihood term of
+    :func:`lattice_rounding` above the estimator's range [a, b]. With d alpha = 2 ds / s and
+    G(c) = int_c^inf v Q(v) dv = ((1 - c^2) Q(c) + c phi(c)) / 2, int_b^inf s^2 2 Q(c s) d alpha =
+    4 G(c s_b) / c^2, so the term is 2 sum_k k^2 [G((k - 1/2) s_b) / (k - 1/2)^2 - G((k + 1/2) s_b) / (k + 1/2)^2].
+    Exact for an interior point; an upper bound for one on a face of the box, where clamping removes
+    the outward errors."""
+    s = torch.tensor([math.exp(b / 2) * step], dtype=torch.float64)
+    k, lo = _rounding_terms(s)
+
+    def G(c):
+        return 0.5 * ((1 - c * c) * _q(c) + c * _phi(c))
+
+    hi = lo + 1
+    return float(2 * (k ** 2 * (G(lo * s) / lo ** 2 - G(hi * s) / hi ** 2)).sum())
+
+
 # -------------------------------------------------------------------------------------------
 # Units and reference models
 # -------------------------------------------------------------------------------------------
@@ -306,19 +381,35 @@ def data_set_nll(x: torch.Tensor, denoisers: Sequence[Denoiser], dist, generator
 
 
 def held_out_nll(x: torch.Tensor, denoisers: Sequence[Denoiser], generator: torch.Generator, *, lam,
-                 box: tuple[float, float] | None = None, n_alpha: int = 64, clip: float = 4.0) -> Estimate:
+                 box: tuple[float, float] | None = None, n_alpha: int = 64, clip: float = 4.0,
+                 lattice: tuple[float, float] | None = None, top: float | None = None) -> Estimate:
     """mean_i[-log p(x_i)] of held-out rows ``x (m, d)`` under K denoisers, in bits per dimension,
     with its SE over the points and the draws (``value, se (K,)``), every model on the same
     stratified (alpha, eps) draws (:func:`gap_terms`, :func:`crossed_estimates`). Rows on a
     lattice (``box`` its hull (lo, hi)): the discrete estimator with the Gaussian left-tail term,
     every denoiser clamped to the box; else the continuous one with the reference Gaussian of
     spectrum ``lam``, which also sets the log-SNR proposal (data of no exact law: estimate it from
-    training rows, never from ``x``)."""
+    training rows, never from ``x``).
+
+    ``lattice = (origin, step)`` with ``top`` (lattice rows only): every denoiser is completed above
+    the log-SNR ``top`` by :func:`lattice_rounding` (:func:`completed_above`), and the rounding's term
+    above the range's end b, d :func:`rounding_tail` (b, step), is added. A denoiser that does not
+    snap to the lattice (a network, a Gaussian) costs 1/2 per coordinate and unit of log-SNR at high
+    SNR, so without the completion the estimate grows with b without bound; and ``top`` is where the
+    network stops being a fitted model (the top of its training range)."""
     x = x.to(torch.float64)
+    if (lattice is None) != (top is None) or (lattice is not None and box is None):
+        raise ValueError("lattice and top go together, on lattice rows (box) only")
     if box is not None:
         denoisers = [clamp_to_box(den, *box) for den in denoisers]
+    tail = 0.0
+    if lattice is not None:
+        rounding = lattice_rounding(*lattice, *box)
+        denoisers = [completed_above(den, rounding, top) for den in denoisers]
+        _, lam_, loc, scale = _setup(x, lam, None, None)
+        tail = x.shape[1] * rounding_tail(logsnr_range(loc, scale, clip)[1], lattice[1])
     with torch.no_grad():
         terms = gap_terms(x, denoisers, generator, lam=lam, discrete=box is not None, left_tail=box is not None,
                           n_alpha=n_alpha, clip=clip, stratified=True)
     est = crossed_estimates(terms, members=[])
-    return bits_per_dim(Estimate(est.value, est.se), x.shape[1])
+    return bits_per_dim(Estimate(est.value + tail, est.se), x.shape[1])
