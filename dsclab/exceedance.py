@@ -28,7 +28,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
-from scipy.stats import beta as _beta
 
 __all__ = ["exceedance", "clopper_pearson", "tau_levels", "taus_for", "TAU_ATTR", "format_p", "score_error_norms",
            "table_lines", "INTERVAL_NOTE"]
@@ -45,6 +44,8 @@ def clopper_pearson(k, m, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     k, m = np.asarray(k, dtype=np.float64), np.asarray(m, dtype=np.float64)
     a = (1.0 - level) / 2.0
     with np.errstate(invalid="ignore", divide="ignore"):
+        from scipy.stats import beta as _beta  # here: scipy.stats costs ~0.7 s to import, a spec check needs none
+
         lo = np.where(k > 0, _beta.ppf(a, k, m - k + 1), 0.0)
         hi = np.where(k < m, _beta.ppf(1.0 - a, k + 1, m - k), 1.0)
     bad = m <= 0
