@@ -187,6 +187,8 @@ def _spy_phases(monkeypatch, snap_at: int | None = None) -> list[dict]:
             target.score = lambda x, t: (rec["teacher_times"].append(torch.as_tensor(t).detach().clone()), score(x, t))[1]
 
         def spy_draw(step):
+            if step == 0:
+                rec["lr0"] = kw["optimizer"].param_groups[0]["lr"]  # the learning rate of the phase's first step
             if step == snap_at:
                 rec["snap"] = _state(model)  # draw(step) comes before the step's update: `step` updates so far
             batch = draw(step)
@@ -232,6 +234,8 @@ def test_frozen_teacher_is_dsm_after_half_the_steps_and_stays_frozen(monkeypatch
     first, second = calls
     assert first["loss"] is losses.dsm_pair_loss and first["teacher"] is None
     assert _same(first["model_end"], dsm["snap"])  # the first phase is dsm's first half, step for step
+    # one cosine decay over the 40 steps, continued: lr0 (1 + cos(pi 20/40)) / 2 = lr0 / 2 at step 20
+    assert first["lr0"] == cfg.lr and second["lr0"] == pytest.approx(cfg.lr / 2, rel=1e-12)
     teacher = second["teacher"]
     assert isinstance(teacher, torch.nn.Module) and teacher is not frozen.model
     assert isinstance(second["loss"], losses.BSMPairLoss) and second["loss"].rao_blackwell
@@ -250,11 +254,12 @@ def test_frozen_teacher_is_dsm_after_half_the_steps_and_stays_frozen(monkeypatch
 @pytest.mark.usefixtures("one_thread")
 def test_band_sequential_bands_are_trained_in_order(monkeypatch):
     """``bsm_band``: band edges e_j = t_c r^j up to the first at or above T (closed form; r the
-    training grid's ratio, 1.4262 here: t_c = 0.3 and T = 3 give 7 bands), steps split equally over
+    training grid's ratio, 1.4283 here: t_c = 0.3 and T = 3 give 7 bands), steps split equally over
     DSM below t_c and the 7 bands; phase j trains exactly the pairs with t <= e_j (its band is
     reached, the bands below are kept, none above appears), in increasing order; its teacher is the
     network frozen at the phase's start, unchanged through the phase, and is evaluated only at
-    times t' <= e_{j-1}, i.e. on the bands already trained."""
+    times t' <= e_{j-1}, i.e. on the bands already trained; each phase starts at the full learning
+    rate (a cosine decay of its own)."""
     law, data, init = _small_fit_setup()
     r = bs.grid_ratio(16, 0.01, 3.0)
     cfg = bs.FitConfig(steps=8 * 6 + 3, batch_size=16, t_c=0.3, mix=0.2, grid_ratio=r, T=3.0)
@@ -266,6 +271,7 @@ def test_band_sequential_bands_are_trained_in_order(monkeypatch):
     bs.fit(init(), data, "bsm_band", cfg, generator(2), law=law)
     assert [c["steps"] for c in calls] == [7, 7, 7, 6, 6, 6, 6, 6]  # 51 steps over 8 phases
     for j, c in enumerate(calls):
+        assert c["lr0"] == cfg.lr  # every phase has its own cosine decay, from lr
         t = torch.cat(c["times"])
         hi = edges[j] if j < B else math.inf
         assert float(t.max()) <= hi

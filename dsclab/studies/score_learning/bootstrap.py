@@ -210,11 +210,13 @@ class Phase:
     """One stretch of a training run: ``steps`` optimiser steps on the training pairs with
     t <= ``t_max`` (``inf``: all of them), the targets above t_c formed with the h_hat named by
     ``teacher`` (a key of :data:`TEACHERS`, built when the phase starts; None: DSM at every t).
-    The phases of a run share one Adam optimiser and one cosine schedule over the run's steps."""
+    The phases of a run share one Adam optimiser and one cosine schedule over the run's steps,
+    but a ``restart`` phase, whose learning rate decays from ``lr`` to 0 over its own steps."""
 
     steps: int
     t_max: float = math.inf
     teacher: str | None = None
+    restart: bool = False  # a cosine decay of its own (lr to 0 over its steps), else the run's
 
 
 def band_edges(t_c: float, T: float, ratio: float) -> list[float]:
@@ -279,7 +281,10 @@ class Bands:
     t <= e_j: DSM at t <= t_c, the estimator's bootstrap target above it, h_hat a copy of the
     network frozen when the phase starts. The bands below stay in the phase (one network for all
     t: a band trained alone would let the lower ones drift). The steps are split equally over the
-    B + 1 phases (t <= t_c is trained in all of them, band j in the last B + 1 - j)."""
+    B + 1 phases (t <= t_c is trained in all of them, band j in the last B + 1 - j), and each phase
+    has a cosine decay of its own (``Phase.restart``): under one decay over the run the last
+    phases would train at 4% of the learning rate or less, and the top bands would stay
+    untrained (measured with studies/bsm_regimes.yaml: score error up to 71x DSM's at t = 2.5)."""
 
     def edges(self, config: "FitConfig") -> list[float]:
         if config.grid_ratio is None or config.T is None:
@@ -289,8 +294,8 @@ class Bands:
     def phases(self, est: "BootstrapEstimator", config: "FitConfig") -> tuple[Phase, ...]:
         edges = self.edges(config)
         steps = _split(config.steps, len(edges))
-        return (Phase(steps[0], t_max=edges[0]),) + tuple(
-            Phase(s, t_max=e if j < len(edges) - 1 else math.inf, teacher="frozen")
+        return (Phase(steps[0], t_max=edges[0], restart=True),) + tuple(
+            Phase(s, t_max=e if j < len(edges) - 1 else math.inf, teacher="frozen", restart=True)
             for j, (s, e) in enumerate(zip(steps[1:], edges[1:]), start=1))
 
 
@@ -403,7 +408,7 @@ def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, g
     ``trajectory`` mode the pairs of a row are Markov-dependent) that the phase trains. The
     estimator's schedule (:data:`BOOTSTRAP_ESTIMATORS`) cuts the ``config.steps`` steps into
     :class:`Phase` s (one for ``dsm``, ``bsm``, ``bsm_rb`` and the oracles) sharing one optimiser
-    and one cosine schedule over all steps; a phase keeps the pairs with t <= ``t_max`` (the rows
+    and one cosine schedule over all steps (a ``restart`` phase: one over its own steps); a phase keeps the pairs with t <= ``t_max`` (the rows
     are drawn as in every other phase) and its loss is ``dsclab.losses.dsm_pair_loss`` (no
     teacher) or ``BSMPairLoss`` with the h_hat of :data:`TEACHERS` (the network under
     stop-gradient, a lagged copy refreshed every ``lag`` steps, a frozen copy, or
@@ -445,7 +450,8 @@ def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, g
         else:
             target, before = TEACHERS[phase.teacher](model, law, config)
             loss = BSMPairLoss(target, t_c=config.t_c, mix=config.mix, rao_blackwell=est.rao_blackwell)
-        traces.append(train.fit(model, loss, drawer(phase), steps=phase.steps, optimizer=opt, scheduler=sched,
+        traces.append(train.fit(model, loss, drawer(phase), steps=phase.steps, optimizer=opt,
+                                scheduler=train.cosine_decay(opt, phase.steps) if phase.restart else sched,
                                 before_step=before))
     trace = train.Trace(torch.cat([tr.losses for tr in traces]))
     return FitResult(model.eval(), trace.tail_mean(), time.perf_counter() - t0)
