@@ -83,7 +83,8 @@ def _regime_row(ax, ds: xr.Dataset) -> None:
         for i, (d, n) in enumerate(rows):
             for k, t in enumerate(above):
                 ax[j].text(k, i, f"{float(med.sel(d=d, n=n, t=t)):.2f}\n[{float(lo.sel(d=d, n=n, t=t)):.2f},"
-                                 f"{float(hi.sel(d=d, n=n, t=t)):.2f}]", ha="center", va="center", fontsize=5)
+                                 f"{float(hi.sel(d=d, n=n, t=t)):.2f}]", ha="center", va="center", fontsize=5,
+                            color="w" if abs(grid[i, k]) > 0.6 else "k")
                 if bool(win.sel(d=d, n=n, t=t)):
                     ax[j].add_patch(Rectangle((k - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="k"))
         ax[j].set_xticks(range(len(above)), [f"{t:g}" for t in above])
