@@ -291,6 +291,22 @@ def test_band_sequential_bands_are_trained_in_order(monkeypatch):
     assert torch.equal(band(tp[above]) + 1, band(t[above]))
 
 
+def test_regime_verdict_counts_only_points_where_every_seed_beats_dsm():
+    """``bsm_report.regime_wins``: a point is a win iff every seed's ratio is below 1 (a NaN seed, a
+    cell not done, is no win); the region text lists exactly those points by d, then n."""
+    from dsclab.studies.score_learning.bsm_report import _region_text, regime_wins
+
+    r = xr.DataArray(np.array([[[[0.9, 0.5]], [[0.7, 0.8]]], [[[0.8, 0.7]], [[np.nan, 0.9]]],
+                               [[[0.95, 1.0]], [[0.5, 0.6]]]]),
+                     dims=("seed", "d", "n", "t"), coords={"seed": [0, 1, 2], "d": [2, 8], "n": [64], "t": [0.5, 1.0]})
+    win = regime_wins(r)
+    # seeds at (d=2, t=0.5): 0.9, 0.8, 0.95 -> win; (d=2, t=1): 0.5, 0.7, 1.0 -> not (1.0 is not below);
+    # (d=8, t=0.5): 0.7, nan, 0.5 -> not (the NaN); (d=8, t=1): 0.8, 0.9, 0.6 -> win
+    assert win.sel(n=64).values.tolist() == [[True, False], [False, True]]
+    assert _region_text(win) == "d=2: n=64 (t=0.5); d=8: n=64 (t=1)"
+    assert _region_text(win & False) == ""
+
+
 def test_schedules_need_a_learned_bootstrap_and_enough_steps():
     """A frozen-teacher or band schedule on DSM or an oracle is refused by the registry; a run too
     short to give every phase a step is refused before training."""

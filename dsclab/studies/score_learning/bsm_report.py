@@ -303,8 +303,9 @@ def _region_text(win: xr.DataArray) -> str:
 
 def regime_closing_lines(ds: xr.Dataset, facts: dict) -> list[str]:
     """The verdict of the regime map, computed: per estimator the (n, d, t) above t_c where it beats
-    DSM for every seed (and the range of its median ratio), then the region where a learned
-    bootstrap does, or that there is none, beside the oracle's."""
+    DSM for every seed (and the range of its median ratio) beside the count expected by chance
+    (N 2^{-S}: S independent seeds, each ratio as likely above 1 as below), then the region where a
+    learned bootstrap does, or that there is none, beside the oracle's."""
     if not facts["above"]:
         return ["- regime map: no evaluation time above t_c"]
     lines = []
@@ -318,8 +319,10 @@ def regime_closing_lines(ds: xr.Dataset, facts: dict) -> list[str]:
                 med = r.median("seed")
                 k, N = int(win.sum()), int(win.size)
                 region = _region_text(win)
+                chance = N * 0.5 ** ds.sizes["seed"]
                 lines.append(f"- regime map {e}/dsm score_l2 [{mode}, {m}]: median ratio {fmt(float(med.min()))} to "
-                             f"{fmt(float(med.max()))} over (n, d, t > t_c); below 1 for every seed at {k} of {N} points"
+                             f"{fmt(float(med.max()))} over (n, d, t > t_c); below 1 for every seed at {k} of {N} points "
+                             f"(by chance, were each seed's ratio as likely above 1 as below, {fmt(chance)})"
                              + (f": {region}" if region else ""))
                 if str(e) in learned:
                     any_learned = win if any_learned is None else (any_learned | win)
