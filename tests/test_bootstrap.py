@@ -161,6 +161,168 @@ def _empirical_dsm_risk(model, data: bs.NoisedData) -> float:
                                           data.times.reshape(-1).float()).mean())
 
 
+def _state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _spy_phases(monkeypatch, snap_at: int | None = None) -> list[dict]:
+    """Record every call of ``dsclab.train.fit`` that ``bootstrap.fit`` makes (one per phase): the
+    loss, its steps, the times of every drawn pair, the model's state at the phase's start and end,
+    the teacher (h_hat) and its state at both ends, the times at which the teacher's score was
+    evaluated, and (``snap_at``) the model's state after ``snap_at`` steps of the phase."""
+    calls, real = [], bs.train.fit
+
+    def spy(model, loss, draw, *, steps, **kw):
+        rec = {"loss": loss, "steps": steps, "times": [], "model_start": _state(model), "teacher_times": []}
+        target = getattr(loss, "target", None)
+        rec["teacher"] = target
+        if isinstance(target, torch.nn.Module):
+            rec["teacher_start"] = _state(target)
+            rec["teacher_grad"] = any(p.requires_grad for p in target.parameters())
+            score = target.score
+            target.score = lambda x, t: (rec["teacher_times"].append(torch.as_tensor(t).detach().clone()), score(x, t))[1]
+
+        def spy_draw(step):
+            if step == 0:
+                rec["lr0"] = kw["optimizer"].param_groups[0]["lr"]  # the learning rate of the phase's first step
+            if step == snap_at:
+                rec["snap"] = _state(model)  # draw(step) comes before the step's update: `step` updates so far
+            batch = draw(step)
+            rec["times"].append(batch[2].detach().clone())
+            return batch
+
+        out = real(model, loss, spy_draw, steps=steps, **kw)
+        rec["model_end"] = _state(model)
+        if isinstance(target, torch.nn.Module):
+            del target.score
+            rec["teacher_end"] = _state(target)
+        calls.append(rec)
+        return out
+
+    monkeypatch.setattr(bs.train, "fit", spy)
+    return calls
+
+
+def _small_fit_setup(K: int = 16):
+    law = distributions.make("gaussian_mixture", 2, k=2, separation=4.0, std=1.0)
+    g = generator(derive_seed("test-bootstrap-phases"))
+    data = bs.sample_independent(law.sample(100, g), bs.row_times(100, K, 0.01, 3.0, g), g)
+    data = bs.NoisedData(data.x0.float(), data.times, data.xt.float(), data.prev.float(), data.t_prev)
+    init = lambda: bs.make_mlp(2, width=16, depth=2, generator=generator(1))
+    return law, data, init
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_frozen_teacher_is_dsm_after_half_the_steps_and_stays_frozen(monkeypatch):
+    """``bsm_rb_frozen``: two phases of steps/2 each; the first is DSM at every t and is the first
+    half of ``dsm``'s own run (its state after 20 of 40 ``dsm`` steps, captured independently, is the
+    teacher); the teacher of the second is a copy without gradients whose parameters do not change
+    during that phase while the student's do; the step budget is ``dsm``'s. Negative control:
+    ``bsm_rb``'s teacher (the network itself) does change, so the check can fail."""
+    law, data, init = _small_fit_setup()
+    cfg = bs.FitConfig(steps=40, batch_size=8, mix=0.2)
+    calls = _spy_phases(monkeypatch, snap_at=20)
+    bs.fit(init(), data, "dsm", cfg, generator(2), law=law)
+    (dsm,) = calls
+    calls.clear()
+    frozen = bs.fit(init(), data, "bsm_rb_frozen", cfg, generator(2), law=law)
+    assert [c["steps"] for c in calls] == [20, 20] and dsm["steps"] == 40
+    first, second = calls
+    assert first["loss"] is losses.dsm_pair_loss and first["teacher"] is None
+    assert _same(first["model_end"], dsm["snap"])  # the first phase is dsm's first half, step for step
+    # one cosine decay over the 40 steps, continued: lr0 (1 + cos(pi 20/40)) / 2 = lr0 / 2 at step 20
+    assert first["lr0"] == cfg.lr and second["lr0"] == pytest.approx(cfg.lr / 2, rel=1e-12)
+    teacher = second["teacher"]
+    assert isinstance(teacher, torch.nn.Module) and teacher is not frozen.model
+    assert isinstance(second["loss"], losses.BSMPairLoss) and second["loss"].rao_blackwell
+    assert not second["teacher_grad"]
+    assert _same(second["teacher_start"], first["model_end"])  # h_hat = the DSM network of phase 1 ...
+    assert _same(second["teacher_end"], second["teacher_start"])  # ... frozen through phase 2
+    assert not _same(second["model_end"], second["model_start"])  # while the student trains
+    assert second["teacher_times"], "the teacher was never evaluated"
+    assert not _same(_state(frozen.model), dsm["model_end"])  # a different fit from dsm's
+    calls.clear()
+    bs.fit(init(), data, "bsm_rb", cfg, generator(2), law=law)
+    (joint,) = calls
+    assert not _same(joint["teacher_end"], joint["teacher_start"])  # the negative control
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_band_sequential_bands_are_trained_in_order(monkeypatch):
+    """``bsm_band``: band edges e_j = t_c r^j up to the first at or above T (closed form; r the
+    training grid's ratio, 1.4283 here: t_c = 0.3 and T = 3 give 7 bands), steps split equally over
+    DSM below t_c and the 7 bands; phase j trains exactly the pairs with t <= e_j (its band is
+    reached, the bands below are kept, none above appears), in increasing order; its teacher is the
+    network frozen at the phase's start, unchanged through the phase, and is evaluated only at
+    times t' <= e_{j-1}, i.e. on the bands already trained; each phase starts at the full learning
+    rate (a cosine decay of its own)."""
+    law, data, init = _small_fit_setup()
+    r = bs.grid_ratio(16, 0.01, 3.0)
+    cfg = bs.FitConfig(steps=8 * 6 + 3, batch_size=16, t_c=0.3, mix=0.2, grid_ratio=r, T=3.0)
+    edges = bs.band_edges(0.3, 3.0, r)
+    B = math.ceil(math.log(3.0 / 0.3) / math.log(r))
+    assert B == 7 and edges == pytest.approx([0.3 * r ** j for j in range(8)], rel=1e-12)
+    assert edges[-2] < 3.0 <= edges[-1]
+    calls = _spy_phases(monkeypatch)
+    bs.fit(init(), data, "bsm_band", cfg, generator(2), law=law)
+    assert [c["steps"] for c in calls] == [7, 7, 7, 6, 6, 6, 6, 6]  # 51 steps over 8 phases
+    for j, c in enumerate(calls):
+        assert c["lr0"] == cfg.lr  # every phase has its own cosine decay, from lr
+        t = torch.cat(c["times"])
+        hi = edges[j] if j < B else math.inf
+        assert float(t.max()) <= hi
+        assert float(t.min()) < 0.3  # the DSM band stays in every phase
+        if j == 0:
+            assert c["loss"] is losses.dsm_pair_loss and float(t.max()) <= 0.3
+            continue
+        assert float(t.max()) > edges[j - 1]  # band j is trained in phase j, not before
+        assert _same(c["teacher_start"], calls[j - 1]["model_end"])  # frozen after the bands below
+        assert _same(c["teacher_end"], c["teacher_start"]) and not c["teacher_grad"]
+        tp = torch.cat([v.reshape(-1) for v in c["teacher_times"]])
+        assert tp.numel() > 0 and float(tp.max()) <= edges[j - 1] * (1 + 1e-9), (j, float(tp.max()), edges[j - 1])
+    # each pair's predecessor lies in the band below its own (what the edges are chosen for)
+    t, tp = data.times[:, 1:], data.t_prev[:, 1:]
+    band = lambda v: torch.bucketize(v, torch.tensor(edges, dtype=v.dtype), right=False)
+    above = t > 0.3
+    assert torch.equal(band(tp[above]) + 1, band(t[above]))
+
+
+def test_regime_verdict_counts_only_points_where_every_seed_beats_dsm():
+    """``bsm_report.regime_wins``: a point is a win iff every seed's ratio is below 1 (a NaN seed, a
+    cell not done, is no win); the region text lists exactly those points by d, then n."""
+    from dsclab.studies.score_learning.bsm_report import _region_text, regime_wins
+
+    r = xr.DataArray(np.array([[[[0.9, 0.5]], [[0.7, 0.8]]], [[[0.8, 0.7]], [[np.nan, 0.9]]],
+                               [[[0.95, 1.0]], [[0.5, 0.6]]]]),
+                     dims=("seed", "d", "n", "t"), coords={"seed": [0, 1, 2], "d": [2, 8], "n": [64], "t": [0.5, 1.0]})
+    win = regime_wins(r)
+    # seeds at (d=2, t=0.5): 0.9, 0.8, 0.95 -> win; (d=2, t=1): 0.5, 0.7, 1.0 -> not (1.0 is not below);
+    # (d=8, t=0.5): 0.7, nan, 0.5 -> not (the NaN); (d=8, t=1): 0.8, 0.9, 0.6 -> win
+    assert win.sel(n=64).values.tolist() == [[True, False], [False, True]]
+    assert _region_text(win) == "d=2: n=64 (t=0.5); d=8: n=64 (t=1)"
+    assert _region_text(win & False) == ""
+
+
+def test_schedules_need_a_learned_bootstrap_and_enough_steps():
+    """A frozen-teacher or band schedule on DSM or an oracle is refused by the registry; a run too
+    short to give every phase a step is refused before training."""
+    from dsclab.registry import RegistryError
+
+    with pytest.raises(RegistryError, match="learned bootstrap"):
+        bs._check_estimator("x", bs.BootstrapEstimator(schedule=bs.Bands()))
+    with pytest.raises(RegistryError, match="learned bootstrap"):
+        bs._check_estimator("x", bs.BootstrapEstimator(bootstrap=True, oracle=True, schedule=bs.DSMThenFrozen()))
+    est = bs.BOOTSTRAP_ESTIMATORS["bsm_band"]
+    with pytest.raises(ValueError, match="cannot be split"):
+        est.schedule.phases(est, bs.FitConfig(steps=5, grid_ratio=bs.grid_ratio(16, 0.01, 3.0), T=3.0))
+    with pytest.raises(ValueError, match="grid's ratio"):
+        est.schedule.phases(est, bs.FitConfig(steps=50))
+
+
 @pytest.mark.usefixtures("one_thread")  # a tiny network: threads only add overhead
 def test_training_is_deterministic_and_lowers_the_loss():
     """Same generators, same parameters; and 100 steps of every estimator lower the empirical DSM
@@ -171,7 +333,8 @@ def test_training_is_deterministic_and_lowers_the_loss():
     law = distributions.make("gaussian_mixture", 2, k=2, separation=4.0, std=1.0)
     g = generator(derive_seed("test-bootstrap-fit"))
     data = bs.sample_independent(law.sample(200, g), bs.row_times(200, 4, 0.05, 2.0, g), g)
-    cfg = bs.FitConfig(steps=30, batch_size=16)
+    grid = dict(grid_ratio=bs.grid_ratio(4, 0.05, 2.0), T=2.0)  # band-sequential training's band edges
+    cfg = bs.FitConfig(steps=30, batch_size=16, **grid)
     init = lambda: bs.make_mlp(2, width=16, depth=2, generator=generator(1))
     fit = lambda e, c=cfg: bs.fit(init(), data, e, c, generator(2), law=law)
     for est in ("bsm", "bsm_rb"):
@@ -184,11 +347,11 @@ def test_training_is_deterministic_and_lowers_the_loss():
     floor = _empirical_dsm_risk(exact, data)
     assert floor < before
     for e in bs.BOOTSTRAP_ESTIMATORS:
-        after = _empirical_dsm_risk(fit(e, bs.FitConfig(steps=100, batch_size=16)).model, data)
+        after = _empirical_dsm_risk(fit(e, bs.FitConfig(steps=100, batch_size=16, **grid)).model, data)
         assert after < before - 0.15 * (before - floor), (e, before, after, floor)
     # the targets differ, so do the fits; a lagged copy as h_hat (lag 5) differs from stop-gradient
     assert not torch.equal(next(runs["bsm"].model.parameters()), next(runs["bsm_rb"].model.parameters()))
-    lagged = fit("bsm_rb", bs.FitConfig(steps=30, batch_size=16, lag=5))
+    lagged = fit("bsm_rb", bs.FitConfig(steps=30, batch_size=16, lag=5, **grid))
     assert not torch.equal(next(lagged.model.parameters()), next(runs["bsm_rb"].model.parameters()))
     with pytest.raises(ValueError, match="exact score"):
         bs.fit(init(), data, "bsm_rb_oracle", cfg, generator(2))

@@ -29,6 +29,7 @@ class ScoreLearning(StudyKind):
     description = ("n*(eps, d) for a structured class against an MLP; BSM against DSM; trajectory against "
                    "independent noisings; quantile against L2 error (Kumar et al. 2025).")
     small = small_preset(__file__)
+    small_variants = {"regimes": small_preset(__file__, "small_regimes.yaml")}  # the regime map (studies/bsm_regimes.yaml)
     preset = "dimension_free.yaml"
     derived = WEIGHTED_L2
     template = staticmethod(_template)

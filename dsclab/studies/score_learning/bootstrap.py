@@ -206,21 +206,126 @@ def n_parameters(model: nn.Module) -> int:
 
 
 @dataclass(frozen=True)
+class Phase:
+    """One stretch of a training run: ``steps`` optimiser steps on the training pairs with
+    t <= ``t_max`` (``inf``: all of them), the targets above t_c formed with the h_hat named by
+    ``teacher`` (a key of :data:`TEACHERS`, built when the phase starts; None: DSM at every t).
+    The phases of a run share one Adam optimiser and one cosine schedule over the run's steps,
+    but a ``restart`` phase, whose learning rate decays from ``lr`` to 0 over its own steps."""
+
+    steps: int
+    t_max: float = math.inf
+    teacher: str | None = None
+    restart: bool = False  # a cosine decay of its own (lr to 0 over its steps), else the run's
+
+
+def band_edges(t_c: float, T: float, ratio: float) -> list[float]:
+    """Band edges above t_c: e_j = t_c r^j, j = 0..B, B = ceil(log(T/t_c) / log r) (the last edge at
+    or above T). A band is (e_{j-1}, e_j]; with r the training grid's ratio, a pair (t', t) of one
+    row has t' = t / r, so the predecessor of every pair in band j lies in band j-1 (band 0 being
+    (0, t_c], trained by DSM): the targets of band j need the network on the bands below only."""
+    if not (0 < t_c < T and ratio > 1):
+        raise ValueError(f"band edges need 0 < t_c < T and a grid ratio > 1, got t_c={t_c}, T={T}, r={ratio}")
+    B = max(1, math.ceil(math.log(T / t_c) / math.log(ratio) - 1e-9))
+    return [t_c * ratio ** j for j in range(B + 1)]
+
+
+def _split(steps: int, parts: int) -> list[int]:
+    """``steps`` in ``parts`` near-equal whole shares (the first ones one larger), each >= 1."""
+    if steps < parts:
+        raise ValueError(f"{steps} steps cannot be split into {parts} phases of at least one step")
+    q, r = divmod(steps, parts)
+    return [q + (i < r) for i in range(parts)]
+
+
+@dataclass(frozen=True)
+class Joint:
+    """Every step on every pair with one target (the estimator's h_hat: none for DSM, the network
+    itself for ``bsm``/``bsm_rb``, the exact score for the oracles): one phase."""
+
+    def phases(self, est: "BootstrapEstimator", config: "FitConfig") -> tuple[Phase, ...]:
+        teacher = None if not est.bootstrap else "exact" if est.oracle else "self"
+        return (Phase(config.steps, teacher=teacher),)
+
+
+@dataclass(frozen=True)
+class DSMThenFrozen:
+    """A frozen teacher ("previously learned scores", Kumar–Nagaraj–Sarkar 2025; science.md §4):
+    the first ``dsm_share`` of the steps are DSM at every t (the very steps of ``dsm``'s run: same
+    initialisation, draws and schedule); then a copy of that network is frozen as h_hat and the
+    remaining steps fit the estimator's bootstrap target above t_c (DSM below) with it.
+
+    ``dsm_share = 1/2``: the teacher's error at t' enters the Rao–Blackwellised target damped by
+    e^{-Delta} sigma_{t'}^2/sigma_t^2 (1 - mix) (0.37 to 0.55 on the bsm grid), so the teacher
+    must be well trained, and the student needs steps to fit its lower-variance target: half and
+    half is the neutral split, not tuned."""
+
+    dsm_share: float = 0.5
+
+    def phases(self, est: "BootstrapEstimator", config: "FitConfig") -> tuple[Phase, ...]:
+        first = round(self.dsm_share * config.steps)
+        if not 0 < first < config.steps:
+            raise ValueError(f"{config.steps} steps leave no step to one of the two phases (dsm_share {self.dsm_share})")
+        return Phase(first), Phase(config.steps - first, teacher="frozen")
+
+
+@dataclass(frozen=True)
+class Bands:
+    """Band-sequential training: noise bands in increasing t, each band's targets from the network
+    frozen after the bands below (science.md §4: "bands trained in increasing t, each bootstrapping
+    from the frozen bands below").
+
+    Phase 0 is DSM on the pairs with t <= t_c; phase j = 1..B adds band j = (e_{j-1}, e_j]
+    (:func:`band_edges`, geometric with the training grid's ratio r, so that every pair's
+    predecessor t' = t/r lies in the bands already trained) and trains on every pair with
+    t <= e_j: DSM at t <= t_c, the estimator's bootstrap target above it, h_hat a copy of the
+    network frozen when the phase starts. The bands below stay in the phase (one network for all
+    t: a band trained alone would let the lower ones drift). The steps are split equally over the
+    B + 1 phases (t <= t_c is trained in all of them, band j in the last B + 1 - j), and each phase
+    has a cosine decay of its own (``Phase.restart``): under one decay over the run the last
+    phases would train at 4% of the learning rate or less, and the top bands would stay
+    untrained (measured with studies/bsm_regimes.yaml: score error up to 71x DSM's at t = 2.5)."""
+
+    def edges(self, config: "FitConfig") -> list[float]:
+        if config.grid_ratio is None or config.T is None:
+            raise ValueError("band-sequential training needs the training grid's ratio and T (FitConfig.grid_ratio, T)")
+        return band_edges(config.t_c, config.T, config.grid_ratio)
+
+    def phases(self, est: "BootstrapEstimator", config: "FitConfig") -> tuple[Phase, ...]:
+        edges = self.edges(config)
+        steps = _split(config.steps, len(edges))
+        return (Phase(steps[0], t_max=edges[0], restart=True),) + tuple(
+            Phase(s, t_max=e if j < len(edges) - 1 else math.inf, teacher="frozen", restart=True)
+            for j, (s, e) in enumerate(zip(steps[1:], edges[1:]), start=1))
+
+
+@dataclass(frozen=True)
 class BootstrapEstimator:
     """How an estimator forms its regression target above t_c: ``bootstrap`` (False: DSM at every
     t), ``rao_blackwell`` (the target T_RB of ``dsclab.losses.bsm_rb_target``, else the pure
     bootstrap target e^{t - t'} h_hat(t', X_{t'}) of ``dsclab.losses.bsm_target``) and ``oracle``
-    (h_hat the exact score of the data law, else the network under stop-gradient or a lagged copy)."""
+    (h_hat the exact score of the data law, else a learned network); and how its steps are spent,
+    ``schedule`` (:class:`Joint`, :class:`DSMThenFrozen`, :class:`Bands`: its :class:`Phase` list,
+    whose ``teacher`` says which h_hat each phase uses)."""
 
     bootstrap: bool = False
     rao_blackwell: bool = False
     oracle: bool = False
+    schedule: Joint | DSMThenFrozen | Bands = Joint()
+
+    @property
+    def learned(self) -> bool:
+        """A bootstrap from a learned h_hat (not DSM, not an oracle)."""
+        return self.bootstrap and not self.oracle
 
 
 def _check_estimator(name: str, obj: object) -> None:
     if not isinstance(obj, BootstrapEstimator):
         raise RegistryError(f"bootstrap estimator {name!r} ({origin(obj)}) is a {type(obj).__name__}, "
                             f"not a BootstrapEstimator")
+    if not isinstance(obj.schedule, Joint) and not obj.learned:
+        raise RegistryError(f"bootstrap estimator {name!r} ({origin(obj)}): a {type(obj.schedule).__name__} "
+                            f"schedule needs a learned bootstrap (bootstrap=True, oracle=False)")
 
 
 BOOTSTRAP_ESTIMATORS: Registry[BootstrapEstimator] = Registry(
@@ -230,11 +335,16 @@ BOOTSTRAP_ESTIMATORS: Registry[BootstrapEstimator] = Registry(
         "bsm_oracle": BootstrapEstimator(bootstrap=True, oracle=True),
         "bsm_rb": BootstrapEstimator(bootstrap=True, rao_blackwell=True),
         "bsm_rb_oracle": BootstrapEstimator(bootstrap=True, rao_blackwell=True, oracle=True),
+        "bsm_rb_frozen": BootstrapEstimator(bootstrap=True, rao_blackwell=True, schedule=DSMThenFrozen(0.5)),
+        "bsm_band": BootstrapEstimator(bootstrap=True, rao_blackwell=True, schedule=Bands()),
     })
 """``dsm``; ``bsm`` and ``bsm_rb`` (pure and Rao–Blackwellised bootstrap targets, h_hat = the
-network under stop-gradient, or a lagged copy: ``FitConfig.lag``); ``bsm_oracle`` and
-``bsm_rb_oracle`` (the same targets with h_hat = the exact score of the data law: a diagnostic,
-possible only for a known law)."""
+network under stop-gradient, or a lagged copy: ``FitConfig.lag``, trained at the same time);
+``bsm_oracle`` and ``bsm_rb_oracle`` (the same targets with h_hat = the exact score of the data
+law: a diagnostic, possible only for a known law); ``bsm_rb_frozen`` (T_RB from a previously
+learned score: half the steps DSM, then h_hat = that network, frozen: :class:`DSMThenFrozen`) and
+``bsm_band`` (T_RB band by band in increasing t, h_hat the network frozen after the bands below:
+:class:`Bands`). Every estimator takes ``FitConfig.steps`` steps in all."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -250,6 +360,8 @@ class FitConfig:
     t_c: float = 0.3       # BSM: DSM at t <= t_c, bootstrapped targets above
     lag: int = 0           # BSM: 0 = stop-gradient of the current network; L > 0 = a copy refreshed every L steps
     mix: float = 0.0       # BSM: weight of DSM above t_c
+    grid_ratio: float | None = None  # the training grid's ratio r (band-sequential training: its band edges)
+    T: float | None = None           # the training grid's largest time (idem)
 
 
 @dataclass
@@ -259,48 +371,87 @@ class FitResult:
     seconds: float
 
 
-def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, generator: torch.Generator,
-        law=None) -> FitResult:
-    """Adam with cosine decay on the fixed training set ``data`` (empirical risk over its n K pairs).
-
-    Each step draws ``batch_size`` rows with replacement and uses all K pairs of each row (in
-    ``trajectory`` mode the pairs of a row are Markov-dependent). Deterministic for a generator.
-    ``model`` and ``data`` share a device; the rows are drawn by ``generator`` (the CPU's) and
-    moved there, so the draws are the same on every device. ``law`` (with an exact ``score``) is
-    needed by the oracle estimators only. The loss is ``dsclab.losses.dsm_pair_loss`` or
-    ``BSMPairLoss`` (the target of :data:`BOOTSTRAP_ESTIMATORS`; h_hat:
-    the network under stop-gradient, a lagged copy refreshed every ``lag`` steps, or
-    ``ExactScore(law)``), minimised by the loop ``dsclab.train.fit``; a loss that becomes NaN or
-    infinite raises :class:`dsclab.errors.TrainingDiverged`.
-    """
-    est = BOOTSTRAP_ESTIMATORS.resolve(estimator)
-    if est.oracle and law is None:
-        raise ValueError(f"estimator {estimator!r} needs the data law (its exact score)")
-    t0 = time.perf_counter()
-    d, K, n = data.x0.shape[1], data.K, data.n
-    x0, xt, prev = (v.to(torch.float32) for v in (data.x0, data.xt, data.prev))
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    sched = train.cosine_decay(opt, config.steps)
-    learned = est.bootstrap and not est.oracle
-    lagged = copy.deepcopy(model).eval() if (learned and config.lag > 0) else None
-    if not est.bootstrap:
-        loss = dsm_pair_loss
-    else:
-        target = ExactScore(law) if est.oracle else lagged if lagged is not None else model
-        loss = BSMPairLoss(target, t_c=config.t_c, mix=config.mix, rao_blackwell=est.rao_blackwell)
-
-    def draw(step: int) -> tuple:
-        idx = torch.randint(0, n, (config.batch_size,), generator=generator).to(x0.device)
-        b0 = x0[idx][:, None, :].expand(-1, K, -1).reshape(-1, d)
-        pairs = (b0, xt[idx].reshape(-1, d), data.times[idx].reshape(-1))
-        if not est.bootstrap:
-            return pairs
-        return pairs + (prev[idx].reshape(-1, d), data.t_prev[idx].reshape(-1))
+def _self_teacher(model: nn.Module, law, config: FitConfig):
+    """h_hat = the network itself under stop-gradient, or (``lag`` > 0) a copy refreshed every
+    ``lag`` steps of the phase."""
+    if config.lag <= 0:
+        return model, None
+    lagged = copy.deepcopy(model).eval()
 
     def refresh(step: int) -> None:
         if step % config.lag == 0:
             lagged.load_state_dict(model.state_dict())
 
-    trace = train.fit(model, loss, draw, steps=config.steps, optimizer=opt, scheduler=sched,
-                      before_step=refresh if lagged is not None else None)
+    return lagged, refresh
+
+
+def _frozen_teacher(model: nn.Module, law, config: FitConfig):
+    """h_hat = a copy of the network as it is now, in eval mode, without gradients: it does not
+    change during the phase."""
+    return copy.deepcopy(model).eval().requires_grad_(False), None
+
+
+def _exact_teacher(model: nn.Module, law, config: FitConfig):
+    """h_hat = the exact score of the data law (``ExactScore``)."""
+    return ExactScore(law), None
+
+
+TEACHERS: dict[str, Callable] = {"self": _self_teacher, "frozen": _frozen_teacher, "exact": _exact_teacher}
+"""``Phase.teacher`` -> ``(model, law, config) -> (h_hat, before_step or None)``, built when the phase starts."""
+
+
+def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, generator: torch.Generator,
+        law=None) -> FitResult:
+    """Adam with cosine decay on the fixed training set ``data`` (empirical risk over its n K pairs).
+
+    Each step draws ``batch_size`` rows with replacement and uses the K pairs of each row (in
+    ``trajectory`` mode the pairs of a row are Markov-dependent) that the phase trains. The
+    estimator's schedule (:data:`BOOTSTRAP_ESTIMATORS`) cuts the ``config.steps`` steps into
+    :class:`Phase` s (one for ``dsm``, ``bsm``, ``bsm_rb`` and the oracles) sharing one optimiser
+    and one cosine schedule over all steps (a ``restart`` phase: one over its own steps); a phase keeps the pairs with t <= ``t_max`` (the rows
+    are drawn as in every other phase) and its loss is ``dsclab.losses.dsm_pair_loss`` (no
+    teacher) or ``BSMPairLoss`` with the h_hat of :data:`TEACHERS` (the network under
+    stop-gradient, a lagged copy refreshed every ``lag`` steps, a frozen copy, or
+    ``ExactScore(law)``). Deterministic for a generator. ``model`` and ``data`` share a device; the
+    rows are drawn by ``generator`` (the CPU's) and moved there, so the draws are the same on every
+    device. ``law`` (with an exact ``score``) is needed by the oracle estimators only. The loop is
+    ``dsclab.train.fit``; a loss that becomes NaN or infinite raises
+    :class:`dsclab.errors.TrainingDiverged`. ``seconds`` is the wall time of all phases.
+    """
+    est = BOOTSTRAP_ESTIMATORS.resolve(estimator)
+    if est.oracle and law is None:
+        raise ValueError(f"estimator {estimator!r} needs the data law (its exact score)")
+    phases = est.schedule.phases(est, config)
+    assert sum(p.steps for p in phases) == config.steps, (estimator, phases)
+    t0 = time.perf_counter()
+    d, K, n = data.x0.shape[1], data.K, data.n
+    x0, xt, prev = (v.to(torch.float32) for v in (data.x0, data.xt, data.prev))
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    sched = train.cosine_decay(opt, config.steps)
+
+    def drawer(phase: Phase) -> Callable[[int], tuple]:
+        def draw(step: int) -> tuple:
+            idx = torch.randint(0, n, (config.batch_size,), generator=generator).to(x0.device)
+            b0 = x0[idx][:, None, :].expand(-1, K, -1).reshape(-1, d)
+            pairs = (b0, xt[idx].reshape(-1, d), data.times[idx].reshape(-1))
+            if phase.teacher is not None:
+                pairs = pairs + (prev[idx].reshape(-1, d), data.t_prev[idx].reshape(-1))
+            if phase.t_max == math.inf:
+                return pairs
+            keep = pairs[2] <= phase.t_max
+            return tuple(v[keep] for v in pairs)
+        return draw
+
+    traces = []
+    for phase in phases:
+        before = None
+        if phase.teacher is None:
+            loss = dsm_pair_loss
+        else:
+            target, before = TEACHERS[phase.teacher](model, law, config)
+            loss = BSMPairLoss(target, t_c=config.t_c, mix=config.mix, rao_blackwell=est.rao_blackwell)
+        traces.append(train.fit(model, loss, drawer(phase), steps=phase.steps, optimizer=opt,
+                                scheduler=train.cosine_decay(opt, phase.steps) if phase.restart else sched,
+                                before_step=before))
+    trace = train.Trace(torch.cat([tr.losses for tr in traces]))
     return FitResult(model.eval(), trace.tail_mean(), time.perf_counter() - t0)

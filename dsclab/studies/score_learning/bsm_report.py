@@ -25,7 +25,7 @@ import xarray as xr
 from dsclab.studies.score_learning import bootstrap_targets as bt
 from dsclab import distributions
 
-from .readout import band_text, done, fmt, ratio_block
+from .readout import band_text, done, fmt, ratio_block, ratio_table
 
 SAMPLING = ("sliced_w2", "kl_gauss")
 
@@ -213,4 +213,130 @@ def closing_lines(ds: xr.Dataset, facts: dict) -> list[str]:
                  "regression target: the score_l2 ratio beside the target-variance ratio shows how much of it is; "
                  "with a learned h_hat the damped error of h_hat at t' (gain e^{-Delta} sigma_{t'}^2/sigma_t^2 (1 - mix)) "
                  "adds to it.")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------
+# The regime map (issue 28): each bootstrap estimator / DSM over (n, d, t above t_c)
+# ------------------------------------------------------------------------------------------
+
+
+def _learned(ds: xr.Dataset) -> list[str]:
+    """The store's estimators that bootstrap from a learned h_hat (``BootstrapEstimator.learned``)."""
+    from dsclab.studies.score_learning.bootstrap import BOOTSTRAP_ESTIMATORS
+    return [str(e) for e in ds.estimator.values if BOOTSTRAP_ESTIMATORS[str(e)].learned]
+
+
+def _schedule_text(est: str) -> str:
+    from dsclab.studies.score_learning.bootstrap import BOOTSTRAP_ESTIMATORS
+    e = BOOTSTRAP_ESTIMATORS[est]
+    target = "T_RB" if e.rao_blackwell else "the pure target" if e.bootstrap else "DSM"
+    h = ("" if not e.bootstrap else ", h_hat the exact score" if e.oracle else
+         {"Joint": ", h_hat the network itself (trained at the same time)",
+          "DSMThenFrozen": f", h_hat the network after the first {getattr(e.schedule, 'dsm_share', 0):g} of the steps "
+                           "(DSM), frozen", "Bands": ", bands in increasing t, h_hat the network frozen after the bands below"}
+         [type(e.schedule).__name__])
+    return f"{est}: {target}{h}"
+
+
+def regime_wins(r: xr.DataArray) -> xr.DataArray:
+    """Where an estimator beats DSM for every seed: the per-seed ratio ``r`` (seed, ...) is below 1
+    at every seed (a NaN seed is not a win)."""
+    return (r < 1).all("seed") & r.notnull().all("seed")
+
+
+def regime_section(ds: xr.Dataset) -> tuple[list[str], dict]:
+    """Per data mode, model and d: for each bootstrap estimator, rows n, columns t above t_c, the
+    paired score-error ratio to DSM, 'median [min, max]' over seeds ('*': below 1 for every seed),
+    the learned-h_hat estimators first and the oracle's beside them; the training seconds per
+    estimator. Facts: ``ratio`` (estimator, data mode, model) -> per-seed ratio (seed, d, n, t)
+    above t_c; ``seconds`` estimator -> median training seconds."""
+    above = _above(ds)
+    b = _spec(ds)["bsm"]
+    ests = [str(e) for e in ds.estimator.values if e != "dsm"]
+    S = ds.sizes["seed"]
+    lines = [f"== regime map: score_l2 of each bootstrap estimator / DSM's at every (n, d, t > t_c={b['t_c']}), paired "
+             f"cells, equal steps; median [min, max] over {S} seed{'s' if S != 1 else ''}; '*' = below 1 for every seed =="]
+    lines += ["   " + _schedule_text(e) for e in ests]
+    secs = done(ds, "train_seconds")
+    facts: dict = {"ratio": {}, "seconds": {}, "above": above}
+    dsm_s = float(secs.sel(estimator="dsm").median())
+    for e in ["dsm"] + ests:
+        facts["seconds"][e] = float(secs.sel(estimator=e).median())
+    lines.append("   training seconds per cell (median over cells; ratio to dsm): " + "; ".join(
+        f"{e} {fmt(v)} ({fmt(v / dsm_s)}x)" for e, v in facts["seconds"].items()))
+    if not above:
+        return lines + ["   no evaluation time above t_c"], facts
+    order = [e for e in ests if e in _learned(ds)] + [e for e in ests if e not in _learned(ds)]
+    for mode in ds.data_mode.values:
+        for m in ds.model.values:
+            for e in order:
+                r = ratio_table(ds, "score_l2", "estimator", e, "dsm", {"data_mode": mode, "model": m}).sel(t=above)
+                facts["ratio"][(e, str(mode), str(m))] = r
+            for d in ds.d.values:
+                lines.append(f"[d={int(d)}; data {mode}; model {m}] rows n, columns t")
+                for e in order:
+                    r = facts["ratio"][(e, str(mode), str(m))].sel(d=d)
+                    win = regime_wins(r)
+                    lines.append(f"  {e}/dsm" + ("" if e in _learned(ds) else " (oracle)"))
+                    lines.append("    " + f"{'n':>6} " + " ".join(f"{'t=' + format(t, '.3g'):>21}" for t in above))
+                    for n in ds.n.values:
+                        lines.append("    " + f"{int(n):>6} " + " ".join(
+                            f"{band_text(r.sel(n=n, t=t)) + ('*' if bool(win.sel(n=n, t=t)) else ' '):>21}"
+                            for t in above))
+    return lines, facts
+
+
+def _region_text(win: xr.DataArray) -> str:
+    """The (d, n, t) where ``win`` holds, grouped by d then n: 'd=8: n=64 (t=0.45, 0.6); ...'."""
+    parts = []
+    for d in win.d.values:
+        ns = []
+        for n in win.n.values:
+            ts = [float(t) for t in win.t.values if bool(win.sel(d=d, n=n, t=t))]
+            if ts:
+                ns.append(f"n={int(n)} (t={', '.join(format(t, 'g') for t in ts)})")
+        if ns:
+            parts.append(f"d={int(d)}: " + ", ".join(ns))
+    return "; ".join(parts)
+
+
+def regime_closing_lines(ds: xr.Dataset, facts: dict) -> list[str]:
+    """The verdict of the regime map, computed: per estimator the (n, d, t) above t_c where it beats
+    DSM for every seed (and the range of its median ratio) beside the count expected by chance
+    (N 2^{-S}: S independent seeds, each ratio as likely above 1 as below), then the region where a
+    learned bootstrap does, or that there is none, beside the oracle's."""
+    if not facts["above"]:
+        return ["- regime map: no evaluation time above t_c"]
+    lines = []
+    learned = _learned(ds)
+    for mode in ds.data_mode.values:
+        for m in ds.model.values:
+            any_learned = None
+            for e in [e for e in ds.estimator.values if e != "dsm"]:
+                r = facts["ratio"][(str(e), str(mode), str(m))]
+                win = regime_wins(r)
+                med = r.median("seed")
+                k, N = int(win.sum()), int(win.size)
+                region = _region_text(win)
+                chance = N * 0.5 ** ds.sizes["seed"]
+                lines.append(f"- regime map {e}/dsm score_l2 [{mode}, {m}]: median ratio {fmt(float(med.min()))} to "
+                             f"{fmt(float(med.max()))} over (n, d, t > t_c); below 1 for every seed at {k} of {N} points "
+                             f"(by chance, were each seed's ratio as likely above 1 as below, {fmt(chance)})"
+                             + (f": {region}" if region else ""))
+                if str(e) in learned:
+                    any_learned = win if any_learned is None else (any_learned | win)
+            if any_learned is None:
+                lines.append(f"- regime verdict [{mode}, {m}]: no learned bootstrap estimator in this store")
+                continue
+            region = _region_text(any_learned)
+            names = ", ".join(str(e) for e in learned)
+            lines.append(f"- regime verdict [{mode}, {m}]: " + (
+                f"a learned bootstrap ({names}) beats DSM for every seed at {int(any_learned.sum())} of "
+                f"{int(any_learned.size)} (n, d, t > t_c): {region}" if region else
+                f"none: no learned bootstrap ({names}) beats DSM for every seed at any of the {int(any_learned.size)} "
+                f"(n, d, t > t_c)"))
+    lines.append("  predicted (science.md §4, Kumar-Nagaraj-Sarkar 2025): BSM \"utilizes previously learned scores to improve "
+                 "accuracy at higher noise levels\"; the gain should be largest where the regression target's variance "
+                 "dominates the error (small n, large d).")
     return lines

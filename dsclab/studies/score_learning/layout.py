@@ -6,7 +6,8 @@ Variables (dims: the cell dims :data:`.spec.CELL_DIMS`, plus):
   (``dsclab.metrics.score_errors``);
 * ``target_var (t)``: Monte Carlo conditional variance tr Cov[T | X_t = x] of the cell
   estimator's regression target T at fixed x (averaged over x ~ q_t), with the cell's h_hat in the
-  bootstrap targets (the trained network; the exact score for the oracle estimators;
+  bootstrap targets (the trained network, also for ``bsm_rb_frozen`` and ``bsm_band``, whose
+  frozen teachers are not kept; the exact score for the oracle estimators;
   :func:`dsclab.studies.score_learning.bootstrap_targets.target_draws`), the previous time being
   t / r (the training grid's step at t); ``target_var_1 (t)``: its first coordinate (the one the
   structured class learns); ``target_var_oracle (t)``: the same with the exact score as h_hat;

@@ -72,7 +72,8 @@ def draw_training_data(spec: ScoreLearningSpec, d: int, seed: int, data_mode: st
 
 def fit_config(spec: ScoreLearningSpec) -> bs.FitConfig:
     tr, b = spec.train, spec.bsm
-    return bs.FitConfig(steps=tr.steps, batch_size=tr.batch_size, lr=tr.lr, t_c=b.t_c, lag=b.lag, mix=b.mix)
+    return bs.FitConfig(steps=tr.steps, batch_size=tr.batch_size, lr=tr.lr, t_c=b.t_c, lag=b.lag, mix=b.mix,
+                        grid_ratio=tr.ratio, T=tr.T)
 
 
 def make_model(spec: ScoreLearningSpec, cell: SLCell, generator: torch.Generator) -> torch.nn.Module:

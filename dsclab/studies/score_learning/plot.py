@@ -62,6 +62,39 @@ def _bsm_row(ax, ds: xr.Dataset, mode: str) -> None:
         ax[j].set_xticks([], minor=True)
 
 
+def _regime_row(ax, ds: xr.Dataset) -> None:
+    """The regime map: one panel per bootstrap estimator (the oracle's beside the learned ones),
+    rows (d, n), columns t above t_c, colour log2 of the median score-error ratio to DSM over
+    seeds (blue: below DSM), each cell labelled with the median and its [min, max] over seeds,
+    framed where the ratio is below 1 for every seed (``bsm_report.regime_wins``)."""
+    from matplotlib.patches import Rectangle
+
+    from .bsm_report import _above, regime_wins
+
+    above = _above(ds)
+    ests = [str(e) for e in ds.estimator.values if e != "dsm"]
+    mode, m = ds.data_mode.values[0], ds.model.values[0]
+    rows = [(d, n) for d in ds.d.values for n in ds.n.values]
+    for j, est in enumerate(ests[:len(ax)]):
+        r = ratio_table(ds, "score_l2", "estimator", est, "dsm", {"data_mode": mode, "model": m}).sel(t=above)
+        med, lo, hi, win = r.median("seed"), r.min("seed"), r.max("seed"), regime_wins(r)
+        grid = np.array([[float(np.log2(med.sel(d=d, n=n, t=t))) for t in above] for d, n in rows])
+        im = ax[j].imshow(grid, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        for i, (d, n) in enumerate(rows):
+            for k, t in enumerate(above):
+                ax[j].text(k, i, f"{float(med.sel(d=d, n=n, t=t)):.2f}\n[{float(lo.sel(d=d, n=n, t=t)):.2f},"
+                                 f"{float(hi.sel(d=d, n=n, t=t)):.2f}]", ha="center", va="center", fontsize=5,
+                            color="w" if abs(grid[i, k]) > 0.6 else "k")
+                if bool(win.sel(d=d, n=n, t=t)):
+                    ax[j].add_patch(Rectangle((k - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="k"))
+        ax[j].set_xticks(range(len(above)), [f"{t:g}" for t in above])
+        ax[j].set_yticks(range(len(rows)), [f"d={int(d)} n={int(n)}" for d, n in rows], fontsize=6)
+        ax[j].set_xlabel("t (above t_c)")
+        ax[j].set_title(f"score_l2 {est} / dsm ({mode}); framed: every seed < 1", fontsize=8)
+    if ests:
+        ax[0].figure.colorbar(im, ax=ax[min(len(ests), len(ax)) - 1], label="log2(median ratio)")
+
+
 def _exceedance_row(ax, ds: xr.Dataset) -> None:
     """Gupta et al. (2023), Figure 1: P[error > τ] against n at the smallest t of the grid, side by
     side for √L2 and each quantile level, one colour per τ (``report.exceedances``), the band the
@@ -88,7 +121,8 @@ def plot(ds: xr.Dataset, out: str) -> str:
     """One row per section (:func:`.readout.sections`): error curves in n per d for each class and
     n*(eps, d); per data mode, ratios to dsm per t of the target variance (with the closed forms)
     and of the score error, and the sampling errors (sliced W2, KL of Gaussian fits) against n of
-    every estimator; trajectory/independent
+    every estimator; the regime map (a d sweep: score-error ratio to DSM per (d, n) and t above t_c,
+    one panel per bootstrap estimator); trajectory/independent
     ratios per t; P[error > τ] against n for √L2 and each quantile level side by side (Gupta et
     al. 2023, Figure 1; band: Clopper–Pearson interval); L2, quantile (δ below / above η) and
     sampling errors against n. Bands: min–max over seeds unless said."""
@@ -102,10 +136,17 @@ def plot(ds: xr.Dataset, out: str) -> str:
     if "quantile" in sections(ds):
         rows.insert([r for r, _ in rows].index("quantile"), ("exceed", None))
     ncols = 4 if any(r == "bsm" for r, _ in rows) else 3
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(5 * ncols, 4.0 * len(rows)), squeeze=False)
+    if any(r == "regime" for r, _ in rows):
+        ncols = max(ncols, ds.sizes["estimator"] - 1)
+    heights = [max(4.0, 0.4 * ds.sizes["d"] * ds.sizes["n"]) if r == "regime" else 4.0 for r, _ in rows]
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(5 * ncols, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
     n = ds.n.values
     for ax, (row, mode) in zip(axes, rows):
-        if row != "bsm":
+        if row == "regime":
+            for extra in ax[ds.sizes["estimator"] - 1:]:
+                extra.set_visible(False)
+        elif row != "bsm":
             for extra in ax[3:]:
                 extra.set_visible(False)
         if row == "dim":
@@ -122,6 +163,8 @@ def plot(ds: xr.Dataset, out: str) -> str:
             _finish_axes(ax[2], "d", "n*(eps, d) per class")
         elif row == "bsm":
             _bsm_row(ax, ds, mode)
+        elif row == "regime":
+            _regime_row(ax, ds)
         elif row == "exceed":
             _exceedance_row(ax, ds)
         elif row == "traj":

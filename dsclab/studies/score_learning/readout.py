@@ -58,13 +58,16 @@ def ratio_block(ds: xr.Dataset, var: str, dim: str, num: str, den: str, fixed: d
 
 def sections(ds: xr.Dataset) -> list[str]:
     """Which parts of the report the grid supports: ``dim`` (>= 2 values of d and of n), ``bsm``
-    (dsm and a bootstrapped estimator), ``traj`` (both data modes), ``quantile`` (>= 3 values of n,
+    (dsm and a bootstrapped estimator), ``regime`` (the same with >= 2 values of d: the map over
+    (n, d, t), :func:`.bsm_report.regime_section`), ``traj`` (both data modes), ``quantile`` (>= 3 values of n,
     not a d sweep; the first d, estimator, data mode and model)."""
     out = []
     if ds.sizes["d"] >= 2 and ds.sizes["n"] >= 2:
         out.append("dim")
     if "dsm" in ds.estimator.values and any(e != "dsm" for e in ds.estimator.values):
         out.append("bsm")
+        if ds.sizes["d"] >= 2:
+            out.append("regime")
     if set(ds.data_mode.values) >= {"independent", "trajectory"}:
         out.append("traj")
     if ds.sizes["n"] >= 3 and "dim" not in out:

@@ -7,6 +7,9 @@ predict (science.md §2, §4):
   and the score error per t for the pure and the Rao–Blackwellised bootstrap targets, the
   closed-form condition under which the pure target lowers the variance, and the sampling errors
   of each trained score;
+* ``regime`` (:func:`.bsm.regime_section`, a d sweep): the score-error ratio to DSM of every
+  bootstrap estimator over (n, d, t above t_c), the oracle's beside the learned ones, training
+  seconds, and the computed region where a learned bootstrap beats DSM for every seed;
 * ``traj`` (:func:`trajectory_section`): trajectory/independent ratios of the score error per t;
 * ``quantile`` (:func:`quantile_section`): L2 against quantile score error and sampling errors
   along n.
@@ -229,6 +232,8 @@ def closing_note(ds: xr.Dataset, facts: dict) -> list[str]:
                          f"{'agrees' if ok else 'DISAGREES'}")
     if "bsm" in facts:
         lines += bsm.closing_lines(ds, facts["bsm"])
+    if "regime" in facts:
+        lines += bsm.regime_closing_lines(ds, facts["regime"])
     if "traj" in facts:
         for (est, m), r in facts["traj"].items():
             med = float(r.median())
@@ -278,7 +283,7 @@ def report(ds: xr.Dataset) -> str:
     lines = [f"score-learning study {ds.attrs.get('name', '')}: {n_done}/{ds.status.size} cells done, "
              f"{n_failed} failed; training-grid ratio r = {float(ds.attrs['grid_ratio']):.4f}; "
              f"mean train {fmt(float(done(ds, 'train_seconds').mean()))} s, eval {fmt(float(done(ds, 'eval_seconds').mean()))} s per cell"]
-    makers = {"dim": dimension_free_section, "bsm": bsm.section, "traj": trajectory_section, "quantile": quantile_section}
+    makers = {"dim": dimension_free_section, "bsm": bsm.section, "regime": bsm.regime_section, "traj": trajectory_section, "quantile": quantile_section}
     facts = {}
     for name in sections(ds):
         l, facts[name] = makers[name](ds)

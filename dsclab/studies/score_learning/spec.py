@@ -2,7 +2,8 @@
 
 A cell is (d, n, seed, estimator, data_mode, model) (:data:`CELL_DIMS`). It trains one network of
 class ``model`` (:data:`dsclab.studies.score_learning.bootstrap.HYPOTHESES`) with ``estimator`` (``dsm`` | ``bsm`` |
-``bsm_oracle`` | ``bsm_rb`` | ``bsm_rb_oracle``: :data:`dsclab.studies.score_learning.bootstrap.BOOTSTRAP_ESTIMATORS`) on a fixed training set of n clean points with K noised points each
+``bsm_oracle`` | ``bsm_rb`` | ``bsm_rb_oracle`` | ``bsm_rb_frozen`` | ``bsm_band``:
+:data:`dsclab.studies.score_learning.bootstrap.BOOTSTRAP_ESTIMATORS`) on a fixed training set of n clean points with K noised points each
 (``data_mode``: ``independent`` | ``trajectory``; :mod:`dsclab.studies.score_learning.bootstrap`), then evaluates it
 (:mod:`.cell`). Axes follow :mod:`dsclab.axes`: d, n, seeds, evaluation times and quantile levels
 are stored sorted ascending; estimators, data modes and models keep the order given.
@@ -44,7 +45,8 @@ class SLTrainSpec(TimeRange):
 
 
 class BsmSpec(Frozen):
-    """Knobs of the bootstrap estimators ``bsm``, ``bsm_rb`` and their oracles (science.md §4)."""
+    """Knobs of the bootstrap estimators ``bsm``, ``bsm_rb``, their oracles, ``bsm_rb_frozen`` and
+    ``bsm_band`` (science.md §4; ``lag`` concerns the network-as-its-own-teacher ones only)."""
 
     t_c: float = Field(0.3, gt=0, description="DSM at t <= t_c, bootstrapped targets above")
     lag: int = Field(0, ge=0, description="0: stop-gradient of the current network; L > 0: a copy refreshed every L steps")
@@ -90,7 +92,7 @@ class ScoreLearningSpec(StudyBase):
     d: PositiveInts = Field(..., description="dimensions")
     n: PositiveInts = Field(..., description="training sample sizes (clean points; pairs = n K)")
     seed: Seeds = Field([0], description="seeds")
-    estimator: Estimators = Field(["dsm"], description="dsm | bsm | bsm_oracle | bsm_rb | bsm_rb_oracle")
+    estimator: Estimators = Field(["dsm"], description="dsm | bsm | bsm_oracle | bsm_rb | bsm_rb_oracle | bsm_rb_frozen | bsm_band")
     data_mode: DataModes = Field(["independent"], description="independent | trajectory")
     model: Models = Field(["mlp"], description="mlp | structured")
     train: SLTrainSpec = SLTrainSpec()
