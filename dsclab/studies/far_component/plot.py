@@ -4,7 +4,6 @@ for √ΔL2 and each Δq_δ (cell minus its control), with Clopper–Pearson ban
 ``far_l2`` and the control's L2 error (the bulk error), per t, against n."""
 from __future__ import annotations
 
-import numpy as np
 import xarray as xr
 
 from .report import done, far_parts, readings
