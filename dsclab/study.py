@@ -242,7 +242,7 @@ def _check_kind(name: str, obj: object) -> None:
 
 
 BUILTIN = ("sample_complexity", "immse", "score_learning", "sampler_convergence", "computational_gap", "sparse_pca",
-           "two_scores", "memorization")
+           "two_scores", "memorization", "far_component")
 
 KINDS: Registry[StudyKind] = Registry(
     "dsclab.studies", "study kind", check=_check_kind,
