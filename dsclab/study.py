@@ -13,7 +13,8 @@ form) and is validated before any work: an invalid value raises ``SpecError`` wi
 naming the field. ``small`` is a test-sized preset (a mapping), used by the contract tests.
 
 **Its cells** — :meth:`StudyKind.cells` expands a spec into cells: frozen models carrying their
-coordinates along ``cell_dims`` and a stable ``key`` (a hash of the settings that determine the
+coordinates along the cell dims (``cell_dims``, the dims every store of the kind has, and those
+a spec adds: :meth:`StudyKind.dims`) and a stable ``key`` (a hash of the settings that determine the
 cell's numbers). :meth:`StudyKind.plan` groups pending cells into tasks: a list of
 :class:`Group`, each naming the data it needs (``data``: keys of *prepare* units, run once per
 key), the cells trained together (one *train* task), and the batches of cells evaluated together
@@ -163,8 +164,14 @@ class StudyKind:
     def cells(self, spec) -> list:
         return spec.cells()
 
+    def dims(self, spec) -> tuple[str, ...]:
+        """The cell dims of ``spec``'s store: ``cell_dims``, then any that this spec adds (a kind
+        whose spec can make a setting an axis overrides this and :meth:`index`; computational_gap's
+        ``budget`` when ``mpnn.budget`` is a list). Stores of specs that add none are unchanged."""
+        return self.cell_dims
+
     def index(self, cell) -> dict:
-        """The cell's coordinates along ``cell_dims`` (its region of the store)."""
+        """The cell's coordinates along its store's cell dims (its region of the store)."""
         return {dim: getattr(cell, dim) for dim in self.cell_dims}
 
     def template(self, spec) -> "xr.Dataset":

@@ -31,9 +31,21 @@ class ComputationalGap(StudyKind):
     report = staticmethod(_report.report)
     plot = staticmethod(_plot.plot)
 
+    def dims(self, spec):
+        """``CELL_DIMS``, and ``budget`` after them when ``mpnn.budget`` is a list (``spec.cell_dims``)."""
+        return spec.cell_dims
+
+    def index(self, cell):
+        """The cell's (n, k, seed), and its budget on a budget axis."""
+        out = {dim: getattr(cell, dim) for dim in self.cell_dims}
+        if cell.budget is not None:
+            out["budget"] = cell.budget
+        return out
+
     def plan(self, spec, cells):
-        """One group per (n, k, seed) cell (train its networks, evaluate every drift), largest n first."""
-        return [Group(cells=(c,)) for c in sorted(cells, key=lambda c: (-c.n, -c.k, c.seed))]
+        """One group per cell (train its networks, evaluate every drift), largest n first, then (on a
+        budget axis) largest budget first: the longest trainings start first."""
+        return [Group(cells=(c,)) for c in sorted(cells, key=lambda c: (-c.n, -c.k, -(c.budget or 0.0), c.seed))]
 
     def trains(self, spec) -> bool:
         """The train stage runs when a trained drift (``network``, ``mpnn``) is a drift."""
