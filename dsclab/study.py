@@ -10,7 +10,8 @@ to this contract. A kind declares:
 **Its spec** — ``spec_model``, a frozen pydantic model subclassing ``dsclab.spec.StudyBase`` with
 a ``kind: Literal[<name>]`` field. It is the flow's parameter (the Prefect UI renders it as a
 form) and is validated before any work: an invalid value raises ``SpecError`` with one line
-naming the field. ``small`` is a test-sized preset (a mapping), used by the contract tests.
+naming the field. ``small`` is a test-sized preset (a mapping), used by the contract tests
+(``small_variants``: more of them, for layouts ``small`` does not reach).
 
 **Its cells** — :meth:`StudyKind.cells` expands a spec into cells: frozen models carrying their
 coordinates along the cell dims (``cell_dims``, the dims every store of the kind has, and those
@@ -130,6 +131,10 @@ class StudyKind:
     description: ClassVar[str] = ""
     small: ClassVar[dict] = {}
     """The test-sized preset (a mapping; ``dsclab.studies.small_preset`` reads a package's ``small.yaml``)."""
+    small_variants: ClassVar[Mapping[str, dict]] = {}
+    """Further test-sized presets, by name, for layouts the ``small`` one does not reach (a spec that
+    adds a cell dim, :meth:`dims`): the contract test holds them to the layout, flow and train-stage
+    parts of the contract (``tests/test_contract.py``, cases ``<kind>:<variant>``; no golden store)."""
     preset: ClassVar[str | None] = None
     """The full preset: a file name in the repository's ``studies/``, the default spec of the kind's
     deployments; None for a kind without one there (a plugin kind), which deploys ``small``."""

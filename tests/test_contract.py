@@ -1,6 +1,7 @@
 """The study contract (``dsclab/study.py``): one suite, parametrized over every registered study
 kind — the built-in ones and those of installed plugins alike (the example plugin under
-``examples/`` adds ``denoiser_gap``). Each kind's test-sized ``small`` preset:
+``examples/`` adds ``denoiser_gap``). Each kind's test-sized ``small`` preset (and its
+``small_variants``, cases ``<kind>:<variant>``, for the layout, flow and train-stage tests):
 
 * declares its layout (template attributes, cell axes, units and long names) and plans every
   pending cell exactly once;
@@ -34,6 +35,9 @@ import storage
 from dsclab.study import KINDS, Status
 
 NAMES = sorted(KINDS)
+CASES = NAMES + [f"{name}:{v}" for name in NAMES for v in KINDS[name].small_variants]
+"""Each kind's small preset, then its further test-sized presets (``StudyKind.small_variants``) as
+``<kind>:<variant>``: these run the layout, flow and train-stage tests, without a golden store."""
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
@@ -71,15 +75,18 @@ def golden(name: str, tmp_path: Path) -> xr.Dataset | None:
     return xr.open_zarr(out)
 
 
-def small(name: str):
+def small(case: str):
+    """(kind, spec) of a case: a kind's name (its ``small`` preset) or ``<kind>:<variant>``."""
+    name, _, variant = case.partition(":")
     kind = KINDS[name]
-    return kind, kind.parse(kind.small)
+    return kind, kind.parse(kind.small_variants[variant] if variant else kind.small)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_layout_and_plan(name):
-    kind, spec = small(name)
-    assert kind.name == name and spec.kind == name
+@pytest.mark.parametrize("case", CASES)
+def test_layout_and_plan(case):
+    kind, spec = small(case)
+    name = kind.name
+    assert spec.kind == name
     tpl = kind.template(spec)
     assert tpl.attrs["study"] == name and tpl.attrs["spec_hash"] == spec.hash
     assert tpl.attrs["dsclab_version"] == dsclab.__version__
@@ -87,17 +94,19 @@ def test_layout_and_plan(name):
     assert tpl.attrs["settings_hash"] == spec.settings_hash
     # cell identity (issue 19): every declared axis is a dim of the store holding the spec's values,
     # and keys depend on neither the study's name nor the other values of the grid
-    assert set(kind.cell_dims) <= set(spec.AXES), "every cell dim must be a declared axis"
+    dims = kind.dims(spec)
+    assert dims[:len(kind.cell_dims)] == tuple(kind.cell_dims), "a spec's cell dims begin with the kind's"
+    assert set(dims) <= set(spec.AXES), "every cell dim must be a declared axis"
     for dim in spec.AXES:
         values = [v["name"] if isinstance(v, dict) else v for v in spec.axis(dim)]
         assert list(tpl[dim].values) == values, dim
     renamed = kind.parse({**spec.model_dump(mode="json"), "name": "renamed"})
     assert [c.key for c in kind.cells(renamed)] == [c.key for c in kind.cells(spec)]
     first = kind.cells(spec)[0]
-    fewer = kind.parse({**spec.model_dump(mode="json"), **{d: [kind.index(first)[d]] for d in kind.cell_dims
+    fewer = kind.parse({**spec.model_dump(mode="json"), **{d: [kind.index(first)[d]] for d in dims
                                                            if "." not in spec.AXES[d] and d != "data"}})
     assert first.key in {c.key for c in kind.cells(fewer)}
-    assert tpl["status"].dims == tuple(kind.cell_dims) and (tpl["status"] == Status.PENDING).all()
+    assert tpl["status"].dims == dims and (tpl["status"] == Status.PENDING).all()
     for v, da in tpl.data_vars.items():
         if da.dtype.kind == "f":
             assert "long_name" in da.attrs and "units" in da.attrs, v
@@ -117,15 +126,15 @@ def test_layout_and_plan(name):
     assert kind.plan(spec, []) == []
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_small_preset_through_the_flow(study_run, tmp_path, name):
+@pytest.mark.parametrize("case", CASES)
+def test_small_preset_through_the_flow(study_run, tmp_path, case):
     from flows.study import run_flow
 
-    kind, spec = small(name)
+    kind, spec = small(case)
     run = study_run(lambda spec, store: run_flow(kind, spec, store), spec, "s.zarr")
     ds = run.complete(cells=len(kind.cells(spec)))
-    assert ds.attrs["study"] == name
-    ref = golden(name, tmp_path)
+    assert ds.attrs["study"] == kind.name
+    ref = golden(case, tmp_path) if ":" not in case else None
     if ref is not None:
         assert_same_store(ds, ref)
 
@@ -176,8 +185,8 @@ def tensors(obj) -> list:
     return []
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_trains_in_the_train_stage_on_its_device_and_never_in_evaluate(tmp_path, monkeypatch, request, name):
+@pytest.mark.parametrize("case", CASES)
+def test_trains_in_the_train_stage_on_its_device_and_never_in_evaluate(tmp_path, monkeypatch, request, case):
     """Every kind's training happens in its train stage, on the device the stage is given, and
     ``evaluate`` never trains (``dsclab.study``).
 
@@ -199,7 +208,7 @@ def test_trains_in_the_train_stage_on_its_device_and_never_in_evaluate(tmp_path,
     torch.set_num_threads(1)  # small tensors: intra-op threads only spin (tests/conftest.py, one_thread)
     request.addfinalizer(lambda: torch.set_num_threads(threads))
     given = "cuda" if torch.cuda.is_available() else "cpu"
-    kind, small_spec = small(name)
+    kind, small_spec = small(case)
     spec = kind.parse(with_device(small_spec.model_dump(mode="json"), "cpu" if given == "cuda" else "cuda"))
     # planned on the preset as it is (a plan may size groups by the memory of the spec's device);
     # the same cells of the other spec, by their coordinates

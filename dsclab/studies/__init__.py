@@ -8,6 +8,6 @@ from pathlib import Path
 import yaml
 
 
-def small_preset(package_file: str) -> dict:
-    """The ``small.yaml`` beside a study package's ``__init__``."""
-    return yaml.safe_load((Path(package_file).parent / "small.yaml").read_text())
+def small_preset(package_file: str, name: str = "small.yaml") -> dict:
+    """The ``small.yaml`` (or another test-sized preset, ``name``) beside a study package's ``__init__``."""
+    return yaml.safe_load((Path(package_file).parent / name).read_text())

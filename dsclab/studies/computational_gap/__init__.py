@@ -25,6 +25,7 @@ class ComputationalGap(StudyKind):
                    "trained drifts (the paper's message-passing network and baselines among them), sparse spike "
                    "or hidden clique; norms of generated samples; integrated losses (Montanari-Vu 2025).")
     small = small_preset(__file__)
+    small_variants = {"budget": small_preset(__file__, "small_budget.yaml")}  # a budget axis (studies/spike_budget_cpu.yaml)
     preset = "spike_small.yaml"
     torch_threads = 1  # tiny tensors: one thread per task is faster than sharing cores
     template = staticmethod(layout.template)
