@@ -33,6 +33,15 @@ kind's train stage (:func:`train_mpnn_cell`, the paper's three stages with the s
 stage checkpoints in the files beside the store so that a killed training resumes); its samples
 also give ``frac_norm_below_tenth`` (the paper's collapse: norms ~0.004-0.013).
 
+Budget axis. ``mpnn.budget`` a list (``studies/spike_budget_cpu.yaml``) adds the cell dim
+``budget`` after seed: a cell per (n, k, seed, budget), its mpnn trained at that budget. The
+cells of one (n, k, seed) draw from one ``GapCell.seed_key`` (training data, initialisation,
+test points, sampler noise), so they differ only by the training's length and every other drift
+has the same values at each budget. Such a store also holds ``frac_norm_near_one (drift, ...)``
+(samples with | ||x_hat|| - 1 | < ``layout.NEAR_ONE``) and ``loss_ratio_bayes`` /
+``loss_ratio_spectral_paper`` (the mpnn's integrated loss over that drift's, same cell). A scalar
+budget keeps the store, keys and draws as they were.
+
 Drifts (``STUDY_DRIFTS``): spectral_paper / power_iteration_paper (the paper's hard-test baselines,
 ``dsclab.studies.computational_gap.spike.paper``), mpnn, bayes (exact enumeration; only where C(n,k) 2^{k-1} <= ``bayes_max_terms``,
 else its values stay NaN and ``bayes_terms`` tells why), spectral, gated_spectral (the spectral
