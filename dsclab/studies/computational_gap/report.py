@@ -73,7 +73,8 @@ def report(ds: xr.Dataset) -> str:
     parts = []
     for b in ds.budget.values:
         sub = ds.sel(budget=b)
-        sub.attrs.update(mpnn_budget=float(b), mpnn_steps=int(ds.mpnn_steps.sel(budget=b)))
+        # a new dict: sel shares the attributes of ds, which the report must leave as they are
+        sub.attrs = {**ds.attrs, "mpnn_budget": float(b), "mpnn_steps": int(ds.mpnn_steps.sel(budget=b))}
         parts.append(f"=== mpnn budget {float(b):g} ===\n" + _report_one(sub))
     return "\n".join(parts + budget_lines(ds))
 
