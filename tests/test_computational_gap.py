@@ -219,3 +219,14 @@ def test_budget_trend_verdict_follows_its_rule(low, verdict):
     rep = report(ds)
     assert f"collapse {verdict}" in rep, rep.splitlines()[-1]
     assert "falls with the budget at every step for 1 of 1 seeds" in rep
+
+
+def test_search_refuses_a_budget_axis_in_one_line():
+    """An n* search covers the kind's cell dims only: a spec whose budget list adds one is refused."""
+    from dsclab.search import SearchSettings
+    from dsclab.study import KINDS
+    from flows.search import validate
+
+    spec = parse_spec(SMALL_BUDGET, ComputationalGapSpec)
+    with pytest.raises(SpecError, match="^search: this spec adds the cell axis budget"):
+        validate(KINDS["computational_gap"], spec, SearchSettings(metric="integrated_loss", eps=1.0))
