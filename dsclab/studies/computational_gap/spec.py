@@ -5,9 +5,7 @@ the order given)."""
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
-
-from typing import Annotated
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
@@ -105,7 +103,8 @@ class GapEvalSpec(Frozen):
 
 
 class ComputationalGapSpec(StudyBase):
-    """A computational-gap study: the grid n x k x seed; every cell evaluates every drift."""
+    """A computational-gap study: the grid n x k x seed (x budget when ``mpnn.budget`` is a list); every
+    cell evaluates every drift."""
 
     BASE_AXES: ClassVar[dict[str, str]] = {"n": "n", "k": "k", "seed": "seed", "drift": "drift", "t": "evaluation.t"}
 
