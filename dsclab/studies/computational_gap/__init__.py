@@ -45,9 +45,11 @@ class ComputationalGap(StudyKind):
 
     def plan(self, spec, cells):
         """One group per cell (train its networks, evaluate every drift), largest n first, then (on a
-        budget axis) smallest budget first: every seed's short trainings are done, and read, before
-        the long ones (the cells of a budget axis are alike across seeds, so on ``workers`` equal to
-        the seeds the order leaves the total time as it is)."""
+        budget axis) smallest budget first: a run cut short during the long trainings leaves the
+        short ones' checkpoints, which a rerun (or a store of fewer budgets given a copy of the
+        files beside the store: the keys do not depend on the other budgets) evaluates at once. The
+        cells of a budget axis are alike across seeds, so with as many workers as seeds the order
+        leaves the total time as it is."""
         return [Group(cells=(c,)) for c in sorted(cells, key=lambda c: (-c.n, -c.k, c.budget or 0.0, c.seed))]
 
     def trains(self, spec) -> bool:
