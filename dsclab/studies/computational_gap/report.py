@@ -89,13 +89,14 @@ def budget_lines(ds: xr.Dataset) -> list[str]:
     mpnn's integrated loss over Bayes' and over spectral_paper's, its fractions of samples below
     norm 0.1 and near norm 1, and the trend, computed. A cell *collapses* when the mpnn's fraction
     below 0.1 exceeds Bayes' (same cell, same sampler noise) by more than twice the standard error
-    of the difference; the verdict reads each seed at its budget of smallest loss ratio to Bayes."""
+    of the difference, and *misses the spike* when its fraction near norm 1 is below Bayes' by more
+    than that; the verdict reads each seed at its budget of smallest loss ratio to Bayes."""
     from dsclab.studies.computational_gap.layout import NEAR_ONE
 
     done = ds["status"] == Status.DONE
     m = int(ds.sizes["sample"])
     rule = ("collapse: frac(norm<0.1) of mpnn above Bayes' in the same cell by more than 2 standard errors "
-            f"of the difference ({m} samples each)")
+            f"of the difference ({m} samples each); misses 1: its frac(near 1) below Bayes' by as much")
     lines = ["", "collapse against the mpnn's training budget (cells of a seed share every draw and differ "
              "only by the budget; ratios are integrated losses on common random numbers)",
              f"near norm 1: | ||x_hat|| - 1 | < {NEAR_ONE:g}; targets: loss ratio to bayes 1, frac(norm<0.1) 0.5, "
@@ -105,7 +106,7 @@ def budget_lines(ds: xr.Dataset) -> list[str]:
         for k in ds.k.values:
             lines.append(f"n={int(n)} k={int(k)}")
             lines.append(f"{'seed':>5} {'budget':>7} {'steps':>6} {'IL/bayes':>9} {'IL/spectral_paper':>18} "
-                         f"{'frac<0.1':>9} {'near 1':>7} {'bayes frac<0.1':>15} {'bayes near 1':>13} {'collapse':>9}")
+                         f"{'frac<0.1':>9} {'near 1':>7} {'bayes frac<0.1':>15} {'bayes near 1':>13} {'collapse':>9} {'misses 1':>9}")
             for seed in ds.seed.values:
                 rows = []
                 for b in ds.budget.values:
@@ -120,10 +121,13 @@ def budget_lines(ds: xr.Dataset) -> list[str]:
                          "bnear": g("frac_norm_near_one", "bayes") if "bayes" in ds.drift.values else math.nan}
                     r["collapse"] = (r["low"] - r["blow"] > 2 * _rule_se(r["low"], r["blow"], m)
                                      if math.isfinite(r["blow"]) else None)
+                    r["misses"] = (r["bnear"] - r["near"] > 2 * _rule_se(r["near"], r["bnear"], m)
+                                   if math.isfinite(r["bnear"]) else None)
                     rows.append(r)
+                    yn = lambda v: "-" if v is None else ("yes" if v else "no")  # noqa: E731
                     lines.append(f"{int(seed):>5} {r['budget']:>7g} {r['steps']:>6} {r['rb']:>9.3f} {r['rs']:>18.3f} "
                                  f"{r['low']:>9.3f} {r['near']:>7.3f} {r['blow']:>15.3f} {r['bnear']:>13.3f} "
-                                 f"{'-' if r['collapse'] is None else ('yes' if r['collapse'] else 'no'):>9}")
+                                 f"{yn(r['collapse']):>9} {yn(r['misses']):>9}")
                 if len(rows) < 2 or not all(math.isfinite(r["rb"]) for r in rows):
                     continue
                 falls = all(b2["rb"] < b1["rb"] for b1, b2 in zip(rows, rows[1:]))
@@ -143,8 +147,9 @@ def budget_lines(ds: xr.Dataset) -> list[str]:
                              f"2 SE {2 * se:.3f}); at the smallest ratio: "
                              + ("collapsed" if best["collapse"] else "not collapsed" if best["collapse"] is not None
                                 else "no Bayes to compare")
-                             + f" (frac(norm<0.1) {best['low']:.3f} against Bayes' {best['blow']:.3f}, "
-                               f"near 1 {best['near']:.3f} against {best['bnear']:.3f})")
+                             + f" (frac(norm<0.1) {best['low']:.3f} against Bayes' {best['blow']:.3f}), "
+                             + ("misses the spike" if best["misses"] else "does not miss the spike")
+                             + f" (near 1 {best['near']:.3f} against {best['bnear']:.3f})")
                 if best["collapse"] is not None:
                     verdicts.append(best["collapse"])
     if verdicts:
