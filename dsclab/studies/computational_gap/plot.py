@@ -74,7 +74,9 @@ def _plot_budget(ds: xr.Dataset, out: str, plt) -> str:
     through its budgets, Bayes' own fractions as horizontal lines."""
     done = ds["status"] == Status.DONE
     pairs = [(n, k) for n in ds.n.values for k in ds.k.values]
-    fig, axes = plt.subplots(3, len(pairs), figsize=(4.2 * len(pairs), 9.5), squeeze=False)
+    from matplotlib.ticker import NullFormatter
+
+    fig, axes = plt.subplots(3, len(pairs), figsize=(5.5 * len(pairs), 10), squeeze=False)
     mse = ds.mse.where(done).mean("seed")
     budgets = [float(b) for b in ds.budget.values]
     for j, (n, k) in enumerate(pairs):
@@ -91,6 +93,7 @@ def _plot_budget(ds: xr.Dataset, out: str, plt) -> str:
             if math.isfinite(v) and v > 0:
                 ax.axvline(v, color="k", ls=style, lw=0.8, label=var)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log range overlap
         ax.set_ylim(0, 1.5)
         ax.set_title(f"n={int(n)} k={int(k)}", fontsize=9)
         ax.set_xlabel("SL time t")
@@ -98,14 +101,15 @@ def _plot_budget(ds: xr.Dataset, out: str, plt) -> str:
         ax2 = axes[1, j]
         bins = np.linspace(0, 1.2, 25)
         series = [("bayes", None)] if "bayes" in ds.drift.values else []
-        for label, b in series + [("mpnn", b) for b in budgets]:
+        for i, (label, b) in enumerate(series + [("mpnn", b) for b in budgets]):
             sel = ds.sample_norm.sel(n=n, k=k, drift=label)
             sel = sel.sel(budget=budgets[0] if b is None else b)
             ok = done.sel(n=n, k=k, budget=budgets[0] if b is None else b)
             v = sel.where(ok).values.ravel()
             v = v[np.isfinite(v)]
             if v.size:
-                ax2.hist(np.clip(v, 0, 1.2), bins=bins, histtype="step",
+                ax2.hist(np.clip(v, 0, 1.2), bins=bins, histtype="step",  # colours as in the MSE panel
+                         color="C0" if b is None else f"C{3 + budgets.index(b)}",
                          label=label if b is None else f"mpnn, budget {b:g}")
         ax2.set_xlabel("||x_hat||_F (all seeds)")
         ax2.set_ylabel("samples")
