@@ -150,6 +150,14 @@ def budget_lines(ds: xr.Dataset) -> list[str]:
                              + f" (frac(norm<0.1) {best['low']:.3f} against Bayes' {best['blow']:.3f}), "
                              + ("misses the spike" if best["misses"] else "does not miss the spike")
                              + f" (near 1 {best['near']:.3f} against {best['bnear']:.3f})")
+                prev, last = rows[-2], rows[-1]  # the last step of the budget: the trend nearest Bayes
+                moves = []
+                for key, what in (("low", "frac(norm<0.1)"), ("near", "near 1")):
+                    dv, sv = last[key] - prev[key], 2 * _rule_se(last[key], prev[key], m)
+                    word = "falls" if dv < -sv else "rises" if dv > sv else "does not move beyond noise"
+                    moves.append(f"{what} {word} ({prev[key]:.3f} -> {last[key]:.3f}, change {dv:+.3f}, 2 SE {sv:.3f})")
+                lines.append(f"  seed {int(seed)}: last step, budget {prev['budget']:g} -> {last['budget']:g} "
+                             f"(IL/bayes {prev['rb']:.3f} -> {last['rb']:.3f}): " + "; ".join(moves))
                 if best["collapse"] is not None:
                     verdicts.append(best["collapse"])
     if verdicts:
