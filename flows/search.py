@@ -61,6 +61,9 @@ class SearchRequest(sr.SearchSettings):
 
 def validate(kind: StudyKind, spec, settings: sr.SearchSettings) -> None:
     """SpecError with one line when this search cannot run (:func:`dsclab.search.check`)."""
+    extra = [d for d in kind.dims(spec) if d not in kind.cell_dims]
+    if extra:
+        raise SpecError(f"search: this spec adds the cell axis {', '.join(extra)}, which a search of n does not cover")
     try:
         sr.check(settings.metric, kind.template(spec), kind)
     except ValueError as e:

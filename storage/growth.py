@@ -162,10 +162,11 @@ def open_store(kind: StudyKind, spec, path: str):
     store's)."""
     union, grown = reconcile(kind, spec, path)
     if grown:
-        reset = any(dim not in kind.cell_dims for dim in grown)
-        grow(path, kind.template(union), kind.cell_dims, reset_done=reset)
+        dims = kind.dims(union)
+        reset = any(dim not in dims for dim in grown)
+        grow(path, kind.template(union), dims, reset_done=reset)
     else:
-        create_or_open(path, kind.template(union), kind.cell_dims)
+        create_or_open(path, kind.template(union), kind.dims(union))
     return union
 
 

@@ -124,3 +124,109 @@ def test_report_and_plot_against_published_at_paper_size(tmp_path):
     assert (tmp_path / "p.png").exists() is False
     plot(ds, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+SMALL_BUDGET = {  # the kind's small_budget.yaml, one budget less (the growth adds it)
+    "kind": "computational_gap", "name": "tiny_budget", "n": [6], "k": [2], "seed": [0],
+    "drift": ["bayes", "spectral_paper", "constant", "mpnn"],
+    "mpnn": {"budget": [0.005], "n_train": 40, "batch_size": 20},
+    "evaluation": {"t": [1, 4, 16], "n_mse": 40, "n_int": 20, "int_steps": 8, "n_samples": 30, "delta": 1.0,
+                   "bayes_max_terms": 50},
+    "workers": 2,
+}
+
+
+def test_scalar_budget_is_no_axis_and_a_list_is_refused_without_mpnn():
+    """A scalar mpnn.budget keeps the store as before (no budget dim, the budget in the attributes,
+    keys of (n, k, seed)); a list is an axis; bad budgets are refused in one line."""
+    from dsclab.study import KINDS
+
+    kind = KINDS["computational_gap"]
+    scalar = parse_spec({**SMALL_BUDGET, "mpnn": {**SMALL_BUDGET["mpnn"], "budget": 0.005}}, ComputationalGapSpec)
+    assert not scalar.budget_axis and "budget" not in scalar.AXES and kind.dims(scalar) == ("n", "k", "seed")
+    tpl = kind.template(scalar)
+    assert "budget" not in tpl.dims and tpl.attrs["mpnn_budget"] == 0.005 and "frac_norm_near_one" not in tpl
+    assert [c.key for c in kind.cells(scalar)] == [scalar.key(n=6, k=2, seed=0)]
+    listed = parse_spec(SMALL_BUDGET, ComputationalGapSpec)
+    assert kind.dims(listed) == ("n", "k", "seed", "budget") and listed.AXES["budget"] == "mpnn.budget"
+    assert listed.setting_change(scalar) == "mpnn.budget"  # one store cannot hold both
+    for bad in ([0.01, 0.01], [0.0], 11, []):
+        with pytest.raises(SpecError, match=r"^mpnn\.budget: "):
+            parse_spec({**SMALL_BUDGET, "mpnn": {"budget": bad}}, ComputationalGapSpec)
+    with pytest.raises(SpecError, match="mpnn drift"):
+        parse_spec({**SMALL_BUDGET, "drift": ["bayes", "constant"]}, ComputationalGapSpec)
+
+
+def test_budget_axis_grows_in_place_and_shares_draws_across_budgets(study_run, tmp_path):
+    """Adding a budget computes only the new cell and leaves the old one's values as they were; the
+    cells of one seed share every draw, so every drift but the mpnn has the same values at each
+    budget; the stored ratios and near-1 fractions equal their recomputation from the stored
+    integrated losses and sample norms; the steps follow the schedule's closed form."""
+    import xarray as xr
+
+    from flows.study import computational_gap
+
+    one = parse_spec(SMALL_BUDGET, ComputationalGapSpec)
+    run = study_run(computational_gap, one, "budget.zarr")
+    before = run.complete(cells=1)
+    two = parse_spec({**SMALL_BUDGET, "mpnn": {**SMALL_BUDGET["mpnn"], "budget": [0.002, 0.005]}}, ComputationalGapSpec)
+    out = computational_gap(spec=two, store=run.path)
+    assert out["cells"] == 2 and out["computed"] == 1 and out["done"] == 2 and out["failed"] == 0
+    ds = xr.open_zarr(run.path).load()
+    old = ds.sel(budget=[0.005])
+    for v in before.data_vars:
+        if "seconds" not in v and "budget" in before[v].dims:
+            xr.testing.assert_identical(old[v], before[v])
+    others = ["bayes", "spectral_paper", "constant"]
+    for v in ("mse", "integrated_loss", "sample_norm", "frac_norm_near_one"):
+        a = ds[v].sel(drift=others)
+        np.testing.assert_array_equal(a.sel(budget=0.002).values, a.sel(budget=0.005).values, err_msg=v)
+    assert not np.array_equal(ds.integrated_loss.sel(drift="mpnn", budget=0.002).values,
+                              ds.integrated_loss.sel(drift="mpnn", budget=0.005).values)
+    il = ds.integrated_loss
+    np.testing.assert_allclose(ds.loss_ratio_bayes.values, (il.sel(drift="mpnn") / il.sel(drift="bayes")).values)
+    np.testing.assert_allclose(ds.loss_ratio_spectral_paper.values,
+                               (il.sel(drift="mpnn") / il.sel(drift="spectral_paper")).values)
+    near = (abs(ds.sample_norm - 1) < 0.1).mean("sample")
+    np.testing.assert_array_equal(ds.frac_norm_near_one.values, near.transpose(*ds.frac_norm_near_one.dims).values)
+    # 40 points / batch 20 = 2 steps per epoch; epochs max(1, round(b * (600, 300, 300)))
+    assert list(ds.mpnn_steps.values) == [2 * (1 + 1 + 1), 2 * (3 + 2 + 2)]
+    rep = report(ds)
+    assert "=== mpnn budget 0.002 ===" in rep and "trend (computed)" in rep
+    plot(ds, str(tmp_path / "budget.png"))
+    assert (tmp_path / "budget.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("low,verdict", [(0.9, "PERSISTS"), (0.5, "DOES NOT PERSIST")])
+def test_budget_trend_verdict_follows_its_rule(low, verdict):
+    """The report's verdict on a store filled by hand: 30 samples per cell, Bayes' fraction below
+    0.1 is 0.5; the mpnn's is ``low`` at every budget. Collapse means a difference above twice its
+    standard error sqrt((p(1-p) + q(1-q)) / 30): 0.4 > 2 * 0.106 (collapse), 0 is not."""
+    from dsclab.study import KINDS
+
+    kind = KINDS["computational_gap"]
+    spec = parse_spec({**SMALL_BUDGET, "mpnn": {**SMALL_BUDGET["mpnn"], "budget": [0.002, 0.005]}},
+                      ComputationalGapSpec)
+    ds = kind.template(spec)
+    ds["status"][:] = 1
+    for v in ds.data_vars:
+        if v not in ("status", "failure") and ds[v].dtype.kind == "f" and np.isnan(ds[v].values).all():
+            ds[v][:] = 0.5
+    ds["frac_norm_below_tenth"].loc[{"drift": "mpnn"}] = low
+    ds["loss_ratio_bayes"].loc[{"budget": 0.002}] = 2.0
+    ds["loss_ratio_bayes"].loc[{"budget": 0.005}] = 1.5
+    assert math.isclose(2 * math.sqrt((0.9 * 0.1 + 0.25) / 30), 0.2129, abs_tol=1e-4)
+    rep = report(ds)
+    assert f"collapse {verdict}" in rep, rep.splitlines()[-1]
+    assert "falls with the budget at every step for 1 of 1 seeds" in rep
+
+
+def test_search_refuses_a_budget_axis_in_one_line():
+    """An n* search covers the kind's cell dims only: a spec whose budget list adds one is refused."""
+    from dsclab.search import SearchSettings
+    from dsclab.study import KINDS
+    from flows.search import validate
+
+    spec = parse_spec(SMALL_BUDGET, ComputationalGapSpec)
+    with pytest.raises(SpecError, match="^search: this spec adds the cell axis budget"):
+        validate(KINDS["computational_gap"], spec, SearchSettings(metric="integrated_loss", eps=1.0))

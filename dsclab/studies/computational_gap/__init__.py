@@ -25,15 +25,32 @@ class ComputationalGap(StudyKind):
                    "trained drifts (the paper's message-passing network and baselines among them), sparse spike "
                    "or hidden clique; norms of generated samples; integrated losses (Montanari-Vu 2025).")
     small = small_preset(__file__)
+    small_variants = {"budget": small_preset(__file__, "small_budget.yaml")}  # a budget axis (studies/spike_budget_cpu.yaml)
     preset = "spike_small.yaml"
     torch_threads = 1  # tiny tensors: one thread per task is faster than sharing cores
     template = staticmethod(layout.template)
     report = staticmethod(_report.report)
     plot = staticmethod(_plot.plot)
 
+    def dims(self, spec):
+        """``CELL_DIMS``, and ``budget`` after them when ``mpnn.budget`` is a list (``spec.cell_dims``)."""
+        return spec.cell_dims
+
+    def index(self, cell):
+        """The cell's (n, k, seed), and its budget on a budget axis."""
+        out = {dim: getattr(cell, dim) for dim in self.cell_dims}
+        if cell.budget is not None:
+            out["budget"] = cell.budget
+        return out
+
     def plan(self, spec, cells):
-        """One group per (n, k, seed) cell (train its networks, evaluate every drift), largest n first."""
-        return [Group(cells=(c,)) for c in sorted(cells, key=lambda c: (-c.n, -c.k, c.seed))]
+        """One group per cell (train its networks, evaluate every drift), largest n first, then (on a
+        budget axis) smallest budget first: a run cut short during the long trainings leaves the
+        short ones' checkpoints, which a rerun (or a store of fewer budgets given a copy of the
+        files beside the store: the keys do not depend on the other budgets) evaluates at once. The
+        cells of a budget axis are alike across seeds, so with as many workers as seeds the order
+        leaves the total time as it is."""
+        return [Group(cells=(c,)) for c in sorted(cells, key=lambda c: (-c.n, -c.k, c.budget or 0.0, c.seed))]
 
     def trains(self, spec) -> bool:
         """The train stage runs when a trained drift (``network``, ``mpnn``) is a drift."""

@@ -33,6 +33,15 @@ kind's train stage (:func:`train_mpnn_cell`, the paper's three stages with the s
 stage checkpoints in the files beside the store so that a killed training resumes); its samples
 also give ``frac_norm_below_tenth`` (the paper's collapse: norms ~0.004-0.013).
 
+Budget axis. ``mpnn.budget`` a list (``studies/spike_budget_cpu.yaml``) adds the cell dim
+``budget`` after seed: a cell per (n, k, seed, budget), its mpnn trained at that budget. The
+cells of one (n, k, seed) draw from one ``GapCell.seed_key`` (training data, initialisation,
+test points, sampler noise), so they differ only by the training's length and every other drift
+has the same values at each budget. Such a store also holds ``frac_norm_near_one (drift, ...)``
+(samples with | ||x_hat|| - 1 | < ``layout.NEAR_ONE``) and ``loss_ratio_bayes`` /
+``loss_ratio_spectral_paper`` (the mpnn's integrated loss over that drift's, same cell). A scalar
+budget keeps the store, keys and draws as they were.
+
 Drifts (``STUDY_DRIFTS``): spectral_paper / power_iteration_paper (the paper's hard-test baselines,
 ``dsclab.studies.computational_gap.spike.paper``), mpnn, bayes (exact enumeration; only where C(n,k) 2^{k-1} <= ``bayes_max_terms``,
 else its values stay NaN and ``bayes_terms`` tells why), spectral, gated_spectral (the spectral
@@ -51,7 +60,7 @@ import xarray as xr
 
 from dsclab.studies.computational_gap import spike
 from dsclab.seeds import rng
-from dsclab.studies.computational_gap.layout import PER_DRIFT
+from dsclab.studies.computational_gap.layout import NEAR_ONE, PER_DRIFT
 from dsclab.studies.computational_gap.spec import STUDY_DRIFTS, ComputationalGapSpec, GapCell
 
 
@@ -100,15 +109,16 @@ class StageCheckpoints:
 
 
 def train_mpnn_cell(spec: ComputationalGapSpec, cell: GapCell, cache, device: str = "cpu", log=None) -> dict:
-    """Train the cell's ``mpnn`` (the paper's schedule at the spec's budget), resuming from its last
-    stage checkpoint in ``cache``; returns the checkpoint payload {vector, config, loss, seconds}."""
+    """Train the cell's ``mpnn`` (the paper's schedule at the spec's budget, or the cell's on a budget
+    axis; draws from the cell's ``seed_key``), resuming from its last stage checkpoint in ``cache``
+    (named by its key); returns the checkpoint payload {vector, config, loss, seconds}."""
     from dsclab.studies.computational_gap.spike.mpnn import MPNN, to_vector
     from dsclab.studies.computational_gap.spike.mpnn_train import train_mpnn
 
     dist = spec.law(cell.n, cell.k)
-    net = MPNN(cell.n, cell.k, generator=rng("mpnn-init", cell.key))
+    net = MPNN(cell.n, cell.k, generator=rng("mpnn-init", cell.seed_key))
     ckpt = None if cache is None else StageCheckpoints(cache, cell.key)
-    net, loss, secs = train_mpnn(net, dist, spec.mpnn.schedule(), (cell.key,), device=device,
+    net, loss, secs = train_mpnn(net, dist, spec.mpnn.schedule(cell.budget), (cell.seed_key,), device=device,
                                  checkpoints=ckpt, log=log)
     return {"vector": to_vector(net), "config": net.config(), "loss": loss, "seconds": secs}
 
@@ -153,12 +163,12 @@ def _build(spec: ComputationalGapSpec, name: str, dist, m: int, cell: GapCell, p
     if factory == "bayes":
         return spike.make_drift("bayes", dist, max_terms=spec.evaluation.bayes_max_terms)
     if factory == "fixed_sample":
-        return spike.make_drift("fixed_sample", dist, x_star=dist.sample(m, rng("gap-fixed", purpose, cell.key)), t0=0.0)
+        return spike.make_drift("fixed_sample", dist, x_star=dist.sample(m, rng("gap-fixed", purpose, cell.seed_key)), t0=0.0)
     extra = {}
     if entry.trained:
         extra.update(net=nets[name], device=device)
     if entry.random:
-        extra["generator"] = rng("gap-drift", purpose, name, cell.key)
+        extra["generator"] = rng("gap-drift", purpose, name, cell.seed_key)
     return spike.make_drift(factory, dist, **params, **extra)
 
 
@@ -178,11 +188,12 @@ def evaluate(spec: ComputationalGapSpec, cell: GapCell, nets: dict | None = None
     mse_se = np.full((D, nt), np.nan)
     norms = np.full((D, ev.n_samples), np.nan)
     per = {name: np.full(D, np.nan) for name in PER_DRIFT}
+    near = np.full(D, np.nan)
     idx = {d: i for i, d in enumerate(spec.drift)}
 
     drifts = {d: _build(spec, d, dist, ev.n_mse, cell, "mse", nets, device) for d in names}
     # each t its own points (common to every drift): a value does not depend on the rest of the t grid
-    per_t = [spike.mse_curve(drifts, dist, [t], ev.n_mse, rng("gap-mse", cell.key, t, device=device), chunk=ev.chunk)
+    per_t = [spike.mse_curve(drifts, dist, [t], ev.n_mse, rng("gap-mse", cell.seed_key, t, device=device), chunk=ev.chunk)
              for t in ev.t]
     curves = {d: np.concatenate([c[d] for c in per_t]) for d in drifts}
     for d, v in curves.items():
@@ -191,12 +202,12 @@ def evaluate(spec: ComputationalGapSpec, cell: GapCell, nets: dict | None = None
         # same generator state per drift: common random numbers across drifts
         drift = _build(spec, d, dist, ev.n_int, cell, "int", nets, device)
         vals = spike.integrated_loss(drift, dist, T, steps=ev.int_steps, m=ev.n_int,
-                                     generator=rng("gap-int", cell.key, device=device))
+                                     generator=rng("gap-int", cell.seed_key, device=device))
         per["integrated_loss"][idx[d]], per["integrated_loss_se"][idx[d]] = spike.summarize(vals)
         drift = _build(spec, d, dist, ev.n_samples, cell, "sample", nets, device)
         t0 = time.perf_counter()
         x = spike.sl_generate(drift, ev.n_samples, n, delta=ev.delta, T=T,
-                              generator=rng("gap-sample", cell.key, device=device), device=device).cpu()
+                              generator=rng("gap-sample", cell.seed_key, device=device), device=device).cpu()
         per["sample_seconds"][idx[d]] = time.perf_counter() - t0
         # A drift can drive the sampler to overflow (an undertrained network): such a sample has
         # norm +inf (it counts as norm > 1/2 and not rank-one), and the W1 distance is then +inf.
@@ -207,6 +218,7 @@ def evaluate(spec: ComputationalGapSpec, cell: GapCell, nets: dict | None = None
         per["frac_diverged"][idx[d]] = 1.0 - float(finite.double().mean())
         per["frac_norm_above_half"][idx[d]] = float(np.mean(nr > 0.5))
         per["frac_norm_below_tenth"][idx[d]] = float(np.mean(nr < 0.1))
+        near[idx[d]] = float(np.mean(np.abs(nr - 1.0) < NEAR_ONE))
         per["w1_norm"][idx[d]] = spike.w1_norm_law(nr, dist.p_spike) if bool(finite.all()) else math.inf
         n_fin = int(finite.sum())
         per["frac_rank_one"][idx[d]] = (spike.frac_close_rank_one(x[finite], k, signs=dist.signs) * n_fin
@@ -220,6 +232,11 @@ def evaluate(spec: ComputationalGapSpec, cell: GapCell, nets: dict | None = None
     if spec.trains:
         out["train_seconds"] = ((), train_seconds)
         out["train_loss"] = ((), train_loss)
+    if spec.budget_axis:  # the collapse against the budget: the mpnn's loss relative to the baselines'
+        il = dict(zip(spec.drift, per["integrated_loss"]))
+        out["frac_norm_near_one"] = (("drift",), near)
+        for ref in ("bayes", "spectral_paper"):
+            out[f"loss_ratio_{ref}"] = ((), float(il["mpnn"] / il[ref]) if ref in il else math.nan)
     if spec.trains_mpnn:
         out["mpnn_train_seconds"] = ((), float(mpnn_payload["seconds"]))
         out["mpnn_train_loss"] = ((), float(mpnn_payload["loss"]))

@@ -20,6 +20,8 @@ def plot(ds: xr.Dataset, out: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if "budget" in ds.dims:
+        return _plot_budget(ds, out, plt)
     done = ds["status"] == Status.DONE
     pairs = [(n, k) for n in ds.n.values for k in ds.k.values]
     fig, axes = plt.subplots(2, len(pairs), figsize=(3.6 * len(pairs), 6.5), squeeze=False)
@@ -58,6 +60,80 @@ def plot(ds: xr.Dataset, out: str) -> str:
             ax2.set_ylabel("samples")
     axes[0, 0].legend(fontsize=6)
     axes[1, 0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def _plot_budget(ds: xr.Dataset, out: str, plt) -> str:
+    """On a budget axis, per (n, k): MSE(t) of the baselines (identical across budgets: common random
+    numbers) and of the mpnn per budget (seed means); sample-norm histograms of Bayes and of the mpnn
+    per budget; and the collapse against the loss: the mpnn's fractions of samples below norm 0.1
+    (filled) and near norm 1 (open) against its integrated loss over Bayes', one line per seed
+    through its budgets, Bayes' own fractions as horizontal lines."""
+    done = ds["status"] == Status.DONE
+    pairs = [(n, k) for n in ds.n.values for k in ds.k.values]
+    from matplotlib.ticker import NullFormatter
+
+    fig, axes = plt.subplots(3, len(pairs), figsize=(5.5 * len(pairs), 10), squeeze=False)
+    mse = ds.mse.where(done).mean("seed")
+    budgets = [float(b) for b in ds.budget.values]
+    for j, (n, k) in enumerate(pairs):
+        ax = axes[0, j]
+        for d in ds.drift.values:
+            if d == "mpnn":
+                for i, b in enumerate(budgets):
+                    ax.plot(ds.t.values, mse.sel(n=n, k=k, drift=d, budget=b).values, marker=".", color=f"C{3 + i}",
+                            label=f"mpnn, budget {b:g}")
+            else:
+                ax.plot(ds.t.values, mse.sel(n=n, k=k, drift=d).mean("budget").values, marker=".", label=str(d))
+        for var, style in (("t_bayes", ":"), ("t_spectral", "--")):
+            v = float(ds[var].sel(n=n, k=k))
+            if math.isfinite(v) and v > 0:
+                ax.axvline(v, color="k", ls=style, lw=0.8, label=var)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log range overlap
+        ax.set_ylim(0, 1.5)
+        ax.set_title(f"n={int(n)} k={int(k)}", fontsize=9)
+        ax.set_xlabel("SL time t")
+        ax.set_ylabel("MSE(t)")
+        ax2 = axes[1, j]
+        bins = np.linspace(0, 1.2, 25)
+        series = [("bayes", None)] if "bayes" in ds.drift.values else []
+        for i, (label, b) in enumerate(series + [("mpnn", b) for b in budgets]):
+            sel = ds.sample_norm.sel(n=n, k=k, drift=label)
+            sel = sel.sel(budget=budgets[0] if b is None else b)
+            ok = done.sel(n=n, k=k, budget=budgets[0] if b is None else b)
+            v = sel.where(ok).values.ravel()
+            v = v[np.isfinite(v)]
+            if v.size:
+                ax2.hist(np.clip(v, 0, 1.2), bins=bins, histtype="step",  # colours as in the MSE panel
+                         color="C0" if b is None else f"C{3 + budgets.index(b)}",
+                         label=label if b is None else f"mpnn, budget {b:g}")
+        ax2.set_xlabel("||x_hat||_F (all seeds)")
+        ax2.set_ylabel("samples")
+        ax3 = axes[2, j]
+        for i, seed in enumerate(ds.seed.values):
+            sel = {"n": n, "k": k, "seed": seed}
+            ok = done.sel(sel).values
+            x = ds.loss_ratio_bayes.sel(sel).values[ok]
+            low = ds.frac_norm_below_tenth.sel(sel).sel(drift="mpnn").values[ok]
+            near = ds.frac_norm_near_one.sel(sel).sel(drift="mpnn").values[ok]
+            ax3.plot(x, low, marker="o", color=f"C{i}", label=f"seed {int(seed)}: frac(norm<0.1)")
+            ax3.plot(x, near, marker="o", mfc="none", ls="--", color=f"C{i}", label=f"seed {int(seed)}: frac(near 1)")
+            for xb, yb, b in zip(x, low, np.asarray(budgets)[ok]):
+                ax3.annotate(f"{b:g}", (xb, yb), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        if "bayes" in ds.drift.values:
+            bl = ds.frac_norm_below_tenth.sel(n=n, k=k, drift="bayes").where(done.sel(n=n, k=k)).mean()
+            bn = ds.frac_norm_near_one.sel(n=n, k=k, drift="bayes").where(done.sel(n=n, k=k)).mean()
+            ax3.axhline(float(bl), color="k", lw=0.8, label="bayes frac(norm<0.1)")
+            ax3.axhline(float(bn), color="k", lw=0.8, ls="--", label="bayes frac(near 1)")
+        ax3.set_xlabel("integrated loss of mpnn / Bayes' (labels: budget)")
+        ax3.set_ylabel("fraction of samples")
+        ax3.set_ylim(-0.02, 1.02)
+    for r in range(3):
+        axes[r, 0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)

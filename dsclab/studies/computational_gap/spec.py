@@ -5,9 +5,9 @@ the order given)."""
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from dsclab import axes
 from dsclab.axes import PositiveInts, PositiveTimes, Seeds
@@ -36,6 +36,9 @@ STUDY_FAMILIES: dict[str, tuple[str, dict]] = {
     "hidden_clique": ("hidden_clique", {"p_spike": 0.5}),
 }
 Family = axes.Name(STUDY_FAMILIES, "family")
+Budget = Annotated[float, Field(gt=0, le=10)]
+# A list of budgets is an axis (sorted, distinct): the cell dim ``budget`` (``ComputationalGapSpec.AXES``)
+Budgets = Annotated[list[Budget], AfterValidator(axes.positive_times), axes.axis_schema(exclusiveMinimum=0, maximum=10)]
 
 
 class GapTrainSpec(Frozen):
@@ -54,7 +57,18 @@ class MpnnTrainSpec(Frozen):
     """The paper's three-stage training of the ``mpnn`` drift (``dsclab.studies.computational_gap.spike.mpnn_train``; defaults
     are the paper's: budget 1.0 is its 60,000 steps of batch 200). It runs on the train task's device (``train.device``)."""
 
-    budget: float = Field(1.0, gt=0, le=10, description="factor on every epoch count (1.0 = the paper's)")
+    # a float (the store as before: no budget dim) or a list of floats (an axis: a cell per budget);
+    # pydantic keeps a float a float, so every scalar spec validates, dumps and hashes as before
+    budget: Budget | Budgets = Field(1.0, description="factor on every epoch count (1.0 = the paper's); a list "
+                                     "of factors is an axis: the store gets a budget dim, one cell per budget")
+
+    @field_validator("budget", mode="wrap")
+    @classmethod
+    def _budget(cls, value, handler):
+        try:
+            return handler(value)
+        except ValidationError:  # the union's two messages, as one line
+            raise ValueError(f"{value!r} is not a factor in (0, 10] nor a list of distinct ones") from None
     n_train: int = Field(10_000, gt=0, description="fresh training points per stage")
     batch_size: int = Field(200, gt=0, description="matrices per step")
     lr: tuple[float, float, float] = Field((3e-3, 1e-3, 7e-4), description="AdamW learning rate per stage")
@@ -62,10 +76,15 @@ class MpnnTrainSpec(Frozen):
     theta: tuple[float, float, float] = Field((400.0, 325.0, 205.0),
                                               description="5% of the times at t <= theta, per stage (at n = 350)")
 
-    def schedule(self):
+    def schedule(self, budget: float | None = None):
+        """The schedule at ``budget`` (default: the spec's own, which must then be a single factor)."""
         from dsclab.studies.computational_gap.spike.mpnn_train import PaperSchedule
 
-        return PaperSchedule(budget=self.budget, n_train=self.n_train, batch_size=self.batch_size,
+        if budget is None:
+            if isinstance(self.budget, list):
+                raise ValueError("mpnn.budget is a list: name the cell's budget")
+            budget = self.budget
+        return PaperSchedule(budget=budget, n_train=self.n_train, batch_size=self.batch_size,
                              lr=tuple(self.lr), clip=tuple(self.clip), theta=tuple(self.theta))
 
 
@@ -84,9 +103,25 @@ class GapEvalSpec(Frozen):
 
 
 class ComputationalGapSpec(StudyBase):
-    """A computational-gap study: the grid n x k x seed; every cell evaluates every drift."""
+    """A computational-gap study: the grid n x k x seed (x budget when ``mpnn.budget`` is a list); every
+    cell evaluates every drift."""
 
-    AXES: ClassVar[dict[str, str]] = {"n": "n", "k": "k", "seed": "seed", "drift": "drift", "t": "evaluation.t"}
+    BASE_AXES: ClassVar[dict[str, str]] = {"n": "n", "k": "k", "seed": "seed", "drift": "drift", "t": "evaluation.t"}
+
+    @property
+    def AXES(self) -> dict[str, str]:  # noqa: N802 - the StudyBase name
+        """The axes; ``budget`` (the cell dim after seed) only when ``mpnn.budget`` is a list."""
+        return {**self.BASE_AXES, "budget": "mpnn.budget"} if self.budget_axis else self.BASE_AXES
+
+    @property
+    def budget_axis(self) -> bool:
+        """``mpnn.budget`` is a list: the store has a ``budget`` cell dim (``cell_dims``)."""
+        return isinstance(self.mpnn.budget, list)
+
+    @property
+    def cell_dims(self) -> tuple[str, ...]:
+        """The store's cell dims: ``CELL_DIMS``, and ``budget`` after them with a budget axis."""
+        return CELL_DIMS + ("budget",) if self.budget_axis else CELL_DIMS
 
     kind: Literal["computational_gap"] = Field("computational_gap", description="study kind (selects the flow)")
     n: PositiveInts = Field(..., description="matrix sizes (d = n^2)")
@@ -107,7 +142,10 @@ class ComputationalGapSpec(StudyBase):
             if not math.isclose(self.evaluation.T_mult * n / self.evaluation.delta,
                                 round(self.evaluation.T_mult * n / self.evaluation.delta), abs_tol=1e-9):
                 raise ValueError(f"T = {self.evaluation.T_mult} * {n} is not a multiple of delta")
-        axes.grid_size(len(self.n) * len(self.k) * len(self.seed), self.max_cells)
+        if self.budget_axis and "mpnn" not in self.drift:
+            raise ValueError("mpnn.budget: a list of budgets is an axis of the mpnn drift, which is not a drift")
+        budgets = len(self.mpnn.budget) if self.budget_axis else 1
+        axes.grid_size(len(self.n) * len(self.k) * len(self.seed) * budgets, self.max_cells)
         return self
 
     @property
@@ -128,13 +166,28 @@ class ComputationalGapSpec(StudyBase):
         return spike.make_spike(name, n, k, **params)
 
     def cells(self) -> list["GapCell"]:
-        return self.grid(GapCell, n=self.n, k=self.k, seed=self.seed)
+        """One cell per (n, k, seed), and per budget with a budget axis. A budget cell's key holds its
+        budget; its draws (training data, initialisation, test points, sampler noise) come from the
+        key of its (n, k, seed) without the budget (``GapCell.draws``), so the cells of one seed
+        differ only by the length of the mpnn's training (common random numbers across budgets)."""
+        if not self.budget_axis:
+            return self.grid(GapCell, n=self.n, k=self.k, seed=self.seed)
+        return [c.model_copy(update={"draws": self.key(n=c.n, k=c.k, seed=c.seed)})
+                for c in self.grid(GapCell, n=self.n, k=self.k, seed=self.seed, budget=self.mpnn.budget)]
 
 
 class GapCell(Frozen):
-    """One cell: a matrix size n, a sparsity k and a seed; ``key`` hashes them with the spec's numerics."""
+    """One cell: a matrix size n, a sparsity k, a seed (and, with a budget axis, the mpnn's
+    budget); ``key`` hashes them with the spec's numerics; ``seed_key`` is what its random draws
+    derive from: ``draws`` (the key without the budget) on a budget axis, else the key."""
 
     n: int
     k: int
     seed: int
     key: str
+    budget: float | None = None
+    draws: str | None = None
+
+    @property
+    def seed_key(self) -> str:
+        return self.draws or self.key
