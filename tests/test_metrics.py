@@ -270,3 +270,28 @@ def test_plugin_metric_without_units_is_refused():
     finally:
         SAMPLE_METRICS.unregister("mean_distance")
     assert "mean_distance" not in SAMPLE_METRICS
+
+
+def test_metrics_against_one_target_give_the_plain_calls_bit_for_bit():
+    """``metrics.against`` (a cell's calls against one target share what depends on the target
+    alone: issue 30) gives every built-in metric's value exactly, call after call, each plain call
+    with a fresh generator in the same state; a metric without ``against`` gets a fresh generator
+    at every evaluation."""
+    from dsclab.metrics import against
+
+    gen = generator(derive_seed("test-against"))
+    y = torch.randn(150, 4, generator=gen, dtype=torch.float64)
+    xs = [0.1 * k + (1 + 0.1 * k) * torch.randn(150, 4, generator=gen) for k in range(3)]
+    fresh = lambda: generator(derive_seed("test-against-projections"))
+    for name, metric in SAMPLE_METRICS.items():
+        scorer = against(metric, y, fresh)
+        for x in xs:
+            assert scorer(x) == metric(x, y, fresh()), name
+    seen = []
+
+    def draws(x, y, g):  # a plugin-like metric that draws at every call
+        seen.append(float(torch.rand(1, generator=g)))
+        return 0.0
+    scorer = against(draws, y, fresh)
+    scorer(xs[0]), scorer(xs[1])
+    assert seen[0] == seen[1] == float(torch.rand(1, generator=fresh()))
