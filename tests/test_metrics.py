@@ -91,8 +91,8 @@ def test_w2_exact_equal_sizes_equals_the_network_simplex(case, m, d):
     the same cost within 1e-12 relative, ties and duplicated points included. The optimum of an
     assignment problem is unique even where the optimal permutation is not; the two differ only by
     float rounding (the summation order, and the reduced costs' few-ulp errors: at most about
-    4 m eps max C in the total, below 1e-13 of W2^2 here), while a suboptimal permutation would
-    miss by far more than 1e-12 on these instances."""
+    4 eps max C in W2^2, below 1e-13 of it here), while a suboptimal permutation would miss by far
+    more than 1e-12 on these instances."""
     gen = generator(derive_seed("test-w2-assignment", case, m, d))
     x, y = _tied_clouds(case, m, d, gen)
     assert w2_exact(x, y) == pytest.approx(_w2_network_simplex(x, y), rel=1e-12)
