@@ -56,6 +56,8 @@ RATIOS = {
                                 for i, o in enumerate(r[f"overheads_{way}"])},
     "dask_scaling": lambda r: {f"speedup {n} workers": s for n, s in r["speedup"].items()},
     "search_vs_grid": _search_vs_grid,
+    "w2_solvers": lambda r: {f"{k} {s}": row[s] for k, row in r["rows"].items()
+                             for s in ("assignment_speedup", "w2_exact_speedup")},
 }
 
 

@@ -51,6 +51,76 @@ def test_w2_exact_equals_sorted_coupling_in_1d():
     assert w2_exact(x, y) == pytest.approx(want, rel=1e-6)
 
 
+def _w2_network_simplex(x: torch.Tensor, y: torch.Tensor) -> float:
+    """W2 by POT's network simplex on the same float64 squared-distance matrix (dsclab's solver
+    before issue 30): the reference the assignment solver must reproduce."""
+    import ot
+
+    from dsclab.metrics import _sqdist
+
+    cost = _sqdist(x.to(torch.float64), y.to(torch.float64)).numpy()
+    a, b = np.full(x.shape[0], 1.0 / x.shape[0]), np.full(y.shape[0], 1.0 / y.shape[0])
+    return math.sqrt(max(ot.emd2(a, b, cost, numItermax=10_000_000), 0.0))
+
+
+def _tied_clouds(case: str, m: int, d: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two clouds of m points in R^d whose assignment problem has many optimal permutations:
+    'duplicates' (each cloud a few points repeated), 'shared' (half of y are points of x, in another
+    order), 'lattice' (small integer points: many equal costs), or 'gaussian' (a shifted, scaled
+    mixture: the generic case)."""
+    if case == "duplicates":
+        base_x, base_y = torch.randn(7, d, generator=gen, dtype=torch.float64), torch.randn(5, d, generator=gen, dtype=torch.float64)
+        ix, iy = torch.randint(0, 7, (m,), generator=gen), torch.randint(0, 5, (m,), generator=gen)
+        return base_x[ix], 0.3 + base_y[iy]
+    if case == "shared":
+        x = torch.randn(m, d, generator=gen, dtype=torch.float64)
+        y = 1.2 * torch.randn(m, d, generator=gen, dtype=torch.float64)
+        y[: m // 2] = x[torch.randperm(m, generator=gen)[: m // 2]]
+        return x, y
+    if case == "lattice":
+        return (torch.randint(0, 3, (m, d), generator=gen).to(torch.float64),
+                torch.randint(0, 3, (m, d), generator=gen).to(torch.float64) + 0.5)
+    dist = distributions.make("gaussian_mixture", d, k=2, separation=4.0, std=1.0)
+    return dist.sample(m, gen, t=0.001).double(), 1.05 * dist.sample(m, gen, t=0.001).double() + 0.02
+
+
+@pytest.mark.parametrize("case", ["duplicates", "shared", "lattice", "gaussian"])
+@pytest.mark.parametrize("m, d", [(50, 1), (200, 2), (300, 8), (400, 32)])
+def test_w2_exact_equal_sizes_equals_the_network_simplex(case, m, d):
+    """Equal sizes go to the assignment solver (issue 30): its W2 equals POT's network simplex on
+    the same cost within 1e-12 relative, ties and duplicated points included. The optimum of an
+    assignment problem is unique even where the optimal permutation is not; the two differ only by
+    float rounding (the summation order, and the reduced costs' few-ulp errors: at most about
+    4 eps max C in W2^2, below 1e-13 of it here), while a suboptimal permutation would miss by far
+    more than 1e-12 on these instances."""
+    gen = generator(derive_seed("test-w2-assignment", case, m, d))
+    x, y = _tied_clouds(case, m, d, gen)
+    assert w2_exact(x, y) == pytest.approx(_w2_network_simplex(x, y), rel=1e-12)
+
+
+def test_w2_exact_is_the_best_permutation_on_tiny_instances():
+    """On clouds of 2 to 7 points W2^2 is the minimum over every permutation of the mean squared
+    distance, computed here by enumeration with direct differences (no matrix products), within
+    1e-12 relative (the solver's cost matrix uses |a|^2 + |b|^2 - 2 a.b: rounding of a few eps
+    times the squared norms); duplicated points (ties) included, and a value of 0 for a cloud
+    against its own permutation."""
+    import itertools
+
+    gen = generator(derive_seed("test-w2-brute"))
+    for trial in range(40):
+        m, d = 2 + trial % 6, 1 + trial % 4
+        x = torch.randn(m, d, generator=gen, dtype=torch.float64)
+        y = 0.5 + torch.randn(m, d, generator=gen, dtype=torch.float64)
+        if trial % 3 == 0:  # duplicated points in both clouds
+            x[1:] = x[0] if m > 3 else x[1:]
+            y[: m // 2] = y[-1]
+        xs, ys = x.tolist(), y.tolist()
+        best = min(sum(sum((a - b) ** 2 for a, b in zip(xs[i], ys[p[i]])) for i in range(m))
+                   for p in itertools.permutations(range(m))) / m
+        assert w2_exact(x, y) ** 2 == pytest.approx(best, rel=1e-12), (m, d)
+        assert w2_exact(x, x[torch.randperm(m, generator=gen)]) < 1e-7  # rounding of a zero cost
+
+
 def test_sliced_w2_of_a_shift():
     """Sliced W2 between a cloud and its translate by c: sqrt(E_theta <c, theta>^2) = ||c|| / sqrt(d)
     (uniform theta on the sphere); Monte Carlo over 4096 directions."""
@@ -200,3 +270,28 @@ def test_plugin_metric_without_units_is_refused():
     finally:
         SAMPLE_METRICS.unregister("mean_distance")
     assert "mean_distance" not in SAMPLE_METRICS
+
+
+def test_metrics_against_one_target_give_the_plain_calls_bit_for_bit():
+    """``metrics.against`` (a cell's calls against one target share what depends on the target
+    alone: issue 30) gives every built-in metric's value exactly, call after call, each plain call
+    with a fresh generator in the same state; a metric without ``against`` gets a fresh generator
+    at every evaluation."""
+    from dsclab.metrics import against
+
+    gen = generator(derive_seed("test-against"))
+    y = torch.randn(150, 4, generator=gen, dtype=torch.float64)
+    xs = [0.1 * k + (1 + 0.1 * k) * torch.randn(150, 4, generator=gen) for k in range(3)]
+    fresh = lambda: generator(derive_seed("test-against-projections"))
+    for name, metric in SAMPLE_METRICS.items():
+        scorer = against(metric, y, fresh)
+        for x in xs:
+            assert scorer(x) == metric(x, y, fresh()), name
+    seen = []
+
+    def draws(x, y, g):  # a plugin-like metric that draws at every call
+        seen.append(float(torch.rand(1, generator=g)))
+        return 0.0
+    scorer = against(draws, y, fresh)
+    scorer(xs[0]), scorer(xs[1])
+    assert seen[0] == seen[1] == float(torch.rand(1, generator=fresh()))

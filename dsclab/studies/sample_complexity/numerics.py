@@ -21,7 +21,7 @@ import xarray as xr
 
 from dsclab import distributions, immse, noise
 from dsclab.errors import NonFiniteSamples
-from dsclab.metrics import SAMPLE_METRICS, score_errors
+from dsclab.metrics import SAMPLE_METRICS, against, score_errors
 from dsclab.noise_sources import GaussianNoise
 from dsclab.samplers import SAMPLERS, steps_for_nfe
 from dsclab.seeds import block_rows, derive_seed, draw_rows, rng
@@ -95,8 +95,12 @@ def evaluate(spec: StudySpec, cell: Cell, score_hat, result: TrainResult | None 
     target2 = dist.sample(ev.n_samples, rng("target-2", cell.key), t=ev.t_min)
     names = list(SAMPLE_METRICS.builtin_names)  # the template's variables, whatever plugins add
 
-    def metric(k, y):  # the same projections (a fresh generator, one seed per metric) for every call
-        return SAMPLE_METRICS[k](y, target, rng("projections", cell.key, k))
+    # the same projections (a fresh generator, one seed per metric) for every call; what depends on
+    # the target alone (directions, sorted projections, bandwidth) computed once for the cell's calls
+    scorers = {k: against(SAMPLE_METRICS[k], target, lambda k=k: rng("projections", cell.key, k)) for k in names}
+
+    def metric(k, y):
+        return scorers[k](y)
 
     vals = {k: np.full((len(spec.sampler), len(spec.nfe)), np.nan) for k in names}
     for i, name in enumerate(spec.sampler):
