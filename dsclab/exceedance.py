@@ -131,3 +131,32 @@ def table_lines(ex: xr.Dataset, x_dim: str = "n", indent: str = "    ") -> list[
             cells.append("n/a" if int(r.m) == 0 else f"{float(r.p):.2f} [{float(r.lo):.2f},{float(r.hi):.2f}]")
         rows.append(indent + f"{int(x):>6} " + "".join(f"{c:>{w}}" for c in cells))
     return rows
+
+
+def figure1_verdict(ex: xr.Dataset, region: Sequence, above: Sequence[str], l2: str,
+                    region_text: str) -> tuple[str, str]:
+    """The reading of Gupta et al.'s Figure 1 statement (the L2 error misses tau far more often than
+    the (1 - delta)-quantile error with delta > eta, for n eta small) on exceedance readings ``ex``
+    (:func:`exceedance` over seeds, per ``error``, ``n`` and ``t``): ``l2`` names the L2 reading,
+    ``above`` the quantile readings with delta > eta, ``region`` the n it is read at. DISAGREES
+    where some L2 reading misses no more often than some quantile reading (each listed);
+    INCONCLUSIVE where it misses more often but the Clopper–Pearson intervals overlap; else AGREES.
+    ``region_text`` says the region in the AGREES line. Shared by the kinds two_scores (exact
+    scores) and far_component (trained networks), which read the statement by this one rule."""
+    against, overlap = [], []
+    for t in ex["t"].values:
+        for n in region:
+            a = ex.sel(t=t, n=n, error=l2)
+            for e in above:
+                q = ex.sel(t=t, n=n, error=e)
+                reading = f"t={t:g} n={n}: {l2} {format_p(a)} vs {e} {format_p(q)}"
+                if float(a.p) <= float(q.p):
+                    against.append(reading)
+                elif not float(a.lo) > float(q.hi):
+                    overlap.append(reading)
+    if against:
+        return "DISAGREES", "; ".join(against)
+    if overlap:
+        return "INCONCLUSIVE", "intervals overlap at " + "; ".join(overlap)
+    return "AGREES", (f"for {region_text} at every t, the {l2} reading's interval lies above every "
+                      "delta > eta quantile reading's")

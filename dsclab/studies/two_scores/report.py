@@ -45,23 +45,7 @@ def verdict(ds: xr.Dataset, d) -> tuple[str, str]:
     above = [e for e, dl in zip(ex.error.values[1:], ds["delta"].values) if dl > eta]
     if not region or not above or int(ex.m.min()) == 0:
         return "CANNOT SAY", "no n with n eta <= 0.25, no delta > eta, or cells not done"
-    against, overlap = [], []
-    for t in ds["t"].values:
-        for n in region:
-            l2 = ex.sel(t=t, n=n, error="√L2")
-            for e in above:
-                q = ex.sel(t=t, n=n, error=e)
-                reading = f"t={t:g} n={n}: √L2 {exc.format_p(l2)} vs {e} {exc.format_p(q)}"
-                if float(l2.p) <= float(q.p):
-                    against.append(reading)
-                elif not float(l2.lo) > float(q.hi):
-                    overlap.append(reading)
-    if against:
-        return "DISAGREES", "; ".join(against)
-    if overlap:
-        return "INCONCLUSIVE", "intervals overlap at " + "; ".join(overlap)
-    return "AGREES", (f"for n <= {max(region)} (n eta <= {REGION}) at every t, the L2 error's interval lies above "
-                      f"every quantile error's with delta > eta")
+    return exc.figure1_verdict(ex, region, above, "√L2", f"n <= {max(region)} (n eta <= {REGION})")
 
 
 def report(ds: xr.Dataset) -> str:
