@@ -155,12 +155,16 @@ def plot(ds: xr.Dataset, out: str) -> str:
                 for k, d in enumerate(ds.d.values):
                     _line_band(ax[j], n, err.sel(model=m, d=d).transpose("seed", "n"), f"d={int(d)}", color=f"C{k}")
                 _finish_axes(ax[j], "n", f"{m}: mean_t σ_t² score L2 error vs n")
+            for empty in ax[len(ds.model.values[:2]):2]:  # one model class: its second panel stays empty
+                empty.set_visible(False)
             for j, m in enumerate(ds.model.values):
                 levels = analysis.common_levels(err.sel(model=m).median("seed").transpose("d", "n"), levels=1)
                 if levels:
                     ns = analysis.crossing_values(n_star(err.sel(model=m), levels[0]))
                     _line_band(ax[2], ds.d.values, ns.transpose("seed", "d"), f"{m}, eps={levels[0]:.3g}", color=f"C{j}")
             _finish_axes(ax[2], "d", "n*(eps, d) per class")
+            ax[2].set_xticks(ds.d.values, [str(int(d)) for d in ds.d.values], minor=False)
+            ax[2].set_xticks([], minor=True)  # the log axis' minor labels crowd a short d axis
         elif row == "bsm":
             _bsm_row(ax, ds, mode)
         elif row == "regime":
