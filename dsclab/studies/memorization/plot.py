@@ -26,6 +26,17 @@ def _images(ax, rows: np.ndarray, shape, title: str, lo: float, hi: float):
     ax.imshow(strip, cmap="gray_r", vmin=lo, vmax=hi, interpolation="nearest")
 
 
+def _tick_labels(n) -> list[str]:
+    """Labels of the n ticks on a log axis, from the largest down: a tick closer than a factor 1.6
+    to the last labelled one stays unlabelled (512 and 719 would overlap)."""
+    shown, last = set(), None
+    for v in sorted(n, reverse=True):
+        if last is None or last / v >= 1.6:
+            shown.add(v)
+            last = v
+    return [str(int(v)) if v in shown else "" for v in n]
+
+
 def plot(ds: xr.Dataset, out: str) -> str:
     """Top row, against n (log), one colour per d, band min–max over seeds: the memorization fraction
     of network a's samples (solid; dashed: held-out test points, the false-positive reference); the
@@ -62,7 +73,7 @@ def plot(ds: xr.Dataset, out: str) -> str:
                             ["Memorization (Gu et al.: r1 < r2/3)", "Generalization (Kadkhodaie et al.)",
                              "Held-out NLL (I-MMSE)", "Samples to the test part"]):
         ax.set_xscale("log")
-        ax.set_xticks(n, [str(int(v)) for v in n], fontsize=7)
+        ax.set_xticks(n, _tick_labels(n), fontsize=7)
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("n (training rows per network)")
         ax.set_ylabel(y)
