@@ -38,8 +38,9 @@ $(STAMP): $(LOCK) pyproject.toml $(PLUGIN)/pyproject.toml
 demo: $(STAMP)
 	$(BIN)/dsclab run studies/quick.yaml
 
+# four processes, each module whole on one of them, the longest first (tests/conftest.py)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4 --dist loadfile --no-loadscope-reorder
 
 # The device check on a machine with one GPU (at most 8 minutes): its JSON record and logs go to OUT.
 gpu-check: $(STAMP)

@@ -167,9 +167,17 @@ def _register_preimport(client, torch_threads: int | None = None) -> None:
     client.register_plugin(PreImport(torch_threads))
 
 
+def machine_cores() -> int:
+    """The cores this process's work may use: ``DSCLAB_CORES`` where set (its share of a machine
+    that runs other work beside it: the test suite's parallel workers set it), else every core."""
+    given = os.environ.get("DSCLAB_CORES", "").strip()
+    return max(1, int(given)) if given.isdigit() else (os.cpu_count() or 1)
+
+
 def cores_per_thread(threads: int) -> int:
-    """This machine's cores split between ``threads`` threads that compute at once (at least 1)."""
-    return max(1, (os.cpu_count() or 1) // threads)
+    """This process's cores (:func:`machine_cores`) split between ``threads`` threads that compute
+    at once (at least 1)."""
+    return max(1, machine_cores() // threads)
 
 
 def share_cores(threads: int) -> None:
