@@ -9,6 +9,7 @@ import numpy as np
 import xarray as xr
 
 from dsclab import layout
+from dsclab.figure1 import axis_coords
 
 from .spec import CELL_DIMS, LAWS, FarComponentSpec
 
@@ -29,10 +30,7 @@ PER_T = {
 
 def template(spec: FarComponentSpec) -> xr.Dataset:
     """The empty store; (1 - eta)^n filled."""
-    ev = spec.evaluation
-    coords = {"truth": np.array(spec.truth, dtype=str), "d": np.array(spec.d, dtype=np.int64),
-              "n": np.array(spec.n, dtype=np.int64), "seed": np.array(spec.seed, dtype=np.int64),
-              "t": np.array(ev.t, dtype=np.float64), "delta": np.array(ev.delta, dtype=np.float64)}
+    coords = axis_coords(spec)
     variables = {
         **layout.over(CELL_DIMS, PER_CELL),
         **layout.score_error_variables(CELL_DIMS, ("score_l2", "score_quantile")),

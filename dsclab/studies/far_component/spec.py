@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from dsclab import axes
 from dsclab.spec import Frozen, Precision, StudyBase, TimeRange
+from dsclab.figure1 import EvalSpec
 
 CELL_DIMS = ("truth", "d", "n", "seed")
 LAWS = {"p2": "(1 - eta) N(0, I) + eta N(R e_1, I)", "p1": "N(0, I) (the control: eta = 0, the bulk alone)"}
@@ -34,12 +35,6 @@ class FarTrainSpec(TimeRange):
     precision: Precision = Field("float32", description="arithmetic of the training step (dsclab.train.PRECISIONS)")
 
 
-class FarEvalSpec(Frozen):
-    t: axes.PositiveTimes = Field([0.02, 0.1, 0.3], description="times of the score errors")
-    delta: axes.UnitLevels = Field([0.001, 0.05], description="quantile levels (below and above eta)")
-    n_score: int = Field(20000, gt=0, description="fresh points x ~ q_t of the true law per t")
-
-
 class FarComponentSpec(StudyBase):
     """A far-component study: the two laws, their parameters, the grid, the training."""
 
@@ -54,7 +49,7 @@ class FarComponentSpec(StudyBase):
     eta: float = Field(0.01, gt=0, lt=1, description="weight of p2's far component")
     R: float = Field(40.0, gt=0, description="distance of p2's far component from the origin")
     train: FarTrainSpec = FarTrainSpec()
-    evaluation: FarEvalSpec = FarEvalSpec()
+    evaluation: EvalSpec = EvalSpec()  # two_scores' (dsclab.figure1)
 
     @model_validator(mode="after")
     def _check(self) -> "FarComponentSpec":

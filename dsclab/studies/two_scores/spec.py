@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from dsclab import axes
+from dsclab.figure1 import EvalSpec
 from dsclab.spec import Frozen, StudyBase, TimeRange
 
 CELL_DIMS = ("truth", "d", "n", "seed")
@@ -25,12 +26,6 @@ class DSMSpec(TimeRange):
     K: int = Field(16, gt=0, description="noisings (t, z) per sample")
     t_min: float = Field(0.01, gt=0, description="smallest time of the loss")
     T: float = Field(3.0, gt=0, description="largest time of the loss")
-
-
-class EvalSpec(Frozen):
-    t: axes.PositiveTimes = Field([0.02, 0.1, 0.3], description="times of the score errors")
-    delta: axes.UnitLevels = Field([0.001, 0.05], description="quantile levels (below and above eta)")
-    n_score: int = Field(20000, gt=0, description="fresh points x ~ q_t of the true law per t")
 
 
 class TwoScoresSpec(StudyBase):
