@@ -5,15 +5,80 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-@pytest.fixture(scope="module")
-def harness():
-    """A temporary Prefect server and database for the flows of one test module
-    (``prefect_test_harness``)."""
-    from prefect.testing.utilities import prefect_test_harness
+@pytest.fixture(scope="session")
+def prefect_test_server():
+    """One Prefect test server per test process (each pytest-xdist worker): the server
+    ``prefect_test_harness`` starts (``SubprocessASGIServer``, a temporary SQLite database),
+    started once, by the first module that asks for :func:`harness`, instead of once per module
+    (a server's start costs ~10 CPU-seconds: interpreter, imports, migrations). Yields (server,
+    database URL); stopped, its folder removed, at the end of the session."""
+    import shutil
+    import tempfile
 
-    # a bound on another process's start, not a speed check: 120 s ran out at a load of 20 on 2 cores
-    with prefect_test_harness(server_startup_timeout=600):
-        yield
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
+    from prefect.testing.utilities import _find_available_port
+
+    folder = tempfile.mkdtemp(prefix="dsclab-test-server-")
+    database = f"sqlite+aiosqlite:///{folder}/prefect-test.db"
+    with temporary_settings(updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: database}):
+        server = SubprocessASGIServer(port=_find_available_port())
+        # a bound on another process's start, not a speed check: 120 s ran out at a load of 20 on 2 cores
+        server.start(timeout=600)
+    try:
+        yield server, database
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def harness(prefect_test_server):
+    """The flows of one test module run against the process's Prefect test server
+    (:func:`prefect_test_server`), with the settings ``prefect_test_harness`` enters (prefect
+    3.8.8), entered for this module only and left at its end, after draining the log and event
+    workers: a module that does not ask for it sees no server. Modules share the server's
+    database one after the other (flow runs, logs and artifacts accumulate); a test that reads
+    them back filters by what it ran."""
+    import contextlib
+
+    import prefect.context
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.server.database.dependencies import temporary_database_interface
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    server, database = prefect_test_server
+    prior = SubprocessASGIServer._instances.get(None)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(temporary_database_interface())
+        stack.enter_context(temporary_settings(updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: database}))
+        SubprocessASGIServer._instances[None] = server  # flows find this server, start none of their own
+        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: server.api_url}))
+        stack.enter_context(prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()))
+        try:
+            yield
+        finally:
+            async def drain():  # as prefect_test_harness does before it stops its server
+                import inspect
+
+                try:
+                    result = APILogWorker.instance().drain()
+                    if inspect.isawaitable(result):
+                        await result
+                except RuntimeError:  # never started
+                    pass
+                result = EventsWorker.drain_all()  # no stale events into the next module
+                if inspect.isawaitable(result):
+                    await result
+
+            run_coro_as_sync(drain())
+            if prior is not None:
+                SubprocessASGIServer._instances[None] = prior
+            else:
+                SubprocessASGIServer._instances.pop(None, None)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +160,46 @@ MODULE_SECONDS = {
 }
 
 
+SHARED_TEAM = "prefect_team"
+"""The plugin (``tests/prefect_team.py``) whose session-wide team setup (a ``dsclab server``, its
+deployments and a worker: ~50 CPU-seconds to start) the modules naming it in ``pytest_plugins``
+share: under xdist they run on one worker, one after the other, so the setup starts once, not
+once per worker that draws one of them."""
+
+
+def _scope(path) -> str:
+    """The xdist work unit of a test file: the file, or ``SHARED_TEAM`` for a module that uses it."""
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8")
+    return SHARED_TEAM if f'pytest_plugins = ["{SHARED_TEAM}"]' in text else Path(path).stem
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the modules of :data:`SHARED_TEAM` as one work unit."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    root = config.rootpath
+
+    class LoadFileSharingTheTeam(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return _scope(root / file) if file.endswith(".py") else file
+
+    return LoadFileSharingTheTeam(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """The longest modules first (:data:`MODULE_SECONDS`); the order within a module is kept."""
-    rank = {name: -s for name, s in MODULE_SECONDS.items()}
-    items.sort(key=lambda item: rank.get(item.path.stem, 0))  # stable: a module's tests keep their order
+    """The longest work units first (:data:`MODULE_SECONDS`, summed over a shared team's modules),
+    each unit's modules together and in their order, each module's tests in theirs."""
+    scopes = {item.path: _scope(item.path) for item in items}
+    seconds: dict = {}
+    for path in set(scopes):
+        seconds[scopes[path]] = seconds.get(scopes[path], 0) + MODULE_SECONDS.get(path.stem, 0)
+    first = {}
+    for k, item in enumerate(items):
+        first.setdefault(item.path, k)
+    items.sort(key=lambda item: (-seconds[scopes[item.path]], scopes[item.path], first[item.path]))
