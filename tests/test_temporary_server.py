@@ -102,6 +102,59 @@ def test_own_database_per_server(tmp_path):
         shutil.rmtree(mine, ignore_errors=True)
 
 
+def _alembic_head() -> str:
+    """Prefect's newest SQLite migration."""
+    import importlib.util
+
+    from alembic.script import ScriptDirectory
+
+    migrations = Path(importlib.util.find_spec("prefect").origin).parent / "server" / "database" / "_migrations"
+    scripts = ScriptDirectory(str(migrations), version_locations=[str(migrations / "versions" / "sqlite")])
+    return scripts.get_current_head()
+
+
+def test_the_first_server_saves_a_template_the_next_starts_from(tmp_path, monkeypatch):
+    """With no template in the cache, the server starts on an empty database and, once it answers,
+    its database (migrated to Prefect's head, block types registered, no run) becomes the template
+    (``$XDG_CACHE_HOME/dsclab/prefect-<version>-<collections>.db``); the next server's database is
+    a copy of it (a mark set in the template is in its copy), and it answers. Neither writes
+    Prefect's block-registration memo in PREFECT_HOME (where it is the user's own server's)."""
+    import contextlib
+    import sqlite3
+
+    from flows import temporary_server as ts
+    from flows.access import health
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    template = ts.template_path()
+    assert template.parent == tmp_path / "cache" / "dsclab" and template.name.startswith("prefect-")
+    first = TemporaryServer.prestart()
+    try:
+        assert not first.from_template and not template.exists()
+        with first.adopt():
+            pass
+    finally:
+        first.stop()
+    with contextlib.closing(sqlite3.connect(template)) as db:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        filled = {t for t in tables if db.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]}
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(_alembic_head(),)]
+        assert "flow_run" in tables and filled == ts.TEMPLATE_TABLES, filled  # runs, logs, artifacts: none
+        db.execute("PRAGMA user_version = 4242")
+    second = TemporaryServer.prestart()
+    try:
+        assert second.from_template
+        with second.adopt():
+            assert health(second.api_url)
+            with contextlib.closing(sqlite3.connect(second.home / ts.DATABASE)) as db:
+                assert db.execute("PRAGMA user_version").fetchone() == (4242,)
+    finally:
+        second.stop()
+    assert not (tmp_path / "home" / "memo_store.toml").exists()
+
+
 def test_server_dies_with_a_killed_command(tmp_path):
     """kill -9 of the command leaves no server behind (Linux parent-death signal)."""
     home = tmp_path / "home"
