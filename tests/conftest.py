@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -10,8 +11,10 @@ def prefect_test_server():
     """One Prefect test server per test process (each pytest-xdist worker): the server
     ``prefect_test_harness`` starts (``SubprocessASGIServer``, a temporary SQLite database),
     started once, by the first module that asks for :func:`harness`, instead of once per module
-    (a server's start costs ~10 CPU-seconds: interpreter, imports, migrations). Yields (server,
-    database URL); stopped, its folder removed, at the end of the session."""
+    (a server's start costs ~10 CPU-seconds: interpreter, imports, migrations; ~4 on a copy of
+    the template database of `dsclab run`'s temporary servers, which it saves when there is none
+    yet: ``flows.temporary_server``). Yields (server, database URL); stopped, its folder removed,
+    at the end of the session."""
     import shutil
     import tempfile
 
@@ -19,12 +22,22 @@ def prefect_test_server():
     from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
     from prefect.testing.utilities import _find_available_port
 
-    folder = tempfile.mkdtemp(prefix="dsclab-test-server-")
-    database = f"sqlite+aiosqlite:///{folder}/prefect-test.db"
-    with temporary_settings(updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: database}):
+    from flows import temporary_server as ts
+
+    folder = Path(tempfile.mkdtemp(prefix="dsclab-test-server-"))
+    database = ts.database_url(folder)
+    # the migrated template database of `dsclab run`'s temporary servers, when there is one
+    template = ts.template_path()
+    copied = template is not None and ts.copy_template(template, folder / ts.DATABASE)
+    with temporary_settings(updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: database}), \
+            pytest.MonkeyPatch.context() as mp:
+        for name, value in ts._block_registration(folder, copied).items():
+            mp.setenv(name, value)
         server = SubprocessASGIServer(port=_find_available_port())
         # a bound on another process's start, not a speed check: 120 s ran out at a load of 20 on 2 cores
         server.start(timeout=600)
+    if template is not None and not copied:
+        ts.save_template(folder / ts.DATABASE, template)  # answered, no flow run yet
     try:
         yield server, database
     finally:
