@@ -253,6 +253,31 @@ def _err(msg: str) -> int:
     return 2
 
 
+DATABASE_SETTINGS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
+
+
+def new_database_from_template(env: dict) -> dict[str, str]:
+    """A server on Prefect's default SQLite database (``$PREFECT_HOME/prefect.db``; no database
+    setting in ``env``) whose file does not exist yet starts on a copy of the template database of
+    the temporary servers (:func:`flows.temporary_server.template_path`: migrated, block types
+    registered), not an empty one: ~6 CPU-seconds of migrations fewer, once. Returns the settings
+    that start it (no block registration on the copy), else nothing; never raises."""
+    from flows import temporary_server as ts
+
+    if any(env.get(k) for k in DATABASE_SETTINGS):
+        return {}
+    try:
+        home = Path(env.get("PREFECT_HOME") or "~/.prefect").expanduser()
+        db = home / "prefect.db"
+        template = ts.template_path()
+        if db.exists() or template is None:
+            return {}
+        home.mkdir(parents=True, exist_ok=True)
+        return ts.block_registration(home, True) if ts.copy_template(template, db) else {}
+    except OSError:
+        return {}
+
+
 def cmd_server(args) -> int:
     api_url = f"http://{connect_host(args.host)}:{args.port}/api"
     auth = auth_string()
@@ -276,6 +301,7 @@ def cmd_server(args) -> int:
         # SQLite: Prefect's server with every transaction begun IMMEDIATE (flows/sqlite_server.py), so that
         # two workers' runs queue for the write lock instead of failing with "database is locked"
         cmd = prefect(*start) if args.database_url else [sys.executable, "-m", "flows.sqlite_server", *start]
+        env.update(new_database_from_template(env))
         proc = group.start("server", cmd, env, cwd=ROOT)
         wait_healthy(api_url, args.timeout, proc)
         setup(api_url, deploy=not args.no_deploy)

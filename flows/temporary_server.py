@@ -116,7 +116,7 @@ class TemporaryServer:
             template = template_path()
             copied = template is not None and copy_template(template, home / DATABASE)
             env = base_env(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1",
-                           PREFECT_API_DATABASE_CONNECTION_URL=database_url(home), **_block_registration(home, copied))
+                           PREFECT_API_DATABASE_CONNECTION_URL=database_url(home), **block_registration(home, copied))
             proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         except Exception:  # noqa: BLE001 - an optimisation: Prefect starts its own server instead
             return None
@@ -292,7 +292,7 @@ def save_template(db: Path, template: Path) -> bool:
                 os.unlink(tmp)
 
 
-def _block_registration(home: Path, copied: bool) -> dict[str, str]:
+def block_registration(home: Path, copied: bool) -> dict[str, str]:
     """The server's block-type registration settings. On a copy of the template, none: its block
     types are those of this Prefect and these collections (the template's name says which).
     Otherwise Prefect's, with its memo (``memo_store.toml``, a hash that includes the database

@@ -31,7 +31,7 @@ def prefect_test_server():
     copied = template is not None and ts.copy_template(template, folder / ts.DATABASE)
     with temporary_settings(updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: database}), \
             pytest.MonkeyPatch.context() as mp:
-        for name, value in ts._block_registration(folder, copied).items():
+        for name, value in ts.block_registration(folder, copied).items():
             mp.setenv(name, value)
         server = SubprocessASGIServer(port=_find_available_port())
         # a bound on another process's start, not a speed check: 120 s ran out at a load of 20 on 2 cores

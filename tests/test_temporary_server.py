@@ -224,3 +224,28 @@ def test_a_bad_spec_starts_no_server(tmp_path):
     err = p.stderr.read().strip()
     assert p.returncode == 2 and err == "dsclab: error: distribution.name: missing (required)", err
     assert seen == [] and not (tmp_path / "s.zarr").exists()
+
+
+def test_a_team_server_on_a_new_default_database_starts_from_the_template(tmp_path, monkeypatch):
+    """``dsclab server`` on Prefect's default SQLite database: when ``$PREFECT_HOME/prefect.db``
+    does not exist yet it is a copy of the template (no block registration on it); an existing
+    database, or a database setting, is left alone."""
+    from flows import temporary_server as ts
+    from flows.server import new_database_from_template
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = ts.template_path()
+    template.parent.mkdir(parents=True)
+    template.write_bytes(ts.SQLITE_HEADER + b"a migrated database")
+    home = tmp_path / "home"
+    settings = new_database_from_template({"PREFECT_HOME": str(home)})
+    assert settings == {"PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+                        "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false"}
+    assert (home / "prefect.db").read_bytes() == template.read_bytes()
+    (home / "prefect.db").write_bytes(b"the team's runs")
+    assert new_database_from_template({"PREFECT_HOME": str(home)}) == {}  # never replaced
+    assert (home / "prefect.db").read_bytes() == b"the team's runs"
+    other = tmp_path / "other"
+    assert new_database_from_template({"PREFECT_HOME": str(other),
+                                       "PREFECT_API_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:///x.db"}) == {}
+    assert not other.exists()
