@@ -106,7 +106,8 @@ def cmd_run(args) -> int:
     print()
     print(f"store: {path}  ({out['done']}/{out['cells']} cells done, {out['failed']} failed, "
           f"{out['computed']} computed in this run, {time.perf_counter() - t0:.0f} s)")
-    print(kind.report(ds))
+    report = out.get("report")  # the flow's (its report artifact's), when it made it
+    print(kind.report(ds) if report is None else report)
     plot = out.get("plot") or kind.plot(ds, storage.plot_path(path))  # the flow's, when it drew it
     print(f"plot: {plot}")
     print(f"open with: python -c \"import xarray as xr; print(xr.open_zarr('{path}'))\"")

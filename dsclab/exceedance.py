@@ -43,11 +43,15 @@ def clopper_pearson(k, m, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     trials (arrays broadcast; nan where m = 0)."""
     k, m = np.asarray(k, dtype=np.float64), np.asarray(m, dtype=np.float64)
     a = (1.0 - level) / 2.0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        from scipy.stats import beta as _beta  # here: scipy.stats costs ~0.7 s to import, a spec check needs none
+    # The Beta(a, b) quantile at q is betaincinv(a, b, q) (Boost's ibeta_inv): bit for bit what
+    # scipy.stats.beta.ppf(q, a, b) returns (checked for every k of m <= 300, the ends of m up to
+    # 1e5, levels 0 to 1), without importing scipy.stats (~0.55 s more than scipy.special's
+    # ~0.13 s). Imported here: a spec check needs neither.
+    from scipy.special import betaincinv
 
-        lo = np.where(k > 0, _beta.ppf(a, k, m - k + 1), 0.0)
-        hi = np.where(k < m, _beta.ppf(1.0 - a, k + 1, m - k), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo = np.where(k > 0, betaincinv(k, m - k + 1, a), 0.0)
+        hi = np.where(k < m, betaincinv(k + 1, m - k, 1.0 - a), 1.0)
     bad = m <= 0
     return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi)
 

@@ -324,14 +324,14 @@ def plot(values: xr.DataArray, results: Sequence[CurveResult], settings: SearchS
     """The figure: left, each curve's seed mean against n (markers at the computed n, band min-max
     over seeds), eps, and the final bracket (shaded) with n* (dotted); right, n* against d with
     its bracket and the fitted power law. Log-log axes."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    from dsclab.figures import figure, save, tight_layout
 
     has_d = bool(results) and "d" in results[0].coords
     common = shared(results)
-    fig, axes = plt.subplots(1, 2 if has_d else 1, figsize=(12 if has_d else 6.5, 4.4), squeeze=False)
+    fig = figure(figsize=(12 if has_d else 6.5, 4.4))
+    axes = fig.subplots(1, 2 if has_d else 1, squeeze=False)
     ax = axes[0][0]
     for i, ((coords, da), r) in enumerate(zip(curves(values), results)):
         color = f"C{i % 10}"
@@ -379,7 +379,5 @@ def plot(values: xr.DataArray, results: Sequence[CurveResult], settings: SearchS
         ax.set_title("n* against d: final bracket (error bar) and least-squares power law", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    tight_layout(fig)
+    return save(fig, out, dpi=110)

@@ -78,12 +78,13 @@ def plot_png(ds: xr.Dataset, out: str | None = None) -> bytes | None:
             return f.read()
 
 
-def publish(path: str, log=None, plot_file: str | None = None) -> dict:
+def publish(path: str, log=None, plot_file: str | None = None) -> tuple[dict, str | None]:
     """Create the summary table, report and plot artifacts of the store at ``path`` (the figure is
-    also written to ``plot_file`` when given); returns {kind: artifact id}. Skipped outside a flow
-    run; a failure is logged, not raised (the results are already in the store)."""
+    also written to ``plot_file`` when given); returns ({kind: artifact id}, the kind's report text
+    or None where none was made). Skipped outside a flow run; a failure is logged, not raised (the
+    results are already in the store)."""
     if not in_run():
-        return {}
+        return {}, None
     from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
     import storage
@@ -91,6 +92,7 @@ def publish(path: str, log=None, plot_file: str | None = None) -> dict:
     from dsclab.study import kind_of
 
     ids: dict = {}
+    text = None
     try:
         ds = storage.open_results(path).load()  # once: the report reads many small selections
         study, name = ds.attrs.get("study", ""), ds.attrs.get("name", "study")
@@ -102,7 +104,7 @@ def publish(path: str, log=None, plot_file: str | None = None) -> dict:
         ids["table"] = create_table_artifact(
             table_records(table), key=artifact_key(name, "summary"),
             description=f"{name} ({study}): {caption}; cells {counts}; store {path}")
-        report = kind.report(ds)
+        report = text = kind.report(ds)
         failed = failure_lines(ds)
         if failed:
             report = "\n".join(["failed cells:", *failed, "", report])
@@ -117,4 +119,4 @@ def publish(path: str, log=None, plot_file: str | None = None) -> dict:
     except Exception as e:  # noqa: BLE001 - presentation only; the store holds the results
         if log is not None:
             log.warning("could not publish artifacts for %s: %r", path, e, exc_info=True)
-    return ids
+    return ids, text

@@ -84,15 +84,15 @@ def follow(log, futures: Sequence, sizes: Sequence[int], total: int, done_before
     return done, failed, errors
 
 
-def finish(log, path: str) -> str | None:
+def finish(log, path: str) -> tuple[str | None, str | None]:
     """End of a study run: consolidate the store's metadata, then publish the summary table,
-    report and plot as artifacts of the flow run. Returns the figure's file when it was written
-    beside a local store (``storage.plot_path``; ``dsclab run`` prints it instead of drawing the
-    figure again), else None."""
+    report and plot as artifacts of the flow run. Returns (the figure's file when it was written
+    beside a local store (``storage.plot_path``), else None; the kind's report text, else None):
+    ``dsclab run`` prints them instead of making them again."""
     storage.consolidate(path)
     plot_file = storage.plot_path(path) if "://" not in storage.files_url(path) else None
-    ids = artifacts.publish(path, log, plot_file)
-    return plot_file if "plot" in ids else None
+    ids, report = artifacts.publish(path, log, plot_file)
+    return (plot_file if "plot" in ids else None), report
 
 
 def selected(cells: Sequence, index, only: Sequence[Mapping] | None) -> list:
@@ -105,7 +105,7 @@ def selected(cells: Sequence, index, only: Sequence[Mapping] | None) -> list:
 def run_study(kind: StudyKind, spec, store: str | None = None, runner: RunnerSpec | None = None,
               only: Sequence[Mapping] | None = None) -> dict:
     """Run (or resume) a study of ``kind`` inside a flow run; returns {store, cells, done, failed,
-    computed, plot}.
+    computed, plot, report} (plot and report: :func:`finish`'s).
 
     The store is created, reused or grown in place (``storage.growth``): a spec whose settings
     agree with the store's adds its new axis values and computes only the cells not yet done.
@@ -141,12 +141,13 @@ def run_study(kind: StudyKind, spec, store: str | None = None, runner: RunnerSpe
                 sizes.append(len(batch))
                 of_group.append(i)
         done, failed, errors = follow(log, evals, sizes, len(cells), len(cells) - len(todo), of_group)
-    plot = finish(log, path)
+    plot, report = finish(log, path)
     if errors:
         first = errors[0]
         raise StudyTaskError(f"{len(errors)} task(s) of study {spec.name!r} raised errors that are not numerical "
                              f"(their cells stay pending; rerun to retry): {type(first).__name__}: {first}")
-    return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo), "plot": plot}
+    return {"store": path, "cells": len(cells), "done": done, "failed": failed, "computed": len(todo), "plot": plot,
+            "report": report}
 
 
 def deployment_run() -> bool:
@@ -224,7 +225,7 @@ def kind_flow(name: str):
 
     study_flow.__annotations__ = {"spec": kind.spec_model, "runner": RunnerSpec, "return": dict}
     study_flow.__name__ = study_flow.__qualname__ = name
-    study_flow.__doc__ = (f"Run (or resume) a {name} study; returns {{store, cells, done, failed, computed, plot}}. "
+    study_flow.__doc__ = (f"Run (or resume) a {name} study; returns {{store, cells, done, failed, computed, plot, report}}. "
                           f"{kind.description}")
     return StudyFlow(study_flow, name=kind.flow_name, description=kind.description or None, validate_parameters=False)
 

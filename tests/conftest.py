@@ -112,6 +112,7 @@ class StudyRun:
 
     def __init__(self, flow, spec, path: str):
         self.flow, self.spec, self.path = flow, spec, path
+        self.report = None  # the flow's report text, once complete
 
     def complete(self, cells: int):
         """Run it: every one of ``cells`` computed and done, none failed, the figure beside the
@@ -121,6 +122,8 @@ class StudyRun:
         import storage
 
         out = self.flow(spec=self.spec, store=self.path)
+        self.report = out.pop("report")  # the report artifact's text, which `dsclab run` prints
+        assert isinstance(self.report, str) and self.report.strip()
         assert out == {"store": self.path, "cells": cells, "done": cells, "failed": 0, "computed": cells,
                        "plot": storage.plot_path(self.path)}
         ds = xr.open_zarr(self.path).load()  # plain xarray, consolidated metadata

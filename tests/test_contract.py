@@ -141,6 +141,7 @@ def test_small_preset_through_the_flow(study_run, tmp_path, case):
 
     text = kind.report(ds)
     assert isinstance(text, str) and text.strip()
+    assert run.report == text  # the flow's (its report artifact's), which `dsclab run` prints
     png = kind.plot(ds, str(tmp_path / "plot.png"))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = kind.table(ds)

@@ -16,15 +16,14 @@ def plot(ds: xr.Dataset, out: str) -> str:
     (1/2 - 1/(4n) for sparse_spike); at n = 350, k = 20 the published network's min-max band over
     its 6 seeds and the published spectral curve; histograms of sample norms per drift (second
     row). Writes ``out``; returns it."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dsclab.figures import figure, save, tight_layout
 
     if "budget" in ds.dims:
-        return _plot_budget(ds, out, plt)
+        return _plot_budget(ds, out)
     done = ds["status"] == Status.DONE
     pairs = [(n, k) for n in ds.n.values for k in ds.k.values]
-    fig, axes = plt.subplots(2, len(pairs), figsize=(3.6 * len(pairs), 6.5), squeeze=False)
+    fig = figure(figsize=(3.6 * len(pairs), 6.5))
+    axes = fig.subplots(2, len(pairs), squeeze=False)
     mse = ds.mse.where(done).mean("seed")
     for j, (n, k) in enumerate(pairs):
         ax = axes[0, j]
@@ -60,13 +59,11 @@ def plot(ds: xr.Dataset, out: str) -> str:
             ax2.set_ylabel("samples")
     axes[0, 0].legend(fontsize=6)
     axes[1, 0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    tight_layout(fig)
+    return save(fig, out, dpi=80)
 
 
-def _plot_budget(ds: xr.Dataset, out: str, plt) -> str:
+def _plot_budget(ds: xr.Dataset, out: str) -> str:
     """On a budget axis, per (n, k): MSE(t) of the baselines (identical across budgets: common random
     numbers) and of the mpnn per budget (seed means); sample-norm histograms of Bayes and of the mpnn
     per budget; and the collapse against the loss: the mpnn's fractions of samples below norm 0.1
@@ -76,7 +73,10 @@ def _plot_budget(ds: xr.Dataset, out: str, plt) -> str:
     pairs = [(n, k) for n in ds.n.values for k in ds.k.values]
     from matplotlib.ticker import NullFormatter
 
-    fig, axes = plt.subplots(3, len(pairs), figsize=(5.5 * len(pairs), 10), squeeze=False)
+    from dsclab.figures import figure, save, tight_layout
+
+    fig = figure(figsize=(5.5 * len(pairs), 10))
+    axes = fig.subplots(3, len(pairs), squeeze=False)
     mse = ds.mse.where(done).mean("seed")
     budgets = [float(b) for b in ds.budget.values]
     for j, (n, k) in enumerate(pairs):
@@ -134,7 +134,5 @@ def _plot_budget(ds: xr.Dataset, out: str, plt) -> str:
         ax3.set_ylim(-0.02, 1.02)
     for r in range(3):
         axes[r, 0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    tight_layout(fig)
+    return save(fig, out, dpi=80)

@@ -10,13 +10,11 @@ from .report import done, far_parts, readings
 
 
 def plot(ds: xr.Dataset, out: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dsclab.figures import figure, save, tight_layout
 
     dims = list(ds["d"].values)
-    fig, axs = plt.subplots(len(dims), 2, figsize=(11, 4.2 * len(dims)), squeeze=False)
+    fig = figure(figsize=(11, 4.2 * len(dims)))
+    axs = fig.subplots(len(dims), 2, squeeze=False)
     n = ds["n"].values.astype(float)
     eta = float(ds.attrs["eta"])
     t0 = float(ds["t"].values[0])
@@ -47,7 +45,5 @@ def plot(ds: xr.Dataset, out: str) -> str:
         right.set(xscale="log", yscale="log", xlabel="n (samples)", ylabel="median over seeds",
                   title=f"d={d}: L2 error, its far share, the control (dotted line: n = 1/η)")
         right.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    tight_layout(fig)
+    return save(fig, out, dpi=110)

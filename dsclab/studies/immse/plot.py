@@ -10,13 +10,14 @@ def plot(ds: xr.Dataset, out: str) -> str:
     """Figure 1 of the paper, per data law (rows): MSE curves against alpha for each denoiser
     (seed 0; trained at every n), the Gaussian reference and the ensemble envelope (largest n),
     one panel per d; last column: the likelihood gap against n per d (mean over seeds, SE bars)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import cm
+
+    from dsclab.figures import figure, save, tight_layout
 
     ds = ds.load()
     nd, nr = ds.sizes["d"], ds.sizes["data"]
-    fig, axes = plt.subplots(nr, nd + 1, figsize=(4.2 * (nd + 1), 3.4 * nr), squeeze=False)
+    fig = figure(figsize=(4.2 * (nd + 1), 3.4 * nr))
+    axes = fig.subplots(nr, nd + 1, squeeze=False)
     alpha = ds.logsnr.values
     mmse = done(ds, "mmse").isel(seed=0)
     g, g_se = gap(ds).mean("seed"), seed_mean_se(done(ds, "nll_gap_se"))
@@ -31,7 +32,7 @@ def plot(ds: xr.Dataset, out: str) -> str:
             for k, (c, ls) in fixed.items():
                 ax.plot(alpha, sel.sel(denoiser=k).isel(n=-1), color=c, ls=ls, label=k)
             for m, n in enumerate(ds.n.values):
-                ax.plot(alpha, sel.sel(denoiser="trained", n=n), color=plt.cm.viridis(m / max(1, len(ds.n) - 1)),
+                ax.plot(alpha, sel.sel(denoiser="trained", n=n), color=cm.viridis(m / max(1, len(ds.n) - 1)),
                         lw=1, label=f"trained n={int(n)}")
             ax.plot(alpha, sel.sel(denoiser="ensemble").isel(n=-1), color="C1", lw=2.5, ls=":",
                     label=f"ensemble (n={int(ds.n[-1])})")
@@ -57,7 +58,5 @@ def plot(ds: xr.Dataset, out: str) -> str:
     axes[0, nd].legend(fontsize=7)
     fig.suptitle(f"{ds.attrs.get('name', '')}: MSE curves (seed 0; shaded: the log-SNR range the likelihood "
                  "integrates) and likelihood gaps (symlog)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    tight_layout(fig)
+    return save(fig, out, dpi=110)

@@ -45,13 +45,12 @@ def plot(ds: xr.Dataset, out: str) -> str:
     sliced W2 of the samples to the test part (solid; dotted: its floor, training vs test rows).
     Below: at the largest d, seed 0, the kept samples of network a at the smallest and the largest
     n, their nearest training rows, and network b's samples from the same noise."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
+    from dsclab.figures import figure, save
+
     c = curves(ds)
-    fig = plt.figure(figsize=(17, 9.5))
+    fig = figure(figsize=(17, 9.5))
     gs = fig.add_gridspec(2, 4, height_ratios=[1.0, 0.95], hspace=0.35, wspace=0.3)
     axes = [fig.add_subplot(gs[0, i]) for i in range(4)]
     n = c.n.values
@@ -96,6 +95,4 @@ def plot(ds: xr.Dataset, out: str) -> str:
             _images(fig.add_subplot(inner[2, j]), cell.samples.sel(network="b").values, shape,
                     "network b (disjoint rows), same initial noise and path", lo, hi)
     fig.suptitle(f"{ds.attrs.get('name', '')}: memorization against n — {ds.attrs.get('data', '')}", fontsize=11)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save(fig, out, dpi=90)

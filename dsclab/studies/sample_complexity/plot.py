@@ -54,16 +54,16 @@ def plot(ds: xr.Dataset, out: str) -> str:
     divided by its floor (mean + 2 sd of the metric between two exact samples:
     ``report.floor_band``). Curves of equal values are drawn a few per cent apart in n and with
     their own markers, so that none hides another."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+
+    from dsclab.figures import figure, save, tight_layout
 
     ex = exceedances(ds.load())
     bands = {v: floor_band(ds, v) for v in SAMPLING if f"{v}_floor" in ds}
     ds = ds.isel(estimator=0).load()
     ds = ds.where(ds["status"] == Status.DONE)
-    fig, grid = plt.subplots(2, 3, figsize=(15, 9.6))
+    fig = figure(figsize=(15, 9.6))
+    grid = fig.subplots(2, 3)
     axes = grid[0]
     n = ds.n.values
     dims = list(ds.d.values)
@@ -137,7 +137,5 @@ def plot(ds: xr.Dataset, out: str) -> str:
     handles.append(Line2D([], [], color="k", lw=1.0, label="floor"))
     ax.legend(handles=handles, fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle(f"{ds.attrs.get('name', '')}: band = min–max over {seeds_text(m_seed)}")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    tight_layout(fig)
+    return save(fig, out, dpi=110, tight_bbox=True)

@@ -12,9 +12,7 @@ def plot(ds: xr.Dataset, out: str) -> str:
     score) with data (KL where exact; else sliced W2, seed mean with a min-max band and the
     floor dashed); last row: NFE to reach the acceptance KL level against d per sampler, one
     panel per exact target (hollow markers: power-law extrapolated)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dsclab.figures import figure, save, tight_layout
 
     ds = ds.load()
     spec = spec_of(ds)
@@ -30,7 +28,8 @@ def plot(ds: xr.Dataset, out: str) -> str:
     nd = ds.sizes["d"]
     ncol = max(nd, len(exact_targets), 1)
     nrow = len(rows) + (1 if exact_targets else 0)
-    fig, axes = plt.subplots(max(nrow, 1), ncol, figsize=(3.8 * ncol, 3.0 * max(nrow, 1)), squeeze=False)
+    fig = figure(figsize=(3.8 * ncol, 3.0 * max(nrow, 1)))
+    axes = fig.subplots(max(nrow, 1), ncol, squeeze=False)
     nfe = ds.nfe.values
     colors = {s: f"C{i}" for i, s in enumerate(ds.sampler.values)}
     clip = nfe >= spec.analysis.fit_nfe[0] / 2  # the y range shows these NFE (small-NFE blow-ups go off the top)
@@ -94,7 +93,5 @@ def plot(ds: xr.Dataset, out: str) -> str:
         axes[0, 0].legend(fontsize=6)
     fig.suptitle(f"{ds.attrs.get('name', '')}: error vs NFE (shaded: fit range; bands: min-max over seeds; "
                  "dashed: Monte Carlo floor)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.985))
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    tight_layout(fig, rect=(0, 0, 1, 0.985))
+    return save(fig, out, dpi=100)

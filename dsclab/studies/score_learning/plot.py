@@ -126,9 +126,7 @@ def plot(ds: xr.Dataset, out: str) -> str:
     ratios per t; P[error > τ] against n for √L2 and each quantile level side by side (Gupta et
     al. 2023, Figure 1; band: Clopper–Pearson interval); L2, quantile (δ below / above η) and
     sampling errors against n. Bands: min–max over seeds unless said."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dsclab.figures import figure, save, tight_layout
 
     ds = ds.load()
     rows = [(r, mode) for r in (sections(ds) or ["none"])
@@ -139,8 +137,8 @@ def plot(ds: xr.Dataset, out: str) -> str:
     if any(r == "regime" for r, _ in rows):
         ncols = max(ncols, ds.sizes["estimator"] - 1)
     heights = [max(4.0, 0.4 * ds.sizes["d"] * ds.sizes["n"]) if r == "regime" else 4.0 for r, _ in rows]
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(5 * ncols, sum(heights)), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
+    fig = figure(figsize=(5 * ncols, sum(heights)))
+    axes = fig.subplots(len(rows), ncols, squeeze=False, gridspec_kw={"height_ratios": heights})
     n = ds.n.values
     for ax, (row, mode) in zip(axes, rows):
         if row == "regime":
@@ -199,7 +197,5 @@ def plot(ds: xr.Dataset, out: str) -> str:
             ax[0].text(0.5, 0.5, "no section for this grid", ha="center")
     fig.suptitle(f"{ds.attrs.get('name', '')} (score_learning): bands = min–max over {ds.sizes['seed']} seed{'s' if ds.sizes['seed'] != 1 else ''}"
                  + (" (P[error > τ]: Clopper–Pearson 95% interval)" if ("exceed", None) in rows else ""))
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    tight_layout(fig)
+    return save(fig, out, dpi=100)

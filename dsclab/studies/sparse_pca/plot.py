@@ -18,16 +18,16 @@ def plot(ds: xr.Dataset, out: str) -> str:
     """Overlap against n / (k log d), one panel per (k, beta) row and d column, a line per estimator
     (seed mean, min-max band over seeds), with the three classical sizes marked (IT dotted, poly
     dashed, spectral dash-dot) and the level 1/2."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
+
+    from dsclab.figures import figure, save, tight_layout
 
     ds = ds.load()
     ov = done(ds, "overlap")
     combos = [(k, b) for k in ds.k.values for b in ds.beta.values]
     nd = ds.sizes["d"]
-    fig, axes = plt.subplots(len(combos), nd, figsize=(4.3 * nd, 3.1 * len(combos)), squeeze=False, sharey=True)
+    fig = figure(figsize=(4.3 * nd, 3.1 * len(combos)))
+    axes = fig.subplots(len(combos), nd, squeeze=False, sharey=True)
     for r, (k, beta) in enumerate(combos):
         for c, d in enumerate(ds.d.values):
             ax = axes[r, c]
@@ -63,7 +63,5 @@ def plot(ds: xr.Dataset, out: str) -> str:
     fig.suptitle(f"{ds.attrs.get('name', '')}: overlap vs n/(k log d); band = min–max over {ds.sizes['seed']} seed{'s' if ds.sizes['seed'] != 1 else ''};\n"
                  "vertical: n_IT (dotted), n_poly (dashed), n_spectral (dash-dot); grey: 1/2 and 1/sqrt(d)",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    tight_layout(fig, rect=(0, 0.06, 1, 1))
+    return save(fig, out, dpi=100, tight_bbox=True)

@@ -10,13 +10,11 @@ from dsclab.studies.two_scores.report import done, readings
 
 
 def plot(ds: xr.Dataset, out: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dsclab.figures import figure, save, tight_layout
 
     dims = list(ds["d"].values)
-    fig, axs = plt.subplots(len(dims), 2, figsize=(11, 4.2 * len(dims)), squeeze=False)
+    fig = figure(figsize=(11, 4.2 * len(dims)))
+    axs = fig.subplots(len(dims), 2, squeeze=False)
     n = ds["n"].values.astype(float)
     eta = float(ds.attrs["eta"])
     t = float(ds["t"].values[0])
@@ -43,7 +41,5 @@ def plot(ds: xr.Dataset, out: str) -> str:
         right.set(xscale="log", ylim=(-0.03, 1.03), xlabel="n (samples)", ylabel="fraction of seeds",
                   title=f"wrong picks, d={d} (dotted: n = 1/η)")
         right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    tight_layout(fig)
+    return save(fig, out, dpi=110)
