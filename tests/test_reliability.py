@@ -132,6 +132,7 @@ def test_study_on_a_url_store(harness, tmp_path, scheme):
     spec = parse_spec({**TINY, "name": f"url-{scheme}", "n": [40, 80]})
     url = f"file://{tmp_path}/s.zarr" if scheme == "file" else f"memory://dsclab-{tmp_path.name}/s.zarr"
     out = sample_complexity(spec=spec, store=url)
+    assert isinstance(out.pop("report"), str)  # the report artifact's text
     assert out == {"store": url, "cells": 2, "done": 2, "failed": 0, "computed": 2,
                    "plot": None}  # a URL store: the figure is drawn only for local stores
     ds = xr.open_zarr(url)
@@ -274,6 +275,7 @@ def test_out_of_memory_splits_the_group_down_to_single_cells(harness, tmp_path, 
     assert [w for w in warnings if w.startswith("out of memory")] == [
         f"out of memory training {m} cells together on cpu ({OOM}); retrying as {h} + {h} cells"
         for m, h in ((4, 2), (2, 1), (2, 1))]
+    assert isinstance(out.pop("report"), str)
     assert out == {"store": store, "cells": 4, "done": 4, "failed": 0, "computed": 4, "plot": storage.plot_path(store)}
     assert (storage.read_status(store) == storage.DONE).all() and storage.failures(store) == []
     _assert_close(_values(store), oom_reference, RTOL_SPLIT)
