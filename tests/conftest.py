@@ -1,3 +1,4 @@
+import functools
 import os
 from pathlib import Path
 
@@ -183,6 +184,7 @@ share: under xdist they run on one worker, one after the other, so the setup sta
 once per worker that draws one of them."""
 
 
+@functools.lru_cache(maxsize=None)
 def _scope(path) -> str:
     """The xdist work unit of a test file: the file, or ``SHARED_TEAM`` for a module that uses it."""
     from pathlib import Path
