@@ -45,7 +45,7 @@ from fsspec.implementations.local import LocalFileSystem
 from dsclab.study import Status, StudyKind
 from storage.store import (
     StoreError, _exists, _fs, _open, check_store, check_version, create_or_open, open_results, with_failure,
-    zarr_target,
+    write_new,
 )
 
 NEW, OLD, COMPLETE = ".grow-new", ".grow-old", ".dsclab-complete"
@@ -205,7 +205,7 @@ def grow(path: str, template: xr.Dataset, cell_dims, *, reset_done: bool) -> Non
                 for name, v in new.variables.items() if name not in new.dims}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        new.to_zarr(zarr_target(path + NEW), mode="w-", encoding=encoding, consolidated=False, zarr_format=2)
+        write_new(new, path + NEW, encoding)
     fs, root = _fs(path + NEW)
     fs.touch(f"{root}/{COMPLETE}")
     if not _local(path):

@@ -39,17 +39,38 @@ ROOT = Path(__file__).parents[1]
 @pytest.fixture(scope="module")
 def s3():
     """A local S3 server on 127.0.0.1 (a free port) with one bucket; the AWS_* variables point
-    this process and its children at it. Stopped, and the variables restored, at the end."""
-    import s3fs
-    from moto.server import ThreadedMotoServer
+    this process and its children at it. Stopped, and the variables restored, at the end.
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    _, port = server.get_host_and_port()
+    It serves moto's S3 application alone, in threads of this process, as ``ThreadedMotoServer``
+    does but without its dispatcher, which finds the service of every request anew (a listing of
+    moto's ~250 packages and a few hundred URL patterns, under one lock: most of the server's
+    CPU); the server's request log (one line per request, through Prefect's console handler) is
+    off, its warnings and errors kept.
+
+    s3fs reads an object with one GET (``max_concurrency=1``, through fsspec's configuration,
+    ``FSSPEC_S3`` for the children) instead of a HEAD for its size and then the GET: the size
+    only matters to split objects over 50 MB (``default_block_size``) into concurrent ranges, and
+    a store's objects are a few kB."""
+    import logging
+    import threading
+
+    import fsspec.config
+    import s3fs
+    from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, create_backend_app("s3"), threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    log, level = logging.getLogger("werkzeug"), logging.getLogger("werkzeug").level
+    log.setLevel(logging.WARNING)
     env = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "FSSPEC_S3": json.dumps({"max_concurrency": 1})}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    saved_conf = fsspec.config.conf.get("s3")
+    fsspec.config.conf["s3"] = {**(saved_conf or {}), "max_concurrency": 1}
     s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem()
     fs.mkdir(BUCKET)
@@ -57,7 +78,13 @@ def s3():
         yield SimpleNamespace(fs=fs, url=lambda name: f"s3://{BUCKET}/{name}")
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
+        server.shutdown()
+        thread.join()
+        log.setLevel(level)
+        if saved_conf is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved_conf
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -73,6 +100,71 @@ def _upload(s3, local: Path, name: str) -> str:
 
 def _leftovers(s3, url: str) -> list[str]:
     return [s for s in (storage.growth.NEW, storage.growth.OLD) if s3.fs.exists(url.removeprefix("s3://") + s)]
+
+
+FORKS = """
+import json, os, sys, traceback
+import fsspec, numpy, s3fs, xarray, yaml  # noqa: F401 - what the scripts import, once for all of them
+import storage.growth  # noqa: F401
+from dsclab.study import parse_spec  # noqa: F401
+from dsclab.studies.sample_complexity import KIND  # noqa: F401
+def child(code, argv, log):
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.argv, status = argv, 0
+    try:
+        exec(compile(code, argv[0], "exec"), {"__name__": "__main__"})
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+for line in sys.stdin:
+    pids = []
+    for code, argv, log in json.loads(line):
+        pid = os.fork()
+        if pid == 0:
+            child(code, argv, log)
+        pids.append(pid)
+    print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def forks(s3):
+    """``forks((code, argv, log), ...)`` runs each Python script ``code`` (its ``sys.argv`` =
+    ``argv``) in a process of its own, all at once, and returns their exit statuses as
+    ``subprocess`` gives them (``-9``: killed by SIGKILL); each one's output goes to its ``log``.
+
+    The processes are forked from one started for this module, which has imported what the
+    scripts import (storage, the study kind, xarray, zarr, s3fs, PyTorch: ~3 s of CPU, most of
+    a killer's), and nothing else: no thread, no connection, nothing of S3 yet. Each is a
+    process like one started anew, with the environment of this module's server: it is killed
+    with kill -9, or writes beside another one, the same way."""
+    import select
+
+    proc = subprocess.Popen([sys.executable, "-c", FORKS], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+    def run(*scripts, timeout: float = 300) -> list[int]:
+        proc.stdin.write(json.dumps([[code, [str(a) for a in argv], str(log)] for code, argv, log in scripts]) + "\n")
+        proc.stdin.flush()
+        assert select.select([proc.stdout], [], [], timeout)[0], f"the scripts were still running after {timeout} s"
+        return json.loads(proc.stdout.readline())
+
+    try:
+        yield run
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a script that hangs: it and the forking process go
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_study_and_its_growth_on_s3_equal_the_local_disk(s3, stores, caplog):  # noqa: F811
@@ -150,14 +242,12 @@ g.open_store(KIND, spec, path)
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 4, 5])
-def test_kill_at_each_step_of_an_s3_growth_loses_nothing(s3, stores, tmp_path, step):  # noqa: F811
+def test_kill_at_each_step_of_an_s3_growth_loses_nothing(s3, stores, forks, tmp_path, step):  # noqa: F811
     url = _upload(s3, stores / "base.zarr", f"kill-{step}/s.zarr")
-    before = values(url)
-    f = tmp_path / "grown.yaml"
+    before = values(stores / "base.zarr")  # what was uploaded, read from the local disk
+    f, log = tmp_path / "grown.yaml", tmp_path / "killer.log"
     f.write_text(yaml.safe_dump({**BASE, "n": [100, 300, 1000]}))
-    p = subprocess.run([sys.executable, "-c", KILLER, url, str(step), str(f)], cwd=ROOT, capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    assert forks((KILLER, ["-c", url, step, f], log)) == [-signal.SIGKILL], log.read_text()[-2000:]
     # whatever the step, the next open finds every stored value (old layout or grown) ...
     storage.recover(url)
     assert _leftovers(s3, url) == []
@@ -171,17 +261,24 @@ def test_kill_at_each_step_of_an_s3_growth_loses_nothing(s3, stores, tmp_path, s
     xr.testing.assert_identical(values(url), values(stores / "fresh.zarr"))
 
 
-def test_dsclab_run_on_s3_killed_then_resumed(s3, stores, tmp_path, monkeypatch):  # noqa: F811
+def test_dsclab_run_on_s3_killed_then_resumed(s3, stores, harness, tmp_path, monkeypatch):  # noqa: F811
     """``dsclab run --store s3://...`` killed (kill -9 of its process group) at a random moment,
     then rerun: every cell done, no done cell computed again, equal to the local run; the figure
-    drawn into ``s.files/`` of the working directory."""
+    drawn into ``s.files/`` of the working directory.
+
+    Both runs report to this module's Prefect server (``PREFECT_API_URL``, as against a team
+    server), not each to a temporary server of its own (a process, its imports and a new
+    database's migrations per run): the store on object storage is what the kill and the resume
+    are about; ``tests/test_kill.py`` kills runs with their temporary servers."""
+    from prefect.settings import PREFECT_API_URL
+
     from test_kill import _env, _run
 
     monkeypatch.chdir(tmp_path)
 
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump({**BASE, "n": [100, 300, 1000]}))
-    url, env = s3.url("killed/s.zarr"), _env(tmp_path)
+    url, env = s3.url("killed/s.zarr"), {**_env(tmp_path), "PREFECT_API_URL": PREFECT_API_URL.value()}
     assert _run(spec_file, url, env, True, random.Random(31)) is None, "the kill did not land"
     from dsclab.study import parse_spec
 
@@ -201,8 +298,9 @@ def test_dsclab_run_on_s3_killed_then_resumed(s3, stores, tmp_path, monkeypatch)
     xr.testing.assert_identical(values(url), values(stores / "fresh.zarr"))
 
 
-def test_two_concurrent_writers_on_s3(s3, tmp_path):
-    """Two processes write disjoint cells of one s3 store at once: equal to a serial local run."""
+def test_two_concurrent_writers_on_s3(s3, forks, tmp_path, monkeypatch):
+    """Two processes write disjoint cells of one s3 store at once: equal to a serial local run
+    (the same writer's code, run here: the reference needs no process of its own)."""
     from dsclab.study import parse_spec
     from dsclab.studies.sample_complexity import layout as sc_layout
     from test_reliability import GRID, WRITER
@@ -210,14 +308,18 @@ def test_two_concurrent_writers_on_s3(s3, tmp_path):
     grid = {**GRID, "d": [2], "n": [10, 20]}  # 4 cells (each write is a few requests to the server)
     spec = parse_spec(grid)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(grid))
-    (tmp_path / "writer.py").write_text(WRITER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = {}
     for mode, path, parts in (("local", str(tmp_path / "serial.zarr"), 1), ("s3", s3.url("conc/c.zarr"), 2)):
         storage.create_or_open(path, sc_layout.template(spec), sc_layout.CELL_DIMS)
-        procs = [subprocess.Popen([sys.executable, str(tmp_path / "writer.py"), str(tmp_path / "spec.yaml"), path,
-                                   str(k), str(parts)], cwd=ROOT, env=env) for k in range(parts)]
-        assert [p.wait(timeout=300) for p in procs] == [0] * parts
+        argv = ["writer.py", str(tmp_path / "spec.yaml"), path]
+        if mode == "local":
+            with monkeypatch.context() as m:
+                m.setattr(sys, "argv", [*argv, "0", "1"])
+                exec(compile(WRITER, argv[0], "exec"), {"__name__": "__main__"})
+        else:
+            logs = [tmp_path / f"writer{k}.log" for k in range(parts)]
+            codes = forks(*((WRITER, [*argv, k, parts], logs[k]) for k in range(parts)))
+            assert codes == [0] * parts, [log.read_text()[-2000:] for log in logs]
         out[mode] = xr.open_zarr(path, consolidated=False).load()
     xr.testing.assert_identical(out["local"], out["s3"])
     assert int((out["s3"].status == storage.DONE).sum()) == len(spec.cells())
@@ -227,8 +329,9 @@ def test_no_credential_in_any_object_of_the_bucket(s3):
     """Every object the tests above wrote (stores, checkpoints, data) is free of the credentials."""
     keys = s3.fs.find(BUCKET)
     assert len(keys) > 50
-    for key in keys:
-        blob = s3.fs.cat_file(key)
+    blobs = s3.fs.cat(keys)  # one GET each, sent together
+    assert sorted(blobs) == sorted(keys)
+    for key, blob in blobs.items():
         assert KEY_ID.encode() not in blob and SECRET.encode() not in blob, key
 
 
