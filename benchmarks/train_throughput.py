@@ -16,6 +16,13 @@ same data and seeds, and prints cells/hour for each and the ratios to the plain 
 
     .venv/bin/python benchmarks/train_throughput.py [--device cpu|cuda] [--steps N] [--spec FILE]
 
+It also prints the FLOP rate of the batched run (one group at once) and its fraction of this
+machine's matrix-multiply peak in bfloat16 and in float32, both peaks measured in the same run
+(:func:`matmul_peak`: a (4096 x width) by (width x width) product, the shape of a hidden layer's
+batched work, as in issue 30). The FLOPs counted are the network's matrix products only
+(:func:`training_flops`): element-wise work, the optimizer and the draws are not counted, so the
+fraction is what reaches the matmul units, a lower bound on the machine's use.
+
 ``--steps`` shortens every cell's budget equally (the ratio is per optimiser step, so it is not
 affected); default: the spec's own budget. With ``DSCLAB_BENCH_TINY=1`` the spec is cut to
 4 cells x 10 steps (``common.tiny_study``); the record goes to ``$DSCLAB_BENCH_OUT`` when set.
@@ -32,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_study, record, training_data  # noqa: E402
+from common import load_study, record, tiny, training_data  # noqa: E402
 
 from dsclab.studies.sample_complexity import numerics as sc  # noqa: E402
 from dsclab.losses import dsm_loss, sample_times  # noqa: E402
@@ -62,6 +69,39 @@ def textbook_train(x: torch.Tensor, cfg, seed: int, device: str = "cpu") -> Scor
         opt.step()
         sched.step()
     return model
+
+
+def training_flops(d: int, cfg, steps: int) -> float:
+    """Floating-point operations of ``steps`` training steps of one cell's ScoreMLP (``cfg``: width,
+    depth, batch size): its matrix products only, as the layers declare their shapes. Per step and
+    layer (in x out, batch B): 2*B*in*out forward, as many for the weight gradient, and as many for
+    the input gradient except at the first layer (its input, the data and time features, needs
+    none)."""
+    net = ScoreMLP(d, width=cfg.width, depth=cfg.depth)
+    shapes = [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    first = net.hidden[0]
+    per_step = 2 * cfg.batch_size * (3 * sum(a * b for a, b in shapes) - first.in_features * first.out_features)
+    return float(per_step * steps)
+
+
+def matmul_peak(width: int, dtype: torch.dtype, device: str, reps: int) -> float:
+    """FLOP/s of ``(4096 x width) @ (width x width)`` products in ``dtype`` on ``device`` with the
+    current number of threads: the best of three timings of ``reps`` products, after a warm-up."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4096, width, generator=g).to(device, dtype)
+    b = torch.randn(width, width, generator=g).to(device, dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(3):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * 4096 * width * width * reps / best
 
 
 def main() -> None:
@@ -105,6 +145,10 @@ def main() -> None:
     for d in spec.d:
         group(d)
     batched = time.perf_counter() - t0
+    flops = sum(training_flops(c.d, cfg, cfg.steps) for c in cells)
+    reps = 5 if tiny() else 200
+    peaks = {p: matmul_peak(cfg.width, dt, args.device, reps) for p, dt in (("bfloat16", torch.bfloat16),
+                                                                              ("float32", torch.float32))}
     batched_f32 = None
     if cfg.precision != "float32":
         t0 = time.perf_counter()
@@ -136,6 +180,11 @@ def main() -> None:
     print(f"plain loop                 : {plain:8.1f} s  {res['plain_cells_per_hour']:10.0f} cells/hour")
     print(f"batched, one group at once : {batched:8.1f} s  {res['batched_cells_per_hour']:10.0f} cells/hour"
           f"  {res['speedup']:.2f}x")
+    res.update(batched_matmul_flop_per_second=flops / batched, matmul_peak_flop_per_second=peaks,
+               fraction_of_peak={p: flops / batched / v for p, v in peaks.items()})
+    print(f"  its matrix products: {flops / batched / 1e9:.1f} GFLOP/s, "
+          + ", ".join(f"{100 * res['fraction_of_peak'][p]:.1f} % of the {p} matmul peak ({v / 1e9:.1f} GFLOP/s, "
+                      f"4096 x {cfg.width} by {cfg.width} x {cfg.width}, measured now)" for p, v in peaks.items()))
     if batched_f32 is not None:
         res.update(batched_float32_seconds=batched_f32, batched_float32_cells_per_hour=3600 * n / batched_f32,
                    precision_speedup=batched_f32 / batched)

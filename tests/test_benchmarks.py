@@ -31,7 +31,10 @@ def _train_throughput(r: dict) -> dict:
     keys = ["speedup", "speedup_flow_like", "speedup_over_textbook", "speedup_flow_like_over_textbook"]
     if r["precision"] != "float32":
         keys += ["precision_speedup", "speedup_float32_over_textbook"]
-    return {k: r[k] for k in keys}
+    out = {k: r[k] for k in keys}
+    assert set(r["fraction_of_peak"]) == {"bfloat16", "float32"}
+    out.update({f"fraction of the {p} matmul peak": v for p, v in r["fraction_of_peak"].items()})
+    return out
 
 
 def _train_settings(r: dict) -> dict:
