@@ -141,11 +141,15 @@ def main() -> None:
                               config=config, device=args.device)
 
     threads = torch.get_num_threads()
-    t0 = time.perf_counter()
+    by_d = {}  # seconds of each group (one per d), one after another
     for d in spec.d:
+        t0 = time.perf_counter()
         group(d)
-    batched = time.perf_counter() - t0
-    flops = sum(training_flops(c.d, cfg, cfg.steps) for c in cells)
+        sync()
+        by_d[d] = time.perf_counter() - t0
+    batched = sum(by_d.values())
+    flops_by_d = {d: sum(training_flops(c.d, cfg, cfg.steps) for c in cells if c.d == d) for d in spec.d}
+    flops = sum(flops_by_d.values())
     reps = 5 if tiny() else 200
     peaks = {p: matmul_peak(cfg.width, dt, args.device, reps) for p, dt in (("bfloat16", torch.bfloat16),
                                                                               ("float32", torch.float32))}
@@ -181,10 +185,16 @@ def main() -> None:
     print(f"batched, one group at once : {batched:8.1f} s  {res['batched_cells_per_hour']:10.0f} cells/hour"
           f"  {res['speedup']:.2f}x")
     res.update(batched_matmul_flop_per_second=flops / batched, matmul_peak_flop_per_second=peaks,
-               fraction_of_peak={p: flops / batched / v for p, v in peaks.items()})
+               fraction_of_peak={p: flops / batched / v for p, v in peaks.items()},
+               batched_seconds_by_d={str(d): t for d, t in by_d.items()},
+               fraction_of_peak_by_d={str(d): {p: flops_by_d[d] / by_d[d] / v for p, v in peaks.items()}
+                                      for d in spec.d})
     print(f"  its matrix products: {flops / batched / 1e9:.1f} GFLOP/s, "
           + ", ".join(f"{100 * res['fraction_of_peak'][p]:.1f} % of the {p} matmul peak ({v / 1e9:.1f} GFLOP/s, "
                       f"4096 x {cfg.width} by {cfg.width} x {cfg.width}, measured now)" for p, v in peaks.items()))
+    for d in spec.d:
+        print(f"    d = {d}: {by_d[d]:.1f} s, {flops_by_d[d] / by_d[d] / 1e9:.1f} GFLOP/s, "
+              + ", ".join(f"{100 * res['fraction_of_peak_by_d'][str(d)][p]:.1f} % of the {p} peak" for p in peaks))
     if batched_f32 is not None:
         res.update(batched_float32_seconds=batched_f32, batched_float32_cells_per_hour=3600 * n / batched_f32,
                    precision_speedup=batched_f32 / batched)

@@ -34,6 +34,8 @@ def _train_throughput(r: dict) -> dict:
     out = {k: r[k] for k in keys}
     assert set(r["fraction_of_peak"]) == {"bfloat16", "float32"}
     out.update({f"fraction of the {p} matmul peak": v for p, v in r["fraction_of_peak"].items()})
+    out.update({f"d={d}: fraction of the {p} matmul peak": v
+                for d, row in r["fraction_of_peak_by_d"].items() for p, v in row.items()})
     return out
 
 
