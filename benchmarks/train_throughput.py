@@ -84,13 +84,19 @@ def training_flops(d: int, cfg, steps: int) -> float:
     return float(per_step * steps)
 
 
+def synchronizer(device: str):
+    """A function that waits for ``device``'s queued work (CUDA's ``synchronize``; a no-op on the
+    CPU, whose work is done when a call returns), called before each clock reading."""
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
 def matmul_peak(width: int, dtype: torch.dtype, device: str, reps: int) -> float:
     """FLOP/s of ``(4096 x width) @ (width x width)`` products in ``dtype`` on ``device`` with the
     current number of threads: the best of three timings of ``reps`` products, after a warm-up."""
     g = torch.Generator().manual_seed(0)
     a = torch.randn(4096, width, generator=g).to(device, dtype)
     b = torch.randn(width, width, generator=g).to(device, dtype)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync = synchronizer(device)
     for _ in range(3):
         a @ b
     best = float("inf")
@@ -122,7 +128,7 @@ def main() -> None:
     warm = dataclasses.replace(cfg, steps=5)  # first-call costs (allocator, kernels) outside the timings
     train_score(data[(cells[0].d, cells[0].seed)], config=warm, device=args.device)
     train_ensemble([data[(cells[0].d, cells[0].seed)]] * 2, [0, 1], config=warm, device=args.device)
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    sync = synchronizer(args.device)
     textbook_train(data[(cells[0].d, cells[0].seed)], warm, 0, args.device)
     sync()
     t0 = time.perf_counter()
@@ -148,7 +154,7 @@ def main() -> None:
         sync()
         by_d[d] = time.perf_counter() - t0
     batched = sum(by_d.values())
-    flops_by_d = {d: sum(training_flops(c.d, cfg, cfg.steps) for c in cells if c.d == d) for d in spec.d}
+    flops_by_d = {d: training_flops(d, cfg, cfg.steps) * sum(c.d == d for c in cells) for d in spec.d}
     flops = sum(flops_by_d.values())
     reps = 5 if tiny() else 200
     peaks = {p: matmul_peak(cfg.width, dt, args.device, reps) for p, dt in (("bfloat16", torch.bfloat16),
@@ -184,16 +190,16 @@ def main() -> None:
     print(f"plain loop                 : {plain:8.1f} s  {res['plain_cells_per_hour']:10.0f} cells/hour")
     print(f"batched, one group at once : {batched:8.1f} s  {res['batched_cells_per_hour']:10.0f} cells/hour"
           f"  {res['speedup']:.2f}x")
-    res.update(batched_matmul_flop_per_second=flops / batched, matmul_peak_flop_per_second=peaks,
-               fraction_of_peak={p: flops / batched / v for p, v in peaks.items()},
+    rate, rate_by_d = flops / batched, {d: flops_by_d[d] / by_d[d] for d in spec.d}
+    res.update(batched_matmul_flop_per_second=rate, matmul_peak_flop_per_second=peaks,
+               fraction_of_peak={p: rate / v for p, v in peaks.items()},
                batched_seconds_by_d={str(d): t for d, t in by_d.items()},
-               fraction_of_peak_by_d={str(d): {p: flops_by_d[d] / by_d[d] / v for p, v in peaks.items()}
-                                      for d in spec.d})
-    print(f"  its matrix products: {flops / batched / 1e9:.1f} GFLOP/s, "
+               fraction_of_peak_by_d={str(d): {p: r / v for p, v in peaks.items()} for d, r in rate_by_d.items()})
+    print(f"  its matrix products: {rate / 1e9:.1f} GFLOP/s, "
           + ", ".join(f"{100 * res['fraction_of_peak'][p]:.1f} % of the {p} matmul peak ({v / 1e9:.1f} GFLOP/s, "
                       f"4096 x {cfg.width} by {cfg.width} x {cfg.width}, measured now)" for p, v in peaks.items()))
-    for d in spec.d:
-        print(f"    d = {d}: {by_d[d]:.1f} s, {flops_by_d[d] / by_d[d] / 1e9:.1f} GFLOP/s, "
+    for d, r in rate_by_d.items():
+        print(f"    d = {d}: {by_d[d]:.1f} s, {r / 1e9:.1f} GFLOP/s, "
               + ", ".join(f"{100 * res['fraction_of_peak_by_d'][str(d)][p]:.1f} % of the {p} peak" for p in peaks))
     if batched_f32 is not None:
         res.update(batched_float32_seconds=batched_f32, batched_float32_cells_per_hour=3600 * n / batched_f32,

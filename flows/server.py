@@ -268,7 +268,7 @@ def new_database_from_template(env: dict) -> dict[str, str]:
         return {}
     try:
         home = Path(env.get("PREFECT_HOME") or "~/.prefect").expanduser()
-        db = home / "prefect.db"
+        db = home / ts.DATABASE
         template = ts.template_path()
         if db.exists() or template is None:
             return {}
