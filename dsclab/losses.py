@@ -19,12 +19,16 @@ Randomness is passed in, never drawn here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
-
-import torch
+from typing import Protocol, TYPE_CHECKING
 
 from dsclab import noise
+from dsclab.lazy import deferred
 from dsclab.registry import Needs, Registry, declare
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
 
 
 class PerSampleLoss(Protocol):

@@ -18,23 +18,31 @@ a kind lists only what is its own.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from dsclab.lazy import deferred
 from dsclab.registry import Needs, Registry, declare, nonempty_text, text
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
 
 
 def score_errors(score_hat: Callable, dist, ts: Sequence[float], m: int, deltas: Sequence[float],
                  generator: torch.Generator | Callable[[float], torch.Generator],
-                 dtype=torch.float32) -> dict[str, np.ndarray]:
-    """L2, relative L2 and quantile score errors on a grid of times.
+                 dtype: torch.dtype | None = None) -> dict[str, np.ndarray]:
+    """L2, relative L2 and quantile score errors on a grid of times (``score_hat`` is called on
+    ``dtype`` inputs, float32 when None).
 
     The m points at time t come from ``generator(t)`` when ``generator`` is a callable (each t its
     own draws: a value does not depend on the rest of the grid, so a store grows along t), else
     from the one generator, time after time. Returns ``l2 (T,)``, ``l2_rel (T,)`` and
     ``quantile (T, D)`` for ``ts`` and ``deltas``.
     """
+    dtype = torch.float32 if dtype is None else dtype
     l2, rel, qs = [], [], []
     for t in ts:
         g = generator(t) if callable(generator) else generator
@@ -335,13 +343,15 @@ def nearest_similarity(x: torch.Tensor, train: torch.Tensor, centre: torch.Tenso
 
 
 def heldout_dsm(score_hat: Callable, x: torch.Tensor, t: float, generator: torch.Generator,
-                dtype=torch.float32) -> float:
+                dtype: torch.dtype | None = None) -> float:
     """The DSM loss of a score on held-out rows ``x (m, d)`` at time t, per dimension:
     mean_i sigma_t^2 ||s_hat(x_t, t) + z_i / sigma_t||^2 / d with x_t = e^{-t} x_i + sigma_t z_i,
     z from ``generator`` (the same generator gives the same z for every model: paired differences).
-    Its minimum over scores is the held-out law's denoising error, not 0."""
+    Its minimum over scores is the held-out law's denoising error, not 0. ``score_hat`` is called
+    on ``dtype`` inputs, float32 when None."""
     from dsclab import noise
 
+    dtype = torch.float32 if dtype is None else dtype
     x = x.to(torch.float64)
     z = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x.device)
     tt = torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)

@@ -20,9 +20,17 @@ Every function accepts Python floats, numpy arrays or torch tensors and returns 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+from dsclab.lazy import deferred
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
+
 
 __all__ = [
     "mean_coef", "sigma2", "sigma", "snr", "logsnr", "t_from_snr", "t_from_logsnr", "sl_time",

@@ -36,6 +36,7 @@ import importlib
 import importlib.metadata
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -108,9 +109,36 @@ class Needs:
                                     f"not {description}")
 
 
+@dataclass(frozen=True)
+class _Ref:
+    """A registry entry not imported yet: ``where`` is its ``module:attr``, ``load()`` imports it;
+    ``plugin`` tells an entry point from a lazy built-in."""
+    where: str
+    load: Callable[[], Any]
+    plugin: bool
+
+
+def _lazy_ref(ref: str) -> _Ref:
+    module, attr = ref.split(":")
+    return _Ref(ref, lambda: getattr(importlib.import_module(module), attr), plugin=False)
+
+
+def _where(source: Any) -> str:
+    """Where a registry's entry is defined, ``module:attr``."""
+    return source.where if isinstance(source, _Ref) else origin(source)
+
+
 class Registry(Mapping[str, T], Generic[T]):
-    """Name -> variant: built-ins given at construction plus the entry points of ``group``
-    (loaded once, on first lookup; ``check`` validates each variant, built-ins included).
+    """Name -> variant: built-ins given at construction (objects, or ``lazy`` ``"module:attribute"``
+    references) plus the entry points of ``group``; ``check`` validates each variant, built-ins
+    included.
+
+    The *names* are known without importing anything: membership, iteration and ``len`` read the
+    built-in names and the entry points' metadata (a clash between them is refused there, once
+    per lookup, in one line). A variant is imported and checked when it is first looked up by
+    name, and kept; looking up an unknown name, iterating the values or the facts loads every
+    variant (a plugin that cannot be imported is then refused, in one line). So validating a spec
+    that names a study kind imports that kind only, and never a variant it does not use.
 
     ``builtin_names`` are this package's own names in their order (``builtins`` then ``lazy``):
     a study whose store layout lists every variant (one variable per metric, say) uses those, so
@@ -122,53 +150,73 @@ class Registry(Mapping[str, T], Generic[T]):
         self._builtins: dict[str, T] = dict(builtins or {})
         self._lazy = dict(lazy or {})  # name -> "module:attribute", imported on first lookup
         self.builtin_names: tuple[str, ...] = tuple(self._builtins) + tuple(self._lazy)
-        self._items: dict[str, T] = {}
-        self._loaded = self._loading = False
+        self._sources: dict[str, Any] | None = None  # name -> its object, lazy reference or entry point
+        self._items: dict[str, T] = {}  # the variants looked up so far, checked
+        self._loading: set[str] = set()
         self._lock = threading.RLock()
 
-    def _load(self) -> None:
-        if self._loaded:
-            return
+    def _names(self) -> dict[str, Any]:
+        """Every name and where its variant comes from (nothing imported); refuses clashes."""
+        if self._sources is not None:
+            return self._sources
         with self._lock:
-            if self._loaded:
-                return
-            if self._loading:
-                raise RegistryError(f"the {self.what} registry ({self.group}) was looked up while its plugins "
-                                    f"load: a plugin module must not look it up when imported")
-            self._loading = True
-            try:
-                self._items = self._collect()
-                self._loaded = True
-            finally:
-                self._loading = False
+            if self._sources is not None:
+                return self._sources
+            sources: dict[str, Any] = {**self._builtins, **{k: _lazy_ref(v) for k, v in self._lazy.items()}}
+            for ep in sorted(importlib.metadata.entry_points(group=self.group), key=lambda e: (e.name, e.value)):
+                if ep.name in sources:
+                    raise RegistryError(f"entry point {ep.name!r} = {ep.value!r} ({self.group}) clashes with the "
+                                        f"registered {self.what} {ep.name!r} of {_where(sources[ep.name])}")
+                sources[ep.name] = _Ref(ep.value, ep.load, plugin=True)
+            self._sources = sources
+            return sources
 
-    def _collect(self) -> dict[str, T]:
-        """Built-ins, lazy built-ins and entry points, each checked; nothing is kept on failure."""
-        items: dict[str, T] = dict(self._builtins)
-        for name, ref in self._lazy.items():
-            module, attr = ref.split(":")
-            items[name] = getattr(importlib.import_module(module), attr)
-        where = {name: origin(obj) for name, obj in items.items()}
-        for ep in sorted(importlib.metadata.entry_points(group=self.group), key=lambda e: (e.name, e.value)):
-            if ep.name in items:
-                raise RegistryError(f"entry point {ep.name!r} = {ep.value!r} ({self.group}) clashes with the "
-                                    f"registered {self.what} {ep.name!r} of {where[ep.name]}")
+    def _where(self, name: str) -> str:
+        return _where(self._items.get(name, self._names()[name]))
+
+    def _get(self, name: str) -> T:
+        """The variant ``name`` (a known name), imported and checked on first lookup."""
+        try:
+            return self._items[name]
+        except KeyError:
+            pass
+        with self._lock:
+            if name in self._items:
+                return self._items[name]
+            if name in self._loading:
+                raise RegistryError(f"the {self.what} {name!r} ({self.group}) was looked up while it loads: "
+                                    f"a module must not look up its own variant when imported")
+            source = self._names()[name]
+            self._loading.add(name)
             try:
-                obj = ep.load()
-            except Exception as e:  # noqa: BLE001 - a broken plugin is named, in one line
-                msg = (str(e).strip().splitlines() or [""])[0]
-                raise RegistryError(f"cannot load {self.what} {ep.name!r} from {ep.value!r} ({self.group}): "
-                                    f"{type(e).__name__}: {msg}") from None
-            items[ep.name], where[ep.name] = obj, ep.value
-        if self._check is not None:
-            for name, obj in items.items():
-                self._check(name, obj)
-        return items
+                if not isinstance(source, _Ref):
+                    obj = source
+                elif source.plugin:
+                    try:
+                        obj = source.load()
+                    except Exception as e:  # noqa: BLE001 - a broken plugin is named, in one line
+                        msg = (str(e).strip().splitlines() or [""])[0]
+                        raise RegistryError(f"cannot load {self.what} {name!r} from {source.where!r} ({self.group}): "
+                                            f"{type(e).__name__}: {msg}") from None
+                else:
+                    obj = source.load()
+                if self._check is not None:
+                    self._check(name, obj)
+            finally:
+                self._loading.discard(name)
+            self._items[name] = obj
+            return obj
+
+    def _load(self) -> None:
+        """Every variant, imported and checked (the first failure is raised; nothing failed is kept)."""
+        for name in self._names():
+            self._get(name)
 
     def __getstate__(self) -> dict:  # picklable (Dask ships functions that refer to a registry)
         self._load()
         state = dict(self.__dict__)
         del state["_lock"]
+        state["_sources"] = dict(self._items)  # every variant is loaded: no entry point objects to pickle
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -177,36 +225,35 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def register(self, name: str, obj: T) -> T:
         """Add a variant at run time (tests, notebooks); refuses a name that is taken."""
-        self._load()
-        if name in self._items:
-            raise RegistryError(f"{self.what} {name!r} is already registered ({origin(self._items[name])})")
+        sources = self._names()
+        if name in sources:
+            raise RegistryError(f"{self.what} {name!r} is already registered ({self._where(name)})")
         if self._check is not None:
             self._check(name, obj)
-        self._items[name] = obj
+        with self._lock:
+            sources[name] = obj
+            self._items[name] = obj
         return obj
 
     def unregister(self, name: str) -> None:
-        self._load()
-        self._items.pop(name, None)
+        with self._lock:
+            self._names().pop(name, None)
+            self._items.pop(name, None)
 
     def __getitem__(self, name: str) -> T:
-        self._load()
-        try:
-            return self._items[name]
-        except KeyError:
-            raise KeyError(f"unknown {self.what} {name!r} (known: {self.known()})") from None
+        if name not in self._names():
+            self._load()  # an unknown name: a plugin that cannot be loaded is reported first
+            raise KeyError(f"unknown {self.what} {name!r} (known: {self.known()})")
+        return self._get(name)
 
     def __contains__(self, name: object) -> bool:
-        self._load()
-        return name in self._items
+        return name in self._names()
 
     def __iter__(self) -> Iterator[str]:
-        self._load()
-        return iter(list(self._items))
+        return iter(list(self._names()))
 
     def __len__(self) -> int:
-        self._load()
-        return len(self._items)
+        return len(self._names())
 
     def known(self) -> str:
         """The registered names, comma-separated (for one-line error messages)."""
@@ -216,7 +263,7 @@ class Registry(Mapping[str, T], Generic[T]):
         """The variant called ``name``, or ValueError with one line listing the known names."""
         if name not in self:
             raise ValueError(f"unknown {self.what} {name!r} (known: {self.known()})")
-        return self._items[name]
+        return self._get(name)
 
     def facts(self, attr: str) -> "Facts":
         """The read-only mapping name -> ``getattr(variant, attr)`` over this registry (live: a

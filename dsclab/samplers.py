@@ -27,13 +27,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from dsclab.noise_sources import Noise
+from dsclab.lazy import deferred
 from dsclab.registry import Needs, Registry, declare, positive_int, positive_pair
 
-Score = Callable[[torch.Tensor, float], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+    from dsclab.noise_sources import Noise
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
+
+
+Score = Callable[["torch.Tensor", float], "torch.Tensor"]
 
 SQRT2 = math.sqrt(2.0)
 

@@ -18,9 +18,17 @@ import contextlib
 import functools
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+from dsclab.lazy import deferred
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
+
 
 SEED_BITS = 128
 _MT_WORDS = 624  # the Mersenne Twister's state, in 32-bit words

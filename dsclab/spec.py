@@ -38,7 +38,7 @@ import dsclab
 from dsclab import axes, distributions
 from dsclab.noise import SCHEDULES
 from dsclab.samplers import NFE_PER_STEP, SAMPLERS
-from dsclab.train import PRECISIONS
+from dsclab.precisions import PRECISIONS
 
 
 class SpecError(ValueError):
@@ -123,7 +123,7 @@ class TrainSpec(TimeRange):
     T: float = Field(5.0, gt=0, description="largest training time")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:i]'")
     precision: Precision = Field(
-        "float32", description="arithmetic of the training step, a key of dsclab.train.PRECISIONS: 'bfloat16' "
+        "float32", description="arithmetic of the training step, a key of dsclab.precisions.PRECISIONS: 'bfloat16' "
         "runs its matrix products under autocast (weights, Adam and evaluation stay float32)")
 
 

@@ -34,13 +34,18 @@ from torch import nn
 from dsclab.errors import TrainingDiverged
 from dsclab.losses import SCORE_LOSSES, EnsembleLoss, sample_times
 from dsclab.nets import EnsembleMLP, ScoreMLP
+from dsclab.precisions import PRECISIONS
 from dsclab.seeds import generator, rng
 
 
 DRAW_STEPS = 32  # optimiser steps whose random draws are made at once
 
-PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
-"""Training-step arithmetic: the autocast dtype, or None for plain float32."""
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a training-step arithmetic (a key of ``PRECISIONS``), or None for
+    plain float32."""
+    name = PRECISIONS[precision]
+    return None if name is None else getattr(torch, name)
 
 
 # ------------------------------------------------------------------------------------------
@@ -301,7 +306,7 @@ def train_score(x: torch.Tensor, *, estimator: str = "dsm", config: TrainConfig 
     draw = ScoreDraws([x], [g], steps=config.steps, batch_size=config.batch_size, t_min=config.t_min, T=config.T,
                       members=False)
     trace = fit(model, loss_fn, draw, steps=config.steps, optimizer=opt, scheduler=sched,
-                autocast=PRECISIONS[config.precision])
+                autocast=autocast_dtype(config.precision))
     return TrainResult(model.cpu().eval(), trace.tail_mean(), time.perf_counter() - t0)
 
 
@@ -333,7 +338,7 @@ def train_ensemble(datasets: list[torch.Tensor], seeds: list[int], *, estimator:
     draw = ScoreDraws(xs, gens, steps=config.steps, batch_size=config.batch_size, t_min=config.t_min, T=config.T,
                       members=True)
     trace = fit(net, loss_fn, draw, steps=config.steps, optimizer=opt, scheduler=sched,
-                autocast=PRECISIONS[config.precision])
+                autocast=autocast_dtype(config.precision))
     losses = trace.tail_mean()
     net = net.cpu()
     seconds = (time.perf_counter() - t0) / M  # the group's wall time, shared equally

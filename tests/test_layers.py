@@ -34,14 +34,27 @@ KIND_MODULES = ("__init__.py", "spec.py", "layout.py", "numerics.py", "report.py
 STUDIES = ROOT / "dsclab" / "studies"
 
 
+def deferred_module(node: ast.AST) -> str | None:
+    """The module of a ``deferred("module", ...)`` call (``dsclab.lazy``: an import on first use,
+    held to the same layering as an import statement), else None."""
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+            and isinstance(node.args[0].value, str):
+        f = node.func
+        if (f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None) == "deferred":
+            return node.args[0].value
+    return None
+
+
 def imports(source: str) -> list[tuple[int, str]]:
-    """(line, module) of every absolute import in ``source``."""
+    """(line, module) of every absolute import in ``source``, deferred ones included."""
     out = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             out.append((node.lineno, node.module))
+        elif mod := deferred_module(node):
+            out.append((node.lineno, mod))
     return out
 
 
@@ -61,6 +74,8 @@ def test_the_checker_finds_a_violation():
         "tasks/x.py:1 imports flows.runners"]
     assert violations("dsclab/cli.py", "import flows\n") == []
     assert violations("dsclab/x.py", "import storagebox\n") == []  # a prefix of a name is not the package
+    assert violations("dsclab/x.py", "flows = deferred('flows.study', globals())\n") == [
+        "dsclab/x.py:1 imports flows.study"]
 
 
 @pytest.mark.parametrize("top", sorted(FORBIDDEN))
@@ -103,6 +118,8 @@ def importers() -> dict[str, set[str]]:
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names]
                                              if node.module == "dsclab" else [])
+                elif mod := deferred_module(node):
+                    names = [mod]
                 for name in names:
                     parts = name.split(".")
                     if parts[0] == "dsclab" and len(parts) > 1 and parts[1] != "studies":

@@ -230,6 +230,24 @@ def test_broken_entry_point_is_refused_every_time(tmp_path, monkeypatch):
     assert "ModuleNotFoundError" in first
 
 
+def test_names_are_known_without_importing_a_variant(tmp_path, monkeypatch):
+    """Membership, iteration and len read the names only; a lazy built-in and an entry point are
+    imported (and checked) on their first lookup, each alone, and kept."""
+    (tmp_path / "probe_lazy_variant.py").write_text("def family(d):\n    return d\n")
+    (tmp_path / "probe_plugin_variant.py").write_text("def family(d):\n    return 2 * d\n")
+    _fake_dist(tmp_path, "fake_probe", "dsclab.test_names", {"plugged": "probe_plugin_variant:family"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for m in ("probe_lazy_variant", "probe_plugin_variant"):
+        monkeypatch.delitem(sys.modules, m, raising=False)
+    reg = Registry("dsclab.test_names", "distribution", check=Needs("distribution"),
+                   lazy={"probe": "probe_lazy_variant:family"})
+    assert "probe" in reg and "plugged" in reg and "other" not in reg
+    assert list(reg) == ["probe", "plugged"] and len(reg) == 2 and reg.builtin_names == ("probe",)
+    assert "probe_lazy_variant" not in sys.modules and "probe_plugin_variant" not in sys.modules
+    assert reg["probe"](3) == 3 and "probe_plugin_variant" not in sys.modules
+    assert reg["plugged"](3) == 6 and reg["plugged"] is sys.modules["probe_plugin_variant"].family
+
+
 def test_plugin_failing_its_registry_check_is_refused(monkeypatch):
     """The check runs on entry points too: a 'distribution' that is not callable (entry points
     patched through importlib.metadata.entry_points)."""

@@ -1,4 +1,8 @@
 """Specs: validation into one-line errors, stable cell keys, and the CLI refusing bad input."""
+import json
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -117,3 +121,57 @@ def test_a_partial_train_section_keeps_the_kinds_other_training_defaults():
     full = TrainSpec(steps=50, batch_size=8, lr=1e-3, width=8, depth=1)
     assert parse_spec({**base, "train": full.model_dump()}).train == full
     assert isinstance(part, SparsePCASpec)
+
+
+REFUSE_WITHOUT_TORCH = r"""
+import json, sys, yaml
+from dsclab import cli
+from dsclab.study import KINDS
+
+paths = sys.argv[1:]
+out = []
+for path in paths:
+    rc = cli.main(["run", path])
+    out.append([path, rc, "torch" in sys.modules])
+print(json.dumps(out))
+"""
+
+
+def test_a_refused_spec_never_imports_torch(tmp_path):
+    """Refusing a spec costs only the spec's own imports (issue 29: a refusal in under ~2 s; torch
+    alone took ~1.2 s of a 2.7 s refusal): the missing-``name`` spec and every registered kind's
+    small preset with a negative seed exit 2 in one process that never imports torch
+    (``dsclab.lazy``: the registries, data families, samplers and the kinds' modules bind torch on
+    first use; ``dsclab.registry``: looking up a kind imports that kind only)."""
+    from dsclab.study import KINDS
+
+    specs = [tmp_path / "no_family.yaml"]
+    specs[0].write_text(yaml.safe_dump({"name": "demo", "distribution": {"params": {"k": 2}},
+                                        "store": str(tmp_path / "no_family.zarr")}))
+    for name in KINDS:
+        spec = {**KINDS[name].small, "kind": name, "seed": [-1], "store": str(tmp_path / f"{name}.zarr")}
+        specs.append(tmp_path / f"{name}.yaml")
+        specs[-1].write_text(yaml.safe_dump(spec))
+    r = subprocess.run([sys.executable, "-c", REFUSE_WITHOUT_TORCH, *map(str, specs)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [rc for _, rc, _ in results] == [2] * len(specs), r.stderr[-2000:]
+    assert [p for p, _, torch_in in results if torch_in] == [], "torch imported while refusing these specs"
+    errors = [line for line in r.stderr.splitlines() if line.startswith("dsclab: error:")]
+    assert len(errors) == len(specs) and "distribution.name: missing" in errors[0]
+    assert all("seed" in e for e in errors[1:]), errors
+    assert not list(tmp_path.glob("*.zarr"))
+
+
+def test_a_deferred_module_is_imported_on_first_use_and_rebound(tmp_path, monkeypatch):
+    from dsclab.lazy import deferred
+
+    (tmp_path / "probe_deferred_module.py").write_text("VALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "probe_deferred_module", raising=False)
+    namespace: dict = {}
+    namespace["probe"] = deferred("probe_deferred_module", namespace, "probe")
+    assert "probe_deferred_module" not in sys.modules
+    assert namespace["probe"].VALUE == 7
+    assert namespace["probe"] is sys.modules["probe_deferred_module"]  # the name now holds the module itself

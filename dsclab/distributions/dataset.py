@@ -31,9 +31,17 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+from dsclab.lazy import deferred
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
+
 
 BUILTIN_DATA = {"digits": (Path(__file__).parent / "data" / "digits.npz", "images")}
 """Data sets shipped inside the package: name -> (file, key)."""

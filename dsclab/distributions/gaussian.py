@@ -13,18 +13,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from dsclab import noise
+from dsclab.lazy import deferred
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
+
 
 LOG_2PI = math.log(2 * math.pi)
 
 
-def _t_col(t, m: int, dtype=torch.float64) -> torch.Tensor:
+def _t_col(t, m: int) -> torch.Tensor:
     """Times as a float64 tensor of shape (m, 1)."""
-    t = torch.as_tensor(t, dtype=dtype)
+    t = torch.as_tensor(t, dtype=torch.float64)
     if t.ndim == 0:
         t = t.expand(m)
     return t.reshape(m, 1)

@@ -17,10 +17,16 @@ Arithmetic is float64; results come back in the input's dtype.
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from dsclab import noise
+from dsclab.lazy import deferred
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
+
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -23,11 +23,18 @@ x = z + (sqrt(1 + e^{-2t} beta) - 1)(u^T z) u with z ~ N(0, I_d).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from dsclab.distributions.gaussian import GaussianMixture
+from dsclab.lazy import deferred
 from dsclab.seeds import generator
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
 
 
 def spike_direction(d: int, k: int, support_seed: int) -> torch.Tensor:

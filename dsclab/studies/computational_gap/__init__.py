@@ -7,13 +7,17 @@ documented there), ``spike``
 and ``plot`` (figure)."""
 from __future__ import annotations
 
-from dsclab.errors import NUMERICAL
+from dsclab.lazy import deferred
 from dsclab.studies import small_preset
-from dsclab.studies.computational_gap import layout, numerics
+from dsclab.studies.computational_gap import layout
 from dsclab.studies.computational_gap import plot as _plot
 from dsclab.studies.computational_gap import report as _report
 from dsclab.studies.computational_gap.spec import CELL_DIMS, ComputationalGapSpec
 from dsclab.study import Group, StudyKind
+
+# the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
+errors = deferred("dsclab.errors", globals())
+numerics = deferred("dsclab.studies.computational_gap.numerics", globals())
 
 
 class ComputationalGap(StudyKind):
@@ -65,7 +69,7 @@ class ComputationalGap(StudyKind):
         for c in cells:
             try:
                 out[c.key] = numerics.train_cell(spec, c, cache, device)
-            except NUMERICAL as e:
+            except errors.NUMERICAL as e:
                 out[c.key] = e
         return out
 

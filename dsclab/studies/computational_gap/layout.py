@@ -7,8 +7,10 @@ import numpy as np
 import xarray as xr
 
 from dsclab import layout
-from dsclab.studies.computational_gap import spike
+from dsclab.lazy import deferred
 from dsclab.studies.computational_gap.spec import CELL_DIMS, ComputationalGapSpec
+
+spike = deferred("dsclab.studies.computational_gap.spike", globals())  # torch: when a store is made (dsclab.lazy)
 
 PER_DRIFT = {
     "integrated_loss": ("int_0^T E||m(y_t,t) - x||^2 dt, T = T_mult n (uniform in SL time)", "1"),

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from dsclab.errors import NUMERICAL
+from dsclab.lazy import deferred
 from dsclab.studies import small_preset
 from dsclab.study import Group, StudyKind
 
-from . import layout, numerics
+from . import layout
 from . import plot as _plot
 from . import report as _report
 from .spec import CELL_DIMS, FarComponentSpec
+
+# the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
+errors = deferred("dsclab.errors", globals())
+numerics = deferred("dsclab.studies.far_component.numerics", globals())
 
 
 class FarComponent(StudyKind):
@@ -51,7 +55,7 @@ class FarComponent(StudyKind):
         for c in cells:
             try:
                 out[c.key] = numerics.train_cell(spec, c, device).payload()
-            except NUMERICAL as e:
+            except errors.NUMERICAL as e:
                 out[c.key] = e
         return out
 

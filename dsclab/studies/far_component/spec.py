@@ -32,7 +32,7 @@ class FarTrainSpec(TimeRange):
     depth: int = Field(2, gt=0, description="hidden layers of the MLP")
     t_min: float = Field(0.01, gt=0, description="smallest training time")
     T: float = Field(3.0, gt=0, description="largest training time")
-    precision: Precision = Field("float32", description="arithmetic of the training step (dsclab.train.PRECISIONS)")
+    precision: Precision = Field("float32", description="arithmetic of the training step (dsclab.precisions.PRECISIONS)")
 
 
 class FarComponentSpec(StudyBase):

@@ -8,13 +8,16 @@ and ``plot``. This module is the contract adapter (``dsclab.study``); the generi
 """
 from __future__ import annotations
 
-from dsclab.errors import NUMERICAL
+from dsclab.lazy import deferred
 from dsclab.studies import small_preset
 from dsclab.studies.immse import layout, plot, report
-from dsclab.studies.immse.numerics import evaluate_cell, train_cell
 from dsclab.studies.immse.spec import CELL_DIMS, ImmseSpec
 from dsclab.study import Group, StudyKind
-from dsclab.train import TrainResult
+
+# the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
+numerics = deferred("dsclab.studies.immse.numerics", globals())
+errors = deferred("dsclab.errors", globals())
+training = deferred("dsclab.train", globals(), "training")
 
 
 class Immse(StudyKind):
@@ -39,13 +42,13 @@ class Immse(StudyKind):
         out = {}
         for c in cells:
             try:
-                out[c.key] = train_cell(spec, c, device).payload()
-            except NUMERICAL as e:
+                out[c.key] = numerics.train_cell(spec, c, device).payload()
+            except errors.NUMERICAL as e:
                 out[c.key] = e
         return out
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return evaluate_cell(spec, cell, TrainResult.restore(trained, device))
+        return numerics.evaluate_cell(spec, cell, training.TrainResult.restore(trained, device))
 
 
 KIND = Immse()

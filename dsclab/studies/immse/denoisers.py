@@ -17,12 +17,21 @@ trained network and the ensemble.
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from dsclab import immse
 from dsclab.distributions.gaussian import GaussianMixture
 from dsclab.distributions.rademacher import Rademacher
+from dsclab.lazy import deferred
 from dsclab.registry import Needs, Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from dsclab import immse
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
+    immse = deferred("dsclab.immse", globals())
+
 
 DENOISERS = ("exact", "gaussian", "mismatched", "trained", "ensemble")
 ENSEMBLE_MEMBERS = ("gaussian", "mismatched", "trained")

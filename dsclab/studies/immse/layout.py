@@ -12,14 +12,27 @@ curve), ``logsnr_min``/``logsnr_max (data, d)``, the integration range, and ``tr
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
 import xarray as xr
 
-from dsclab import immse, layout
-from dsclab.studies.immse.numerics import train_t_min
+from dsclab import layout
+from dsclab.lazy import deferred
 from dsclab.studies.immse.denoisers import DENOISERS, ENSEMBLE_MEMBERS
 from dsclab.studies.immse.spec import CELL_DIMS, ImmseSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from dsclab import immse
+    from dsclab.studies.immse import numerics
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
+    immse = deferred("dsclab.immse", globals())
+    numerics = deferred("dsclab.studies.immse.numerics", globals())
+
 
 PER_DENOISER = {
     "nll_immse": ("I-MMSE estimate of -log p(x) on held-out data (nats per dimension; matched-Gaussian "
@@ -50,7 +63,7 @@ def reference(spec: ImmseSpec) -> xr.Dataset:
             lam = immse.spectrum(law.cov())
             curve[i, j] = (immse.mmse_gaussian(grid, lam) / d).numpy()
             lo[i, j], hi[i, j] = immse.logsnr_range(*immse.loc_scale(lam), spec.evaluation.clip)
-            tmin[i, j] = train_t_min(spec, law)
+            tmin[i, j] = numerics.train_t_min(spec, law)
     return xr.Dataset({
         "mmse_gauss": (("data", "d", "logsnr"), curve, {
             "long_name": "noise-prediction MMSE / d of the matched Gaussian, mean_i sigmoid(alpha + log lam_i)",

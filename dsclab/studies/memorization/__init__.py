@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from dsclab.errors import TrainingDiverged
+from dsclab.lazy import deferred
 from dsclab.seeds import derive_seed
 from dsclab.studies import small_preset
 from dsclab.studies.memorization import layout
-from dsclab.studies.memorization import numerics as mz
 from dsclab.studies.memorization import plot as _plot
 from dsclab.studies.memorization import report as _report
 from dsclab.studies.memorization.spec import CELL_DIMS, StudySpec
 from dsclab.study import Group, StudyKind
+
+# the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
+errors = deferred("dsclab.errors", globals())
+mz = deferred("dsclab.studies.memorization.numerics", globals(), "mz")
 
 
 def data_name(spec: StudySpec, d: int, seed: int) -> str:
@@ -59,7 +62,7 @@ class Memorization(StudyKind):
     def train(self, spec, cells, cache, prepared, device):
         data = {c.seed: cache.load_array(prepared[(c.d, c.seed)]) for c in cells}
         results = mz.train_cells(spec, cells, data, device)
-        return {c.key: TrainingDiverged() if r is None else r for c, r in zip(cells, results)}
+        return {c.key: errors.TrainingDiverged() if r is None else r for c, r in zip(cells, results)}
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
         return mz.evaluate(spec, cell, cache.load_array(prepared[(cell.d, cell.seed)]), trained, device)

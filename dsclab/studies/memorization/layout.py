@@ -21,8 +21,10 @@ import xarray as xr
 
 from dsclab import layout
 from dsclab.metrics import HELD_OUT
-from dsclab.studies.memorization.numerics import DISTANCES, NETWORKS, data_set
+from dsclab.lazy import deferred
 from dsclab.studies.memorization.spec import CELL_DIMS, StudySpec
+
+numerics = deferred("dsclab.studies.memorization.numerics", globals())  # torch: when a store is made (dsclab.lazy)
 
 VARIABLES = {
     # name: (extra dims, long name, units)
@@ -43,17 +45,17 @@ COORD_ATTRS = layout.coord_attrs(
 
 def template(spec: StudySpec) -> xr.Dataset:
     """The empty store: every dim, coordinate and attribute; floats NaN, status pending."""
-    ds = data_set(spec, spec.d[0])
+    ds = numerics.data_set(spec, spec.d[0])
     coords = {
         "d": np.array(spec.d, dtype=np.int64), "n": np.array(spec.n, dtype=np.int64),
         "seed": np.array(spec.seed, dtype=np.int64), "t": np.array(spec.evaluation.t, dtype=np.float64),
-        "network": np.array(NETWORKS, dtype=str), "sample": np.arange(spec.evaluation.keep, dtype=np.int64),
+        "network": np.array(numerics.NETWORKS, dtype=str), "sample": np.arange(spec.evaluation.keep, dtype=np.int64),
         "pixel": np.arange(ds.native, dtype=np.int64),
     }
     variables = {name: (CELL_DIMS + EXTRA.get(name, ()), long_name, units)
                  for name, (long_name, units) in HELD_OUT.items()}
     variables.update(layout.sample_metric_variables(
-        DISTANCES, CELL_DIMS, CELL_DIMS, of="network a's samples to the test part",
+        numerics.DISTANCES, CELL_DIMS, CELL_DIMS, of="network a's samples to the test part",
         floor="as many training rows and the test part"))
     variables.update({name: (CELL_DIMS + extra, long_name, units) for name, (extra, long_name, units) in VARIABLES.items()})
     return layout.template(spec, coords, CELL_DIMS, variables, COORD_ATTRS, attrs={

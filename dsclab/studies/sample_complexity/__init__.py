@@ -7,17 +7,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from dsclab.errors import TrainingDiverged
-from dsclab.seeds import derive_seed
 from dsclab.analysis import WEIGHTED_L2
+from dsclab.lazy import deferred
+from dsclab.seeds import derive_seed
 from dsclab.studies import small_preset
 from dsclab.studies.sample_complexity import layout
-from dsclab.studies.sample_complexity import numerics as sc
 from dsclab.studies.sample_complexity import plot as _plot
 from dsclab.studies.sample_complexity import report as _report
 from dsclab.studies.sample_complexity.spec import CELL_DIMS, StudySpec
 from dsclab.study import Group, StudyKind
-from dsclab.train import TrainResult, device_score
+
+# the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
+sc = deferred("dsclab.studies.sample_complexity.numerics", globals(), "sc")
+errors = deferred("dsclab.errors", globals())
+training = deferred("dsclab.train", globals(), "training")
 
 
 def data_name(spec: StudySpec, d: int, seed: int) -> str:
@@ -62,11 +65,11 @@ class SampleComplexity(StudyKind):
     def train(self, spec, cells, cache, prepared, device):
         data = {c.seed: cache.load_array(prepared[(c.d, c.seed)]) for c in cells}
         results = sc.train_cells(spec, cells, data, device)  # one batched ensemble per estimator
-        return {c.key: TrainingDiverged() if r is None else r.payload() for c, r in zip(cells, results)}
+        return {c.key: errors.TrainingDiverged() if r is None else r.payload() for c, r in zip(cells, results)}
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        res = TrainResult.restore(trained, device)
-        return sc.evaluate(spec, cell, device_score(res.model), res)
+        res = training.TrainResult.restore(trained, device)
+        return sc.evaluate(spec, cell, training.device_score(res.model), res)
 
 
 KIND = SampleComplexity()

@@ -10,16 +10,21 @@ KL routes), ``sampled`` (sample metrics with their Monte Carlo floors), ``numeri
 """
 from __future__ import annotations
 
-from dsclab.errors import NUMERICAL
+from dsclab.lazy import deferred
 from dsclab.studies import small_preset
-from dsclab.studies.sampler_convergence import exact, layout
+from dsclab.studies.sampler_convergence import layout
 from dsclab.studies.sampler_convergence import plot as _plot
 from dsclab.studies.sampler_convergence import report as _report
-from dsclab.studies.sampler_convergence.numerics import needs_training, run_cell
-from dsclab.studies.sampler_convergence.spec import CELL_DIMS, SamplerConvergenceSpec, sampled_route, shared_1d
-from dsclab.studies.sampler_convergence.targets import train_members
+from dsclab.studies.sampler_convergence.spec import (CELL_DIMS, SamplerConvergenceSpec, needs_training, sampled_route,
+                                                     shared_1d)
 from dsclab.study import Group, StudyKind
-from dsclab.train import TrainResult
+
+# the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
+errors = deferred("dsclab.errors", globals())
+exact = deferred("dsclab.studies.sampler_convergence.exact", globals())
+numerics = deferred("dsclab.studies.sampler_convergence.numerics", globals())
+targets = deferred("dsclab.studies.sampler_convergence.targets", globals())
+training = deferred("dsclab.train", globals(), "training")
 
 
 def _cost(spec, cell) -> float:
@@ -65,17 +70,17 @@ class SamplerConvergence(StudyKind):
         out = {}
         for c in cells:
             try:
-                out[c.key] = ({"members": [r.payload() for r in train_members(spec, c, device)]}
+                out[c.key] = ({"members": [r.payload() for r in targets.train_members(spec, c, device)]}
                               if needs_training(spec, c) else {})
-            except NUMERICAL as e:
+            except errors.NUMERICAL as e:
                 out[c.key] = e
         return out
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
         members = None
         if trained and "members" in trained:
-            members = [TrainResult.restore(p, device) for p in trained["members"]]
-        return run_cell(spec, cell, prepared.get(cell.score) if shared_1d(cell) else None, members)
+            members = [training.TrainResult.restore(p, device) for p in trained["members"]]
+        return numerics.run_cell(spec, cell, prepared.get(cell.score) if shared_1d(cell) else None, members)
 
 
 KIND = SamplerConvergence()

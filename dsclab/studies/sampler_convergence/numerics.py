@@ -20,18 +20,13 @@ from dsclab.studies.sampler_convergence.targets import exact_score, make_target,
 from dsclab.train import TrainResult
 
 
-def needs_training(spec: SamplerConvergenceSpec, cell: SrkCell) -> bool:
-    """The cell's values use trained networks (a trained score on the sampled route)."""
-    return cell.score == "trained" and sampled_route(spec, cell)
-
-
 def run_cell(spec: SamplerConvergenceSpec, cell: SrkCell, kl1d: dict | None = None,
              members: list[TrainResult] | None = None) -> xr.Dataset:
     """All values of one (target, d, score) cell as a Dataset over (sampler, nfe, seed, t).
 
     ``kl1d``: the output of :func:`product_kl_1d` for this score kind (product target, exact
     route). ``members``: the cell's trained networks, one per seed (``targets.train_members``,
-    restored on the device they run on), needed by a cell that :func:`needs_training`. An
+    restored on the device they run on), needed by a cell that :func:`~dsclab.studies.sampler_convergence.spec.needs_training`. An
     exception of the exact route propagates (``exact``).
     """
     t0 = time.perf_counter()

@@ -200,6 +200,11 @@ def sampled_route(spec: SamplerConvergenceSpec, cell: SrkCell) -> bool:
     return spec.sample_all or not exact_route(cell)
 
 
+def needs_training(spec: SamplerConvergenceSpec, cell: SrkCell) -> bool:
+    """The cell's values use trained networks (a trained score on the sampled route)."""
+    return cell.score == "trained" and sampled_route(spec, cell)
+
+
 def shared_1d(cell: SrkCell) -> bool:
     """Cells whose KL comes from the shared 1-D product curve (one task per score kind)."""
     return cell.target == "product_mixture" and exact_route(cell)

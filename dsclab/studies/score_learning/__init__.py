@@ -11,15 +11,18 @@ own small network in the train stage, on that stage's device; ``evaluate`` resto
 from __future__ import annotations
 
 from dsclab.analysis import WEIGHTED_L2
-from dsclab.errors import NUMERICAL
+from dsclab.lazy import deferred
 from dsclab.studies import small_preset
 from dsclab.study import Group, StudyKind
 
-from . import numerics
 from .layout import template as _template
 from .plot import plot as _plot
 from .report import report as _report
 from .spec import CELL_DIMS, ScoreLearningSpec
+
+# the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
+errors = deferred("dsclab.errors", globals())
+numerics = deferred("dsclab.studies.score_learning.numerics", globals())
 
 
 class ScoreLearning(StudyKind):
@@ -49,7 +52,7 @@ class ScoreLearning(StudyKind):
         for c in cells:
             try:
                 out[c.key] = numerics.payload(numerics.train_cell(spec, c, device))
-            except NUMERICAL as e:
+            except errors.NUMERICAL as e:
                 out[c.key] = e
         return out
 

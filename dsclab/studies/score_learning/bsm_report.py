@@ -18,14 +18,23 @@ from __future__ import annotations
 
 import json
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 import xarray as xr
 
-from dsclab.studies.score_learning import bootstrap_targets as bt
 from dsclab import distributions
+from dsclab.lazy import deferred
 
 from .readout import band_text, done, fmt, ratio_block, ratio_table
+
+if TYPE_CHECKING:
+    import torch
+
+    from dsclab.studies.score_learning import bootstrap_targets as bt
+else:  # imported on first use: the kind's module imports this one when a spec is read (dsclab.lazy)
+    torch = deferred("torch", globals())
+    bt = deferred("dsclab.studies.score_learning.bootstrap_targets", globals(), "bt")
 
 SAMPLING = ("sliced_w2", "kl_gauss")
 

@@ -10,16 +10,22 @@ are stored sorted ascending; estimators, data modes and models keep the order gi
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TYPE_CHECKING
 
-import torch
 from pydantic import Field, model_validator
 
 from dsclab import axes, distributions
-from dsclab.studies.score_learning import bootstrap as bs
 from dsclab.axes import PositiveInts, PositiveTimes, Seeds, UnitLevels
 from dsclab.distributions.gaussian import GaussianMixture
+from dsclab.lazy import deferred
 from dsclab.spec import DistributionSpec, Sampler, Schedule, StudyBase, TimeRange, Frozen, check_nfe
+from dsclab.studies.score_learning import bootstrap as bs
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
+
 
 CELL_DIMS = ("d", "n", "seed", "estimator", "data_mode", "model")
 Estimators = axes.Names(bs.BOOTSTRAP_ESTIMATORS, "estimator")

@@ -50,13 +50,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from dsclab.errors import TrainingDiverged
 from dsclab.analysis import WEIGHTED_L2
+from dsclab.lazy import deferred
 from dsclab.studies import small_preset
-from dsclab.studies.sparse_pca import layout, numerics, plot, report
+from dsclab.studies.sparse_pca import layout, plot, report
 from dsclab.studies.sparse_pca.spec import CELL_DIMS, SparsePCASpec
 from dsclab.study import Group, StudyKind
-from dsclab.train import TrainResult
+
+# the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
+errors = deferred("dsclab.errors", globals())
+numerics = deferred("dsclab.studies.sparse_pca.numerics", globals())
+training = deferred("dsclab.train", globals(), "training")
 
 
 def data_name(spec, d: int, k: int, beta: float, seed: int) -> str:
@@ -109,11 +113,11 @@ class SparsePCA(StudyKind):
 
     def train(self, spec, cells, cache, prepared, device):
         results = numerics.train_cells(spec, cells, self._data(spec, cells, cache), device)
-        return {c.key: TrainingDiverged() if r is None else r.payload() for c, r in zip(cells, results)}
+        return {c.key: errors.TrainingDiverged() if r is None else r.payload() for c, r in zip(cells, results)}
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
         x = cache.load_array(data_name(spec, cell.d, cell.k, cell.beta, cell.seed))
-        res = TrainResult.restore(trained, device) if trained is not None else None
+        res = training.TrainResult.restore(trained, device) if trained is not None else None
         return numerics.evaluate(spec, cell, x, res.model if res else None, res)
 
 

@@ -43,11 +43,17 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-
-import torch
+from typing import TYPE_CHECKING
 
 from dsclab.distributions.gaussian import GaussianMixture
+from dsclab.lazy import deferred
 from dsclab.registry import Needs, Registry
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
+
 
 EXHAUSTIVE_MAX_SUPPORTS = 1_000_000
 
@@ -172,7 +178,7 @@ def exhaustive(x: torch.Tensor, k: int, max_supports: int = EXHAUSTIVE_MAX_SUPPO
     return restricted_top_eigvec(s, best)
 
 
-BASELINES: Registry[Callable[..., torch.Tensor]] = Registry(
+BASELINES: Registry[Callable[..., "torch.Tensor"]] = Registry(
     "dsclab.sparse_pca_baselines", "sparse-PCA baseline", check=Needs("sparse-PCA baseline"), builtins={
         "pca": pca,
         "diagonal_thresholding": diagonal_thresholding,

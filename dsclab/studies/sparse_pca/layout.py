@@ -7,8 +7,10 @@ import numpy as np
 import xarray as xr
 
 from dsclab import layout
-from dsclab.studies.sparse_pca import estimators as spe
+from dsclab.lazy import deferred
 from dsclab.studies.sparse_pca.spec import CELL_DIMS, SparsePCASpec
+
+spe = deferred("dsclab.studies.sparse_pca.estimators", globals(), "spe")  # torch: when a store is made (dsclab.lazy)
 
 PER_ESTIMATOR = {
     "overlap": ("|<u_hat, u>| of the direction the score carries (network: top eigenvector of its samples' "

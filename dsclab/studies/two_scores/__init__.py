@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from dsclab.lazy import deferred
 from dsclab.studies import small_preset
-from dsclab.studies.two_scores import layout, numerics
+from dsclab.studies.two_scores import layout
 from dsclab.studies.two_scores import plot as _plot
 from dsclab.studies.two_scores import report as _report
 from dsclab.studies.two_scores.spec import CELL_DIMS, TwoScoresSpec
 from dsclab.study import Group, StudyKind
+
+# the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
+numerics = deferred("dsclab.studies.two_scores.numerics", globals())
 
 
 class TwoScores(StudyKind):

@@ -21,10 +21,16 @@ Float64 throughout; results in the input's dtype.
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from dsclab import noise
+from dsclab.lazy import deferred
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = deferred("torch", globals())  # imported on first use (dsclab.lazy)
+
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 

@@ -4,10 +4,14 @@ and OU time t, the MSE of the exact (Tweedie) denoiser against the best linear o
 ``dsclab.study``; ``dsclab run`` and the generic flow run it like a built-in kind."""
 from __future__ import annotations
 
+from dsclab.lazy import deferred
 from dsclab.studies import small_preset
 from dsclab.study import Group, StudyKind
-from dsclab_example.denoiser_gap import layout, numerics, plot, report
+from dsclab_example.denoiser_gap import layout, plot, report
 from dsclab_example.denoiser_gap.spec import CELL_DIMS, DenoiserGapSpec, GapCell
+
+# the numerics (torch), imported when a cell is first evaluated, not when a spec is read (dsclab.lazy)
+numerics = deferred("dsclab_example.denoiser_gap.numerics", globals())
 
 
 class DenoiserGap(StudyKind):

@@ -8,8 +8,10 @@ import numpy as np
 import xarray as xr
 
 from dsclab import layout
-from dsclab_example.denoiser_gap import numerics
+from dsclab.lazy import deferred
 from dsclab_example.denoiser_gap.spec import CELL_DIMS, DenoiserGapSpec
+
+numerics = deferred("dsclab_example.denoiser_gap.numerics", globals())  # torch: when a store is made (dsclab.lazy)
 
 PER_TIME = {
     "mse_exact": "MSE per coordinate of the exact (Tweedie) denoiser E[X_0 | X_t], (1/d) E||X_0 - D*(X_t)||^2",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dsclab import axes, distributions
 from dsclab.axes import PositiveInts, PositiveTimes, Seeds
@@ -37,21 +37,26 @@ class DenoiserGapSpec(StudyBase):
 
     @field_validator("data")
     @classmethod
-    def _data(cls, v: list[DistributionSpec], info: ValidationInfo) -> list[DistributionSpec]:
-        """Distinct names; each law builds at every d and gives its mean() and cov()."""
+    def _data(cls, v: list[DistributionSpec]) -> list[DistributionSpec]:
         axes.distinct([x.name for x in v])
-        for x in v:
-            for d in info.data.get("d", []):  # absent when d itself was refused
-                x.check_dims([d])
-                law = distributions.make(x.name, d, **x.params)
-                if not (callable(getattr(law, "mean", None)) and callable(getattr(law, "cov", None))):
-                    raise ValueError(f"law {x.name!r} gives no mean() and cov() (the best linear denoiser "
-                                     "is built from them)")
         return v
 
     @model_validator(mode="after")
     def _grid(self) -> "DenoiserGapSpec":
         axes.grid_size(len(self.data) * len(self.d) * len(self.seed), self.max_cells)
+        return self
+
+    @model_validator(mode="after")
+    def _laws(self) -> "DenoiserGapSpec":
+        """Each law builds at every d and gives its mean() and cov(). Checked once every field is
+        valid: building a law imports torch, which a refusal of a field does not need."""
+        for x in self.data:
+            x.check_dims(self.d)
+            for d in self.d:
+                law = distributions.make(x.name, d, **x.params)
+                if not (callable(getattr(law, "mean", None)) and callable(getattr(law, "cov", None))):
+                    raise ValueError(f"law {x.name!r} gives no mean() and cov() (the best linear denoiser "
+                                     "is built from them)")
         return self
 
     def law(self, name: str, d: int):
