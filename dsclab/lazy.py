@@ -17,8 +17,11 @@ The first attribute read (``torch.zeros``) imports the module and rebinds the gl
 so later reads are plain module attribute lookups; no ``sys.modules`` entry is faked (a lazy
 module there is loaded by any other ``import torch``). Such a module must not read a torch
 attribute while it is imported (a ``dtype=torch.float64`` default, a ``torch.nn.Module``
-subclass): that would import torch at once. ``tests/test_spec.py`` checks that refusing a spec
-leaves torch unimported.
+subclass): that would import torch at once. In a package's ``__init__``, bind a stand-in under a
+name that is not one of the package's submodules (``_numerics = deferred("pkg.numerics",
+globals(), "_numerics")``): ``from pkg import numerics`` returns the package's attribute when it
+has one, and would hand out the stand-in instead of the module (``tests/test_layers.py`` checks).
+``tests/test_spec.py`` checks that refusing a spec leaves torch unimported.
 """
 from __future__ import annotations
 

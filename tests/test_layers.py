@@ -146,3 +146,18 @@ def test_science_of_one_kind_lives_in_its_package():
     assert not alone, "; ".join(f"{m} serves only the study kind {next(iter(u))}: move it into that kind's package"
                                 for m, u in sorted(alone.items()))
 
+
+
+def test_no_package_binds_a_deferred_module_under_a_submodules_name():
+    """``from package import submodule`` returns the package's attribute when it has one: a
+    ``deferred`` stand-in bound in a package's ``__init__`` under one of its submodules' names would
+    be handed out instead of the module (its attributes then cannot be set, as tests'
+    monkeypatching does). Bind it under another name (``_numerics``)."""
+    found = []
+    for init in sorted([*(ROOT / "dsclab").rglob("__init__.py"), *(ROOT / "examples").rglob("__init__.py")]):
+        subs = {p.stem for p in init.parent.glob("*.py")} | {p.name for p in init.parent.iterdir() if p.is_dir()}
+        for node in ast.walk(ast.parse(init.read_text())):
+            if isinstance(node, ast.Assign) and deferred_module(node.value):
+                found += [f"{init.relative_to(ROOT)}:{node.lineno} binds {t.id}" for t in node.targets
+                          if isinstance(t, ast.Name) and t.id in subs]
+    assert not found, "\n".join(found)

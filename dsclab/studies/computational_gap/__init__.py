@@ -17,7 +17,7 @@ from dsclab.study import Group, StudyKind
 
 # the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
 errors = deferred("dsclab.errors", globals())
-numerics = deferred("dsclab.studies.computational_gap.numerics", globals())
+_numerics = deferred("dsclab.studies.computational_gap.numerics", globals(), "_numerics")
 
 
 class ComputationalGap(StudyKind):
@@ -68,13 +68,13 @@ class ComputationalGap(StudyKind):
         out = {}
         for c in cells:
             try:
-                out[c.key] = numerics.train_cell(spec, c, cache, device)
+                out[c.key] = _numerics.train_cell(spec, c, cache, device)
             except errors.NUMERICAL as e:
                 out[c.key] = e
         return out
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return numerics.compute_cell(spec, cell, device, trained)
+        return _numerics.compute_cell(spec, cell, device, trained)
 
 
 KIND = ComputationalGap()

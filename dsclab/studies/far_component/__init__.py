@@ -20,7 +20,7 @@ from .spec import CELL_DIMS, FarComponentSpec
 
 # the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
 errors = deferred("dsclab.errors", globals())
-numerics = deferred("dsclab.studies.far_component.numerics", globals())
+_numerics = deferred("dsclab.studies.far_component.numerics", globals(), "_numerics")
 
 
 class FarComponent(StudyKind):
@@ -54,13 +54,13 @@ class FarComponent(StudyKind):
         out = {}
         for c in cells:
             try:
-                out[c.key] = numerics.train_cell(spec, c, device).payload()
+                out[c.key] = _numerics.train_cell(spec, c, device).payload()
             except errors.NUMERICAL as e:
                 out[c.key] = e
         return out
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return numerics.evaluate(spec, cell, trained, device)
+        return _numerics.evaluate(spec, cell, trained, device)
 
 
 KIND = FarComponent()

@@ -15,7 +15,7 @@ from dsclab.studies.immse.spec import CELL_DIMS, ImmseSpec
 from dsclab.study import Group, StudyKind
 
 # the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
-numerics = deferred("dsclab.studies.immse.numerics", globals())
+_numerics = deferred("dsclab.studies.immse.numerics", globals(), "_numerics")
 errors = deferred("dsclab.errors", globals())
 training = deferred("dsclab.train", globals(), "training")
 
@@ -42,13 +42,13 @@ class Immse(StudyKind):
         out = {}
         for c in cells:
             try:
-                out[c.key] = numerics.train_cell(spec, c, device).payload()
+                out[c.key] = _numerics.train_cell(spec, c, device).payload()
             except errors.NUMERICAL as e:
                 out[c.key] = e
         return out
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return numerics.evaluate_cell(spec, cell, training.TrainResult.restore(trained, device))
+        return _numerics.evaluate_cell(spec, cell, training.TrainResult.restore(trained, device))
 
 
 KIND = Immse()

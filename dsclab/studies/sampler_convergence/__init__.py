@@ -21,9 +21,9 @@ from dsclab.study import Group, StudyKind
 
 # the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
 errors = deferred("dsclab.errors", globals())
-exact = deferred("dsclab.studies.sampler_convergence.exact", globals())
-numerics = deferred("dsclab.studies.sampler_convergence.numerics", globals())
-targets = deferred("dsclab.studies.sampler_convergence.targets", globals())
+_exact = deferred("dsclab.studies.sampler_convergence.exact", globals(), "_exact")
+_numerics = deferred("dsclab.studies.sampler_convergence.numerics", globals(), "_numerics")
+_targets = deferred("dsclab.studies.sampler_convergence.targets", globals(), "_targets")
 training = deferred("dsclab.train", globals(), "training")
 
 
@@ -61,7 +61,7 @@ class SamplerConvergence(StudyKind):
         return any(needs_training(spec, c) for c in spec.cells())
 
     def prepare(self, spec, key, cache):
-        return exact.product_kl_1d(spec, key)
+        return _exact.product_kl_1d(spec, key)
 
     def train(self, spec, cells, cache, prepared, device):
         """The networks of each cell with a trained score, one per seed, trained on ``device`` as one
@@ -70,7 +70,7 @@ class SamplerConvergence(StudyKind):
         out = {}
         for c in cells:
             try:
-                out[c.key] = ({"members": [r.payload() for r in targets.train_members(spec, c, device)]}
+                out[c.key] = ({"members": [r.payload() for r in _targets.train_members(spec, c, device)]}
                               if needs_training(spec, c) else {})
             except errors.NUMERICAL as e:
                 out[c.key] = e
@@ -80,7 +80,7 @@ class SamplerConvergence(StudyKind):
         members = None
         if trained and "members" in trained:
             members = [training.TrainResult.restore(p, device) for p in trained["members"]]
-        return numerics.run_cell(spec, cell, prepared.get(cell.score) if shared_1d(cell) else None, members)
+        return _numerics.run_cell(spec, cell, prepared.get(cell.score) if shared_1d(cell) else None, members)
 
 
 KIND = SamplerConvergence()

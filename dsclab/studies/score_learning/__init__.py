@@ -22,7 +22,7 @@ from .spec import CELL_DIMS, ScoreLearningSpec
 
 # the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
 errors = deferred("dsclab.errors", globals())
-numerics = deferred("dsclab.studies.score_learning.numerics", globals())
+_numerics = deferred("dsclab.studies.score_learning.numerics", globals(), "_numerics")
 
 
 class ScoreLearning(StudyKind):
@@ -51,14 +51,14 @@ class ScoreLearning(StudyKind):
         out = {}
         for c in cells:
             try:
-                out[c.key] = numerics.payload(numerics.train_cell(spec, c, device))
+                out[c.key] = _numerics.payload(_numerics.train_cell(spec, c, device))
             except errors.NUMERICAL as e:
                 out[c.key] = e
         return out
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        res = numerics.restore(spec, cell, trained, device)
-        return numerics.evaluate(spec, cell, res.model, res)
+        res = _numerics.restore(spec, cell, trained, device)
+        return _numerics.evaluate(spec, cell, res.model, res)
 
 
 KIND = ScoreLearning()

@@ -59,12 +59,12 @@ from dsclab.study import Group, StudyKind
 
 # the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
 errors = deferred("dsclab.errors", globals())
-numerics = deferred("dsclab.studies.sparse_pca.numerics", globals())
+_numerics = deferred("dsclab.studies.sparse_pca.numerics", globals(), "_numerics")
 training = deferred("dsclab.train", globals(), "training")
 
 
 def data_name(spec, d: int, k: int, beta: float, seed: int) -> str:
-    return f"data/sparse_pca-d{d}-k{k}-beta{beta:g}-seed{seed}-rows{numerics.data_rows(spec)}.npy"
+    return f"data/sparse_pca-d{d}-k{k}-beta{beta:g}-seed{seed}-rows{_numerics.data_rows(spec)}.npy"
 
 
 class SparsePCA(StudyKind):
@@ -105,20 +105,20 @@ class SparsePCA(StudyKind):
             for seed in spec.seed:
                 name = data_name(spec, d, k, beta, seed)
                 if not cache.exists(name):
-                    cache.save_array(name, numerics.generate_data(spec, d, k, beta, seed))
+                    cache.save_array(name, _numerics.generate_data(spec, d, k, beta, seed))
 
     def _data(self, spec, cells, cache) -> dict:
         keys = dict.fromkeys((c.d, c.k, c.beta, c.seed) for c in cells)
         return {(k, b, s): cache.load_array(data_name(spec, d, k, b, s)) for d, k, b, s in keys}
 
     def train(self, spec, cells, cache, prepared, device):
-        results = numerics.train_cells(spec, cells, self._data(spec, cells, cache), device)
+        results = _numerics.train_cells(spec, cells, self._data(spec, cells, cache), device)
         return {c.key: errors.TrainingDiverged() if r is None else r.payload() for c, r in zip(cells, results)}
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
         x = cache.load_array(data_name(spec, cell.d, cell.k, cell.beta, cell.seed))
         res = training.TrainResult.restore(trained, device) if trained is not None else None
-        return numerics.evaluate(spec, cell, x, res.model if res else None, res)
+        return _numerics.evaluate(spec, cell, x, res.model if res else None, res)
 
 
 KIND = SparsePCA()

@@ -16,7 +16,7 @@ from dsclab.studies.two_scores.spec import CELL_DIMS, TwoScoresSpec
 from dsclab.study import Group, StudyKind
 
 # the stages' numerics (torch), imported when a stage first runs, not when a spec is read (dsclab.lazy)
-numerics = deferred("dsclab.studies.two_scores.numerics", globals())
+_numerics = deferred("dsclab.studies.two_scores.numerics", globals(), "_numerics")
 
 
 class TwoScores(StudyKind):
@@ -40,7 +40,7 @@ class TwoScores(StudyKind):
         return [Group(cells=tuple(g), batches=(tuple(g),)) for _, g in sorted(by.items(), key=lambda kv: -kv[0][2])]
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return numerics.evaluate(spec, cell)
+        return _numerics.evaluate(spec, cell)
 
 
 KIND = TwoScores()

@@ -11,7 +11,7 @@ from dsclab_example.denoiser_gap import layout, plot, report
 from dsclab_example.denoiser_gap.spec import CELL_DIMS, DenoiserGapSpec, GapCell
 
 # the numerics (torch), imported when a cell is first evaluated, not when a spec is read (dsclab.lazy)
-numerics = deferred("dsclab_example.denoiser_gap.numerics", globals())
+_numerics = deferred("dsclab_example.denoiser_gap.numerics", globals(), "_numerics")
 
 
 class DenoiserGap(StudyKind):
@@ -31,7 +31,7 @@ class DenoiserGap(StudyKind):
         return [Group(cells=(c,)) for c in sorted(cells, key=lambda c: (-c.d, c.data, c.seed))]
 
     def evaluate(self, spec, cell, cache, prepared, trained, device):
-        return numerics.evaluate(spec, cell)
+        return _numerics.evaluate(spec, cell)
 
     def report(self, ds):
         return report.report(ds)
