@@ -108,3 +108,38 @@ def training_data(spec) -> dict:
 
     return {(d, s): torch.as_tensor(sc.generate_data(spec, d, s), dtype=torch.float32)
             for d in spec.d for s in spec.seed}
+
+
+def textbook_train(x, cfg, seed: int, device: str = "cpu", losses: list | None = None):
+    """The tutorial training loop for one cell (the baseline users compare against), on ``device``
+    (model, data and random draws there: one small step at a time, as a tutorial does on a GPU):
+    a ``ScoreMLP`` of ``cfg``'s width and depth, the DSM loss, PyTorch's default Adam at ``cfg.lr``
+    with cosine annealing over ``cfg.steps``, a fresh minibatch of ``cfg.batch_size`` rows (with
+    replacement), times and noise drawn every step, float32. Seeded as dsclab's trainers are
+    (``dsclab.seeds``, every bit of the 128-bit cell seed): the initial weights are
+    ``train_score``'s and the draws come from the same generator, drawn one step at a time.
+    ``losses``, when given, receives each step's loss (a detached tensor: no sync per step), as a
+    researcher's loop keeps them. Returns the trained model (train mode)."""
+    import torch
+
+    from dsclab.losses import dsm_loss, sample_times
+    from dsclab.nets import ScoreMLP
+    from dsclab.seeds import generator, rng
+
+    model = ScoreMLP(x.shape[1], width=cfg.width, depth=cfg.depth, generator=generator(seed)).to(device)
+    g = rng("batches", seed, device=device)
+    x = x.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+    for _ in range(cfg.steps):
+        idx = torch.randint(0, x.shape[0], (cfg.batch_size,), generator=g, device=device)
+        t = sample_times(cfg.batch_size, cfg.t_min, cfg.T, g, device=device)
+        z = torch.randn(cfg.batch_size, x.shape[1], generator=g, device=device)
+        loss = dsm_loss(model, x[idx], t, z).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if losses is not None:
+            losses.append(loss.detach())
+    return model

@@ -5,7 +5,7 @@ same data and seeds, and prints cells/hour for each and the ratios to the plain 
 
 - textbook: the loop a researcher would write from a tutorial: one ScoreMLP per cell, a fresh
   minibatch, times and noise drawn every step, PyTorch's default Adam, float32; same model, loss,
-  budget and learning-rate schedule (:func:`textbook_train`);
+  budget and learning-rate schedule (``common.textbook_train``);
 - plain: dsclab's one-cell trainer (``train_score``: draws made 32 steps at a time, fused Adam,
   the spec's ``train.precision``), one cell after another, PyTorch using every core;
 - batched: the cells sharing d as one ensemble (``train_ensemble``, the spec's precision), one
@@ -39,36 +39,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_study, record, tiny, training_data  # noqa: E402
+from common import load_study, record, textbook_train, tiny, training_data  # noqa: E402
 
 from dsclab.studies.sample_complexity import numerics as sc  # noqa: E402
-from dsclab.losses import dsm_loss, sample_times  # noqa: E402
 from dsclab.nets import ScoreMLP  # noqa: E402
-from dsclab.seeds import generator, rng  # noqa: E402
 from dsclab.train import train_ensemble, train_score  # noqa: E402
-
-
-def textbook_train(x: torch.Tensor, cfg, seed: int, device: str = "cpu") -> ScoreMLP:
-    """The tutorial training loop for one cell (the baseline users compare against), on ``device``
-    (model, data and random draws there: one small step at a time, as a tutorial does on a GPU).
-    Seeded as dsclab's trainers are (``dsclab.seeds``, every bit of the 128-bit cell seed): the
-    initial weights are ``train_score``'s and the draws come from the same generator, drawn one
-    step at a time."""
-    model = ScoreMLP(x.shape[1], width=cfg.width, depth=cfg.depth, generator=generator(seed)).to(device)
-    g = rng("batches", seed, device=device)
-    x = x.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-    for _ in range(cfg.steps):
-        idx = torch.randint(0, x.shape[0], (cfg.batch_size,), generator=g, device=device)
-        t = sample_times(cfg.batch_size, cfg.t_min, cfg.T, g, device=device)
-        z = torch.randn(cfg.batch_size, x.shape[1], generator=g, device=device)
-        loss = dsm_loss(model, x[idx], t, z).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model
 
 
 def training_flops(d: int, cfg, steps: int) -> float:

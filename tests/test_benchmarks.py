@@ -50,6 +50,40 @@ def _search_vs_grid(r: dict) -> dict:
     return {"cells dense / search": r["cells_ratio"], "time dense / search": r["time_ratio"]}
 
 
+def _study_throughput(r: dict) -> dict:
+    """Both sides did every cell of the tiny spec (counted in their stores); each rate is its cells
+    over its seconds, each pair's ratio the flow's rate over the script's, and the printed figures
+    the medians of the pairs'."""
+    import importlib.util
+    from statistics import median
+
+    import yaml
+
+    from dsclab.study import parse_spec
+
+    found = importlib.util.spec_from_file_location("bench_common", BENCHMARKS / "common.py")
+    common = importlib.util.module_from_spec(found)
+    found.loader.exec_module(common)
+    spec = parse_spec(common.tiny_study(yaml.safe_load((ROOT / r["spec"]).read_text())))
+    assert r["cells"] == len(spec.cells()) and r["pairs"], "the record counts the tiny spec's cells"
+    out = {}
+    for i, p in enumerate(r["pairs"]):
+        for way in ("per_cell", "flow"):
+            side = p[way]
+            assert side["cells_done"] == len(spec.cells()), f"{way}: every cell of the spec done in its store"
+            assert side["cells_per_second"] == pytest.approx(side["cells_done"] / side["seconds"], rel=1e-12)
+            for k in ("seconds", "cells_per_second", "train_seconds", "eval_seconds"):
+                out[f"pair {i} {way} {k}"] = side[k]
+        assert p["ratio"] == pytest.approx(p["flow"]["cells_per_second"] / p["per_cell"]["cells_per_second"], rel=1e-12)
+        out[f"pair {i} flow / per-cell"] = p["ratio"]
+    assert r["ratio"] == pytest.approx(median(p["ratio"] for p in r["pairs"]), rel=1e-12)
+    for way in ("per_cell", "flow"):
+        assert r[f"{way}_cells_per_second"] == pytest.approx(median(p[way]["cells_per_second"] for p in r["pairs"]),
+                                                            rel=1e-12)
+    out["flow / per-cell"] = r["ratio"]
+    return out
+
+
 # benchmark (its script's name) -> the ratios of its record, each finite and positive
 RATIOS = {
     "train_throughput": _train_throughput,
@@ -61,6 +95,7 @@ RATIOS = {
                                 for i, o in enumerate(r[f"overheads_{way}"])},
     "dask_scaling": lambda r: {f"speedup {n} workers": s for n, s in r["speedup"].items()},
     "search_vs_grid": _search_vs_grid,
+    "study_throughput": _study_throughput,
     "w2_solvers": lambda r: {f"{k} {s}": row[s] for k, row in r["rows"].items()
                              for s in ("assignment_speedup", "w2_exact_speedup")},
 }
