@@ -18,7 +18,8 @@ Minibatches, times and noise are drawn ``DRAW_STEPS`` optimiser steps at a time
 (:class:`ScoreDraws`: a few large RNG calls instead of four small ones per step), in the same
 order by ``train_score`` and by every member of ``train_ensemble``, which is what makes a
 member's draws equal to those of training it alone. Adam is PyTorch's fused implementation
-(one kernel for all parameters; ``benchmarks/train_throughput.py`` measured it).
+(one kernel for all parameters; ``benchmarks/train_throughput.py`` measured it), stepped by
+:class:`CosineAdam` (``torch.optim``'s wrapper imports ``torch._dynamo`` in every process).
 """
 from __future__ import annotations
 
@@ -219,10 +220,60 @@ class ScoreDraws:
         return self.X0[k], self.Ts[k], self.Zs[k]
 
 
+class CosineAdam:
+    """Adam with cosine decay of the learning rate to 0 over ``steps`` (lr_k = lr (1 + cos(pi k /
+    steps)) / 2 at optimiser step k), the optimiser of :func:`train_score` and
+    :func:`train_ensemble`. One ``step()`` is PyTorch's fused Adam kernel (``torch._fused_adam_``)
+    on every parameter with a gradient, called as ``torch.optim.Adam(fused=True)`` calls it, with
+    the rate ``cosine_decay``'s ``LambdaLR`` would set: the same numbers bit for bit
+    (``tests/test_train.py``). It is not a ``torch.optim.Optimizer`` because every optimiser's
+    ``step`` and ``zero_grad`` in torch 2.13 import ``torch._dynamo`` (~1.2 CPU-s in each process
+    that trains: every flow run, ``dsclab run``, Dask worker). The parameters share one device and
+    dtype (a network's do)."""
+
+    betas = (0.9, 0.999)
+    eps = 1e-8
+
+    def __init__(self, params, lr: float, steps: int):
+        self.params = list(params)
+        if len({(p.device, p.dtype) for p in self.params}) > 1:
+            raise ValueError("CosineAdam: the parameters must share one device and one dtype")
+        self.lr0, self.steps, self.k = lr, steps, 0
+        self.state: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # index -> (m, v, step)
+
+    @property
+    def lr(self) -> float:
+        """The rate of the next step (LambdaLR's ``base_lr * lambda(k)``, the same float)."""
+        return self.lr0 * (0.5 * (1 + math.cos(math.pi * self.k / self.steps)))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not set_to_none:
+            raise ValueError("CosineAdam.zero_grad sets the gradients to None only")
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        for i in live:  # Adam's lazy state: zero moments and a float32 step count, per parameter
+            if i not in self.state:
+                p = self.params[i]
+                self.state[i] = (torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 torch.zeros((), dtype=torch.float32, device=p.device))
+        if live:
+            m, v, count = ([self.state[i][j] for i in live] for j in range(3))
+            torch._foreach_add_(count, 1)
+            torch._fused_adam_([self.params[i] for i in live], [self.params[i].grad for i in live], m, v, [], count,
+                               amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0,
+                               eps=self.eps, maximize=False, grad_scale=None, found_inf=None)
+        self.k += 1
+
+
 def _adam(params, lr: float, steps: int):
-    """Adam (fused kernel) with cosine decay of the learning rate to 0 over ``steps``."""
-    opt = torch.optim.Adam(params, lr=lr, fused=True)
-    return opt, cosine_decay(opt, steps)
+    """Adam (fused kernel) with cosine decay of the learning rate to 0 over ``steps``: the
+    optimiser, and no separate schedule (:class:`CosineAdam` holds it)."""
+    return CosineAdam(params, lr, steps), None
 
 
 @dataclass(frozen=True)

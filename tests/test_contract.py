@@ -220,17 +220,24 @@ def test_trains_in_the_train_stage_on_its_device_and_never_in_evaluate(tmp_path,
     cache = FileCache(str(tmp_path / "s.zarr"))
     prepared = {key: kind.prepare(spec, key, cache) for key in first.data}
 
+    from dsclab.train import CosineAdam  # the score networks' optimiser (not a torch.optim.Optimizer)
+
     built = []  # the device types of each optimiser's parameters
-    init = torch.optim.Optimizer.__init__
+    init, init_cosine = torch.optim.Optimizer.__init__, CosineAdam.__init__
 
     def spy(self, params, defaults):
         init(self, params, defaults)
         built.append({p.device.type for g in self.param_groups for p in g["params"]})
 
+    def spy_cosine(self, params, *args, **kwargs):
+        init_cosine(self, params, *args, **kwargs)
+        built.append({p.device.type for p in self.params})
+
     trained = None
     if kind.trains(spec):
         with monkeypatch.context() as m:
             m.setattr(torch.optim.Optimizer, "__init__", spy)
+            m.setattr(CosineAdam, "__init__", spy_cosine)
             out = kind.train(spec, cells, cache, prepared, given)
         assert set(out) == {c.key for c in cells}
         assert all(isinstance(p, dict) for p in out.values()), out  # nothing fails on the small preset
@@ -247,6 +254,7 @@ def test_trains_in_the_train_stage_on_its_device_and_never_in_evaluate(tmp_path,
 
     with monkeypatch.context() as m:
         m.setattr(torch.optim.Optimizer, "__init__", refuse)
+        m.setattr(CosineAdam, "__init__", refuse)
         ds = kind.evaluate(spec, cells[0], cache, prepared, trained, given)
     assert isinstance(ds, xr.Dataset)
 

@@ -370,3 +370,55 @@ def test_sparse_pca_trains_in_chunks_within_the_free_cuda_memory(monkeypatch):
     calls.clear()
     assert spn.train_cells(spec, cells, data, "cuda") == want
     assert calls == [(5, "cuda")] * (len(cells) // 5) + ([(len(cells) % 5, "cuda")] if len(cells) % 5 else [])
+
+
+def test_cosine_adam_takes_torchs_fused_adam_steps_bit_for_bit():
+    """``CosineAdam`` against an independent computation, PyTorch's own ``torch.optim.Adam(fused=True)``
+    under ``cosine_decay`` (``LambdaLR``): the same network trained by ``fit`` on the same draws,
+    one member of a batched ensemble skipped at a step (no gradient, as a masked member's
+    slice never is, but a parameter without a gradient is), has equal parameters bit for bit."""
+    from dsclab.nets import ScoreMLP
+    from dsclab.train import CosineAdam, cosine_decay
+
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(64, 4, generator=g), torch.rand(64, generator=g) + 0.05, torch.randn(64, 4, generator=g))
+               for _ in range(40)]
+    steps = 40
+    nets = [ScoreMLP(4, width=32, depth=2, generator=torch.Generator().manual_seed(0)) for _ in range(2)]
+    ours = CosineAdam(nets[0].parameters(), 2e-3, steps)
+    theirs = torch.optim.Adam(nets[1].parameters(), lr=2e-3, fused=True)
+    fit(nets[0], dsm_loss, lambda s: batches[s], steps=steps, optimizer=ours)
+    fit(nets[1], dsm_loss, lambda s: batches[s], steps=steps, optimizer=theirs, scheduler=cosine_decay(theirs, steps))
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(nets[0].out.weight, ScoreMLP(4, width=32, depth=2, generator=torch.Generator().manual_seed(0)).out.weight)
+
+    # a parameter without a gradient at some steps is left alone there, by both
+    w = [torch.nn.Parameter(torch.ones(3)) for _ in range(2)]
+    u = [torch.nn.Parameter(torch.ones(2)) for _ in range(2)]
+    opts = [CosineAdam([w[0], u[0]], 0.1, 5), torch.optim.Adam([w[1], u[1]], lr=0.1, fused=True)]
+    sched = cosine_decay(opts[1], 5)
+    for k in range(5):
+        for i in range(2):
+            opts[i].zero_grad(set_to_none=True)
+            ((w[i] * torch.arange(3.0)).sum() + (u[i].sum() if k % 2 else 0.0)).backward()
+            opts[i].step()
+        sched.step()
+    assert torch.equal(w[0], w[1]) and torch.equal(u[0], u[1])
+    assert opts[0].lr == opts[1].param_groups[0]["lr"]  # the next step's rate, the same float
+
+
+def test_training_a_score_network_imports_no_dynamo():
+    """Every ``torch.optim`` optimiser's step imports ``torch._dynamo`` (~1.2 CPU-s) in torch 2.13;
+    the score networks' trainer does not (``CosineAdam``), in a fresh process."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import torch\n"
+            "from dsclab.train import TrainConfig, train_score\n"
+            "train_score(torch.randn(50, 3), config=TrainConfig(steps=5, batch_size=16, width=8, depth=1))\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "False"
