@@ -134,8 +134,8 @@ class Registry(Mapping[str, T], Generic[T]):
     included.
 
     The *names* are known without importing anything: membership, iteration and ``len`` read the
-    built-in names and the entry points' metadata (a clash between them is refused there, once
-    per lookup, in one line). A variant is imported and checked when it is first looked up by
+    built-in names and the entry points' metadata (a clash between them is refused there, in one
+    line, at every lookup until it is mended). A variant is imported and checked when it is first looked up by
     name, and kept; looking up an unknown name, iterating the values or the facts loads every
     variant (a plugin that cannot be imported is then refused, in one line). So validating a spec
     that names a study kind imports that kind only, and never a variant it does not use.

@@ -239,7 +239,11 @@ class CosineAdam:
         if len({(p.device, p.dtype) for p in self.params}) > 1:
             raise ValueError("CosineAdam: the parameters must share one device and one dtype")
         self.lr0, self.steps, self.k = lr, steps, 0
-        self.state: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # index -> (m, v, step)
+        # Adam's state per parameter: zero moments and a float32 step count, advanced only at the
+        # steps where the parameter has a gradient (as torch's lazily created state is)
+        self.m = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.v = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.count = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
 
     @property
     def lr(self) -> float:
@@ -255,16 +259,11 @@ class CosineAdam:
     @torch.no_grad()
     def step(self) -> None:
         live = [i for i, p in enumerate(self.params) if p.grad is not None]
-        for i in live:  # Adam's lazy state: zero moments and a float32 step count, per parameter
-            if i not in self.state:
-                p = self.params[i]
-                self.state[i] = (torch.zeros_like(p, memory_format=torch.preserve_format),
-                                 torch.zeros_like(p, memory_format=torch.preserve_format),
-                                 torch.zeros((), dtype=torch.float32, device=p.device))
         if live:
-            m, v, count = ([self.state[i][j] for i in live] for j in range(3))
+            count = [self.count[i] for i in live]
             torch._foreach_add_(count, 1)
-            torch._fused_adam_([self.params[i] for i in live], [self.params[i].grad for i in live], m, v, [], count,
+            torch._fused_adam_([self.params[i] for i in live], [self.params[i].grad for i in live],
+                               [self.m[i] for i in live], [self.v[i] for i in live], [], count,
                                amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0,
                                eps=self.eps, maximize=False, grad_scale=None, found_inf=None)
         self.k += 1

@@ -124,13 +124,11 @@ def test_a_partial_train_section_keeps_the_kinds_other_training_defaults():
 
 
 REFUSE_WITHOUT_TORCH = r"""
-import json, sys, yaml
+import json, sys
 from dsclab import cli
-from dsclab.study import KINDS
 
-paths = sys.argv[1:]
 out = []
-for path in paths:
+for path in sys.argv[1:]:
     rc = cli.main(["run", path])
     out.append([path, rc, "torch" in sys.modules])
 print(json.dumps(out))
