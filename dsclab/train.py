@@ -20,11 +20,20 @@ order by ``train_score`` and by every member of ``train_ensemble``, which is wha
 member's draws equal to those of training it alone. Adam is PyTorch's fused implementation
 (one kernel for all parameters; ``benchmarks/train_throughput.py`` measured it), stepped by
 :class:`CosineAdam` (``torch.optim``'s wrapper imports ``torch._dynamo`` in every process).
+
+Progress: :func:`fit` logs a line on the standard logger ``dsclab.train`` (level INFO) at most
+every :data:`PROGRESS_SECONDS` per thread while it trains: the step, the mean loss of that step,
+the time elapsed in this call and its ETA. Nothing here depends on Prefect: the flow's train task
+forwards these lines to its run logger (``tasks.stages``); elsewhere they go wherever the caller's
+logging sends them (nowhere by default). Reading the loss once per line is the only host sync it
+adds; the numbers are unchanged.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -40,6 +49,46 @@ from dsclab.seeds import generator, rng
 
 
 DRAW_STEPS = 32  # optimiser steps whose random draws are made at once
+
+PROGRESS_SECONDS = 30.0  # at most one progress line of :func:`fit` this often, per thread
+log = logging.getLogger("dsclab.train")
+_clock = time.monotonic  # the progress lines' clock (a test replaces it)
+_reported = threading.local()  # .at: the clock when this thread last logged a line (or began counting)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s"
+
+
+class _Progress:
+    """The progress lines of one :func:`fit` call: after a step, a line when the thread's last
+    line is :data:`PROGRESS_SECONDS` old. The count starts at the call when the thread's last line
+    is older than that (it trained nothing since: between groups it evaluated), so a run of short
+    calls back to back (an epoch each) still gets a line every interval."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+        self.on = log.isEnabledFor(logging.INFO)
+        self.t0 = _clock() if self.on else 0.0
+        if self.on and self.t0 - getattr(_reported, "at", -math.inf) > PROGRESS_SECONDS:
+            _reported.at = self.t0
+
+    def __call__(self, step: int, value: torch.Tensor, bad: torch.Tensor | None) -> None:
+        if not self.on:
+            return
+        now = _clock()
+        if now - _reported.at < PROGRESS_SECONDS:
+            return
+        _reported.at = now
+        done, elapsed = step + 1, now - self.t0
+        kept = value.detach().double().reshape(-1)
+        if bad is not None:
+            kept = kept[~bad]
+        loss = kept.mean().item() if kept.numel() else math.nan
+        who = "" if value.ndim == 0 else f" {value.numel()} networks"
+        log.info("training%s: step %d/%d (%d%%), loss %.4g, %s elapsed, ETA %s", who, done, self.steps,
+                 100 * done // self.steps, loss, _duration(elapsed), _duration(elapsed / done * (self.steps - done)))
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -127,6 +176,8 @@ def fit(model: nn.Module, loss: Callable[..., torch.Tensor], draw: Callable[[int
     * Each step ends with ``optimizer.step()`` and ``scheduler.step()`` (if given). The losses are
       recorded on the model's device (no host sync per step beyond one model's finiteness check)
       and returned on the CPU as a :class:`Trace`.
+    * Progress: a line on the logger ``dsclab.train`` at most every :data:`PROGRESS_SECONDS`
+      (see the module's docstring), the step's mean loss over the unmasked members.
     """
     if steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
@@ -134,6 +185,7 @@ def fit(model: nn.Module, loss: Callable[..., torch.Tensor], draw: Callable[[int
     arithmetic = contextlib.nullcontext() if autocast is None else torch.autocast(device.type, dtype=autocast)
     losses: torch.Tensor | None = None  # (steps,) or (steps, M), allocated at step 0
     bad: torch.Tensor | None = None     # (M,): the masked members of an ensemble
+    progress = _Progress(steps)
     for step in range(steps):
         if before_step is not None:
             before_step(step)
@@ -164,6 +216,7 @@ def fit(model: nn.Module, loss: Callable[..., torch.Tensor], draw: Callable[[int
         if losses is None:
             losses = torch.empty((steps,) + tuple(value.shape), dtype=torch.float64, device=value.device)
         losses[step] = value.detach()
+        progress(step, value, bad)
     return Trace(losses.cpu(), None if bad is None else bad.cpu())
 
 

@@ -1,5 +1,6 @@
 """Training: determinism, batched ensembles equal separate training (issue 9), and the one loop
 (``dsclab.train.fit``) against hand-computed steps."""
+import logging
 import math
 
 import numpy as np
@@ -224,6 +225,110 @@ def test_nan_masks_exactly_that_member_and_the_others_equal_their_separate_train
         if m != 1:
             np.testing.assert_allclose(ens.w[m].detach().numpy(), ws[-1], rtol=1e-13, atol=1e-15)
         np.testing.assert_allclose(trace.losses[:len(losses), m].numpy(), losses, rtol=1e-13)
+
+
+class _Lines(logging.Handler):
+    """The messages of the records it receives."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def progress_lines(monkeypatch):
+    """``dsclab.train``'s progress lines on a clock that advances 10 s at every reading (so a line
+    every 3 steps at the default 30 s), from a fresh per-thread state; yields the messages."""
+    import itertools
+    import threading
+
+    from dsclab import train
+
+    ticks = itertools.count()
+    monkeypatch.setattr(train, "_clock", lambda: 10.0 * next(ticks))
+    monkeypatch.setattr(train, "_reported", threading.local())
+    logger = logging.getLogger("dsclab.train")
+    lines, level = _Lines(), logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the loggers' isEnabledFor cache
+    logger.addHandler(lines)
+    yield lines.messages
+    logger.removeHandler(lines)
+    logger.setLevel(level)
+
+
+def test_fit_logs_its_progress_every_interval_with_the_steps_loss(progress_lines):
+    """One model, 10 steps, clock readings 0 (the call), 10, 20, ... (after each step): a line after
+    steps 3, 6 and 9 (30 s apart), each with the loss of that step computed by hand, the time since
+    the call and the ETA at that pace."""
+    batches = _batches(10)
+    model = _Linear([0.3, -0.2, 0.5])
+    opt, sched = _sgd(model)
+    fit(model, _quadratic, lambda s: batches[s], steps=10, optimizer=opt, scheduler=sched)
+    _, losses = _by_hand([0.3, -0.2, 0.5], batches)
+    assert progress_lines == [
+        f"training: step {k}/10 ({10 * k}%), loss {losses[k - 1]:.4g}, {k // 3 * 30 // 60}m{k // 3 * 30 % 60:02d}s "
+        f"elapsed, ETA {(10 - k) * 10 // 60}m{(10 - k) * 10 % 60:02d}s" for k in (3, 6, 9)]
+
+
+def test_ensemble_progress_is_the_mean_loss_of_the_members_not_masked(progress_lines):
+    """Three members, member 1 masked at step 3 (NaN): the line after step 3 averages the
+    hand-computed losses of members 0 and 2; the one after step 6 as well."""
+    M, steps, nan_step = 3, 6, 3
+    per_member = [_batches(steps, seed=s) for s in range(M)]
+    per_member[1][nan_step][0][2, 1] = float("nan")
+    w0 = torch.tensor([[0.3, -0.2, 0.5], [0.1, 0.4, -0.3], [-0.5, 0.2, 0.2]], dtype=torch.float64)
+    ens = _Linear(w0)
+    opt, sched = _sgd(ens)
+
+    def draw(step):
+        return tuple(torch.stack([per_member[m][step][i] for m in range(M)]) for i in range(2))
+
+    fit(ens, EnsembleLoss(_quadratic), draw, steps=steps, optimizer=opt, scheduler=sched)
+    hand = [_by_hand(w0[m], per_member[m][:nan_step] if m == 1 else per_member[m])[1] for m in range(M)]
+    first = (hand[0][2] + hand[1][2] + hand[2][2]) / 3  # step 3 (index 2): member 1 still in
+    sixth = (hand[0][5] + hand[2][5]) / 2
+    assert [m.split(", loss ")[1].split(",")[0] for m in progress_lines] == [f"{first:.4g}", f"{sixth:.4g}"]
+    assert all(m.startswith("training 3 networks: step ") for m in progress_lines)
+
+
+def test_a_train_task_forwards_the_lines_to_its_run_logger_with_the_groups_label(monkeypatch):
+    """``tasks.stages.TrainingProgress``: inside a task run a ``dsclab.train`` line reaches the
+    task's run logger after the label the train task sets; outside one it is dropped."""
+    from prefect.context import TaskRunContext
+
+    from tasks import stages
+
+    got = _Lines()
+    run_logger = logging.getLogger("test.run_logger")
+    run_logger.addHandler(got)
+    run_logger.setLevel(logging.INFO)
+    monkeypatch.setattr(stages, "get_run_logger", lambda: run_logger)
+    handler = stages.TrainingProgress()
+    record = logging.LogRecord("dsclab.train", logging.INFO, __file__, 1, "training: step %d/%d", (5, 10), None)
+    token = stages._GROUP.set(stages.group_label(_Kind(), [_Cell(8, 0), _Cell(8, 1)]))
+    try:
+        handler.emit(record)  # no task run here
+        monkeypatch.setattr(TaskRunContext, "get", classmethod(lambda cls: object()))
+        handler.emit(record)
+    finally:
+        stages._GROUP.reset(token)
+    run_logger.removeHandler(got)
+    assert got.messages == ["d=8 (2 cells): training: step 5/10"]
+    assert [h for h in logging.getLogger("dsclab.train").handlers if isinstance(h, stages.TrainingProgress)]
+
+
+class _Cell:
+    def __init__(self, d, seed):
+        self.d, self.seed = d, seed
+
+
+class _Kind:
+    @staticmethod
+    def index(cell):
+        return {"d": cell.d, "seed": cell.seed}
 
 
 def test_clipping_bounds_the_gradient_norm_per_model_and_per_member():
