@@ -206,17 +206,23 @@ def test_nan_raises_for_one_model_after_exactly_the_steps_before_it():
     assert issubclass(TrainingDiverged, errors.NumericalFailure)
 
 
-def test_nan_masks_exactly_that_member_and_the_others_equal_their_separate_training():
-    M, steps, nan_step = 3, 6, 3
+def _nan_ensemble(M=3, steps=6, nan_step=3):
+    """Three linear members on their own batches, member 1's batch at ``nan_step`` holding a NaN:
+    (w0, per-member batches, the ensemble, its SGD and schedule, the draw of its batches)."""
     per_member = [_batches(steps, seed=s) for s in range(M)]
     per_member[1][nan_step][0][2, 1] = float("nan")
     w0 = torch.tensor([[0.3, -0.2, 0.5], [0.1, 0.4, -0.3], [-0.5, 0.2, 0.2]], dtype=torch.float64)
     ens = _Linear(w0)
-    opt, sched = _sgd(ens)
 
     def draw(step):  # (M, m, ...): member m's batch in slice m
         return tuple(torch.stack([per_member[m][step][i] for m in range(M)]) for i in range(2))
 
+    return (w0, per_member, ens, *_sgd(ens), draw)
+
+
+def test_nan_masks_exactly_that_member_and_the_others_equal_their_separate_training():
+    M, steps, nan_step = 3, 6, 3
+    w0, per_member, ens, opt, sched, draw = _nan_ensemble(M, steps, nan_step)
     trace = fit(ens, EnsembleLoss(_quadratic), draw, steps=steps, optimizer=opt, scheduler=sched)
     assert trace.diverged.tolist() == [False, True, False]
     assert trace.losses.shape == (steps, M) and math.isnan(trace.losses[nan_step, 1])
@@ -274,18 +280,11 @@ def test_fit_logs_its_progress_every_interval_with_the_steps_loss(progress_lines
 
 
 def test_ensemble_progress_is_the_mean_loss_of_the_members_not_masked(progress_lines):
-    """Three members, member 1 masked at step 3 (NaN): the line after step 3 averages the
-    hand-computed losses of members 0 and 2; the one after step 6 as well."""
+    """Three members, member 1's loss NaN from step 4 on (masked): the line after step 3 is the
+    mean of the three hand-computed losses of that step, the one after step 6 the mean of members
+    0 and 2."""
     M, steps, nan_step = 3, 6, 3
-    per_member = [_batches(steps, seed=s) for s in range(M)]
-    per_member[1][nan_step][0][2, 1] = float("nan")
-    w0 = torch.tensor([[0.3, -0.2, 0.5], [0.1, 0.4, -0.3], [-0.5, 0.2, 0.2]], dtype=torch.float64)
-    ens = _Linear(w0)
-    opt, sched = _sgd(ens)
-
-    def draw(step):
-        return tuple(torch.stack([per_member[m][step][i] for m in range(M)]) for i in range(2))
-
+    w0, per_member, ens, opt, sched, draw = _nan_ensemble(M, steps, nan_step)
     fit(ens, EnsembleLoss(_quadratic), draw, steps=steps, optimizer=opt, scheduler=sched)
     hand = [_by_hand(w0[m], per_member[m][:nan_step] if m == 1 else per_member[m])[1] for m in range(M)]
     first = (hand[0][2] + hand[1][2] + hand[2][2]) / 3  # step 3 (index 2): member 1 still in
