@@ -12,9 +12,7 @@ fails, its cells stay pending, and the flow reports it.
 """
 from __future__ import annotations
 
-import contextvars
 import gc
-import logging
 import os
 import traceback
 from collections.abc import Hashable, Sequence
@@ -28,45 +26,9 @@ import storage
 from dsclab.errors import FAILURES, NUMERICAL, OUT_OF_MEMORY, OutOfMemory, failure_reason, first_line
 from dsclab.study import KINDS, Status
 from storage import files
+from tasks import progress
 
-_GROUP = contextvars.ContextVar("dsclab_train_group", default="")
-
-
-class TrainingProgress(logging.Handler):
-    """Sends the progress lines of ``dsclab.train`` (:func:`dsclab.train.fit`, at most one every
-    ``PROGRESS_SECONDS`` per thread) to the Prefect logger of the task run whose thread trains
-    (the run's logs in the UI and on the console of ``dsclab run``), after the group's label that
-    the train task sets. Outside a task run a line is dropped."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from prefect.context import TaskRunContext
-
-        try:
-            if TaskRunContext.get() is None:
-                return
-            get_run_logger().info("%s%s", _GROUP.get(), record.getMessage())
-        except Exception:  # a progress line must never fail the training
-            self.handleError(record)
-
-
-def forward_training_progress() -> None:
-    """Route ``dsclab.train``'s INFO lines to :class:`TrainingProgress` (once per process) and
-    not further up: Prefect's own console handler already prints what the run logger gets."""
-    logger = logging.getLogger("dsclab.train")
-    if not any(isinstance(h, TrainingProgress) for h in logger.handlers):
-        logger.addHandler(TrainingProgress())
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
-forward_training_progress()
-
-
-def group_label(kind, cells: Sequence) -> str:
-    """'d=64 (8 cells): ': the coordinates the cells of a training group share, and their count."""
-    index = [kind.index(c) for c in cells]
-    shared = [f"{dim}={value}" for dim, value in index[0].items() if all(i[dim] == value for i in index)]
-    return f"{', '.join(shared) or 'group'} ({len(cells)} cell{'s' if len(cells) != 1 else ''}): "
+progress.forward()  # training lines to the task run's logger (tasks.progress)
 
 
 class FileCache:
@@ -165,12 +127,8 @@ def train(kind: str, store: str, spec, cells: list, prepared: dict) -> dict[str,
     saved = {c.key: files.url(store, "checkpoints", k.checkpoint(spec, c)) for c in cells}
     saved = {key: u for key, u in saved.items() if files.exists(u)}
     todo = [c for c in cells if c.key not in saved]
-    label = _GROUP.set(group_label(k, todo)) if todo else None
-    try:
+    with progress.training_group(k, todo):
         results = train_splitting(k, spec, todo, FileCache(store), prepared, _device(spec), get_run_logger()) if todo else {}
-    finally:
-        if label is not None:
-            _GROUP.reset(label)
     out: dict[str, str | None] = dict(saved)
     failed: dict[int, tuple[BaseException, list]] = {}  # one entry per exception: the cells it failed
     for c in todo:

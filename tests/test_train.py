@@ -298,25 +298,27 @@ def test_a_train_task_forwards_the_lines_to_its_run_logger_with_the_groups_label
     task's run logger after the label the train task sets; outside one it is dropped."""
     from prefect.context import TaskRunContext
 
-    from tasks import stages
+    import cloudpickle
+    import prefect
+
+    from tasks import progress, stages
 
     got = _Lines()
     run_logger = logging.getLogger("test.run_logger")
     run_logger.addHandler(got)
     run_logger.setLevel(logging.INFO)
-    monkeypatch.setattr(stages, "get_run_logger", lambda: run_logger)
-    handler = stages.TrainingProgress()
+    monkeypatch.setattr(prefect, "get_run_logger", lambda: run_logger)
+    handler = progress.TrainingProgress()
     record = logging.LogRecord("dsclab.train", logging.INFO, __file__, 1, "training: step %d/%d", (5, 10), None)
-    token = stages._GROUP.set(stages.group_label(_Kind(), [_Cell(8, 0), _Cell(8, 1)]))
-    try:
+    with progress.training_group(_Kind(), [_Cell(8, 0), _Cell(8, 1)]):
         handler.emit(record)  # no task run here
         monkeypatch.setattr(TaskRunContext, "get", classmethod(lambda cls: object()))
         handler.emit(record)
-    finally:
-        stages._GROUP.reset(token)
+    handler.emit(record)  # the label is gone after the group
     run_logger.removeHandler(got)
-    assert got.messages == ["d=8 (2 cells): training: step 5/10"]
-    assert [h for h in logging.getLogger("dsclab.train").handlers if isinstance(h, stages.TrainingProgress)]
+    assert got.messages == ["d=8 (2 cells): training: step 5/10", "training: step 5/10"]
+    assert [h for h in logging.getLogger("dsclab.train").handlers if isinstance(h, progress.TrainingProgress)]
+    cloudpickle.loads(cloudpickle.dumps(stages.train))  # the task still travels to Dask workers
 
 
 class _Cell:
