@@ -52,7 +52,10 @@ def group_label(kind, cells: Sequence) -> str:
 
 @contextlib.contextmanager
 def training_group(kind, cells: Sequence) -> Iterator[None]:
-    """The progress lines emitted inside carry the label of ``cells`` (:func:`group_label`)."""
+    """The progress lines emitted inside reach the task run's logger (:func:`forward`, wherever the
+    task runs: a thread, a Dask worker, a worker's flow-run process) with the label of ``cells``
+    (:func:`group_label`)."""
+    forward()
     token = _GROUP.set(group_label(kind, cells)) if cells else None
     try:
         yield

@@ -28,8 +28,6 @@ from dsclab.study import KINDS, Status
 from storage import files
 from tasks import progress
 
-progress.forward()  # training lines to the task run's logger (tasks.progress)
-
 
 class FileCache:
     """The files beside a store, by name (``data/x.npy`` is ``<store>.files/data/x.npy``)."""
