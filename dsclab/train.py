@@ -67,8 +67,8 @@ class _Progress:
     is older than that (it trained nothing since: between groups it evaluated), so a run of short
     calls back to back (an epoch each) still gets a line every interval."""
 
-    def __init__(self, steps: int):
-        self.steps = steps
+    def __init__(self, steps: int, label: str):
+        self.steps, self.label = steps, label
         self.on = log.isEnabledFor(logging.INFO)
         self.t0 = _clock() if self.on else 0.0
         if self.on and self.t0 - getattr(_reported, "at", -math.inf) > PROGRESS_SECONDS:
@@ -87,7 +87,7 @@ class _Progress:
             kept = kept[~bad]
         loss = kept.mean().item() if kept.numel() else math.nan
         who = "" if value.ndim == 0 else f" {value.numel()} networks"
-        log.info("training%s: step %d/%d (%d%%), loss %.4g, %s elapsed, ETA %s", who, done, self.steps,
+        log.info("%s%s: step %d/%d (%d%%), loss %.4g, %s elapsed, ETA %s", self.label, who, done, self.steps,
                  100 * done // self.steps, loss, _duration(elapsed), _duration(elapsed / done * (self.steps - done)))
 
 
@@ -155,7 +155,8 @@ def clip_members_(parameters, max_norm: float) -> None:
 
 def fit(model: nn.Module, loss: Callable[..., torch.Tensor], draw: Callable[[int], tuple], *, steps: int,
         optimizer: torch.optim.Optimizer, scheduler=None, autocast: torch.dtype | None = None,
-        clip: float | None = None, before_step: Callable[[int], None] | None = None) -> Trace:
+        clip: float | None = None, before_step: Callable[[int], None] | None = None,
+        label: str = "training") -> Trace:
     """Run ``steps`` optimiser steps of ``model`` on ``loss(model, *draw(step))``.
 
     * ``loss`` returns per-sample values (``dsclab.losses.PerSampleLoss``): shape ``(m,)`` for one
@@ -177,7 +178,9 @@ def fit(model: nn.Module, loss: Callable[..., torch.Tensor], draw: Callable[[int
       recorded on the model's device (no host sync per step beyond one model's finiteness check)
       and returned on the CPU as a :class:`Trace`.
     * Progress: a line on the logger ``dsclab.train`` at most every :data:`PROGRESS_SECONDS`
-      (see the module's docstring), the step's mean loss over the unmasked members.
+      (see the module's docstring), the step's mean loss over the unmasked members, after
+      ``label`` (a caller that trains in several calls names the part: ``stage 2/3, epoch 5/40``;
+      the step, elapsed time and ETA are this call's).
     """
     if steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
@@ -185,7 +188,7 @@ def fit(model: nn.Module, loss: Callable[..., torch.Tensor], draw: Callable[[int
     arithmetic = contextlib.nullcontext() if autocast is None else torch.autocast(device.type, dtype=autocast)
     losses: torch.Tensor | None = None  # (steps,) or (steps, M), allocated at step 0
     bad: torch.Tensor | None = None     # (M,): the masked members of an ensemble
-    progress = _Progress(steps)
+    progress = _Progress(steps, label)
     for step in range(steps):
         if before_step is not None:
             before_step(step)

@@ -279,6 +279,15 @@ def test_fit_logs_its_progress_every_interval_with_the_steps_loss(progress_lines
         f"elapsed, ETA {(10 - k) * 10 // 60}m{(10 - k) * 10 % 60:02d}s" for k in (3, 6, 9)]
 
 
+def test_a_caller_that_trains_in_parts_names_the_part(progress_lines):
+    batches = _batches(3)
+    model = _Linear([0.3, -0.2, 0.5])
+    opt, sched = _sgd(model)
+    fit(model, _quadratic, lambda s: batches[s], steps=3, optimizer=opt, scheduler=sched, label="stage 2/3, epoch 5/40")
+    assert [m.split(": step ")[0] for m in progress_lines] == ["stage 2/3, epoch 5/40"]
+    assert progress_lines[0].split(": step ")[1].startswith("3/3 (100%), loss ")
+
+
 def test_ensemble_progress_is_the_mean_loss_of_the_members_not_masked(progress_lines):
     """Three members, member 1's loss NaN from step 4 on (masked): the line after step 3 is the
     mean of the three hand-computed losses of that step, the one after step 6 the mean of members

@@ -413,7 +413,7 @@ def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, g
         return draw
 
     traces = []
-    for phase in phases:
+    for k, phase in enumerate(phases):
         before = None
         if phase.teacher is None:
             loss = dsm_pair_loss
@@ -422,6 +422,6 @@ def fit(model: nn.Module, data: NoisedData, estimator: str, config: FitConfig, g
             loss = BSMPairLoss(target, t_c=config.t_c, mix=config.mix, rao_blackwell=est.rao_blackwell)
         traces.append(train.fit(model, loss, drawer(phase), steps=phase.steps, optimizer=opt,
                                 scheduler=train.cosine_decay(opt, phase.steps) if phase.restart else sched,
-                                before_step=before))
+                                before_step=before, label=f"training, phase {k + 1}/{len(phases)}"))
     trace = train.Trace(torch.cat([tr.losses for tr in traces]))
     return FitResult(model.eval(), trace.tail_mean(), time.perf_counter() - t0)

@@ -157,11 +157,13 @@ def train_mpnn(net: MPNN, dist: SparseSpike, schedule: PaperSchedule, seed_parts
         best_s, best_vec = math.inf, None
         first = round(schedule.budget * schedule.first_eligible) if s == 2 else 0
         net.train()
-        for e in range(schedule.stage_epochs(s)):
+        epochs = schedule.stage_epochs(s)
+        for e in range(epochs):
             net.active = schedule.active_depth(e, net.depth) if s == 0 else net.depth
             anchor = s == 2 and e % schedule.anchor_every == schedule.anchor_every - 1
             draw = _Epoch(u, g, grid, probs, schedule.batch_size, anchor_t if anchor else None)
-            trace = fit(net, matrix_loss, draw, steps=draw.steps, optimizer=opt, clip=schedule.clip[s])
+            trace = fit(net, matrix_loss, draw, steps=draw.steps, optimizer=opt, clip=schedule.clip[s],
+                        label=f"training mpnn, stage {s + 1}/3, epoch {e + 1}/{epochs}")
             avg = float(trace.losses.mean())
             eligible = (not anchor) and e >= first and net.active == net.depth
             if eligible and avg < best_s:
