@@ -24,7 +24,7 @@ member's draws equal to those of training it alone. Adam is PyTorch's fused impl
 Progress: :func:`fit` logs a line on the standard logger ``dsclab.train`` (level INFO) at most
 every :data:`PROGRESS_SECONDS` per thread while it trains: the step, the mean loss of that step,
 the time elapsed in this call and its ETA. Nothing here depends on Prefect: the flow's train task
-forwards these lines to its run logger (``tasks.stages``); elsewhere they go wherever the caller's
+forwards these lines to its run logger (``tasks.progress``); elsewhere they go wherever the caller's
 logging sends them (nowhere by default). Reading the loss once per line is the only host sync it
 adds; the numbers are unchanged.
 """
@@ -56,7 +56,8 @@ _clock = time.monotonic  # the progress lines' clock (a test replaces it)
 _reported = threading.local()  # .at: the clock when this thread last logged a line (or began counting)
 
 
-def _duration(seconds: float) -> str:
+def fmt_seconds(seconds: float) -> str:
+    """'3m07s': how every progress line of a run gives a duration (these, and ``flows.study``'s)."""
     m, s = divmod(int(round(seconds)), 60)
     return f"{m}m{s:02d}s"
 
@@ -88,7 +89,7 @@ class _Progress:
         loss = kept.mean().item() if kept.numel() else math.nan
         who = "" if value.ndim == 0 else f" {value.numel()} networks"
         log.info("%s%s: step %d/%d (%d%%), loss %.4g, %s elapsed, ETA %s", self.label, who, done, self.steps,
-                 100 * done // self.steps, loss, _duration(elapsed), _duration(elapsed / done * (self.steps - done)))
+                 100 * done // self.steps, loss, fmt_seconds(elapsed), fmt_seconds(elapsed / done * (self.steps - done)))
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -223,9 +224,15 @@ def fit(model: nn.Module, loss: Callable[..., torch.Tensor], draw: Callable[[int
     return Trace(losses.cpu(), None if bad is None else bad.cpu())
 
 
+def cosine_factor(k: int, steps: int) -> float:
+    """(1 + cos(pi k / steps)) / 2: the factor of the learning rate at step k of a cosine decay to 0
+    over ``steps`` (:func:`cosine_decay`, :class:`CosineAdam`)."""
+    return 0.5 * (1 + math.cos(math.pi * k / steps))
+
+
 def cosine_decay(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Learning rate lr_0 (1 + cos(pi k / steps)) / 2 at step k: cosine decay to 0 over ``steps``."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: cosine_factor(k, steps))
 
 
 # ------------------------------------------------------------------------------------------
@@ -304,7 +311,7 @@ class CosineAdam:
     @property
     def lr(self) -> float:
         """The rate of the next step (LambdaLR's ``base_lr * lambda(k)``, the same float)."""
-        return self.lr0 * (0.5 * (1 + math.cos(math.pi * self.k / self.steps)))
+        return self.lr0 * cosine_factor(self.k, self.steps)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if not set_to_none:

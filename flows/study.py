@@ -28,6 +28,7 @@ from pydantic import ValidationError
 import storage
 from dsclab.spec import SpecError, format_validation_error
 from dsclab.study import KINDS, StudyKind
+from dsclab.train import fmt_seconds
 from flows import artifacts, runners
 from flows.runners import RunnerSpec
 from storage.confine import confine
@@ -36,11 +37,6 @@ from tasks import stages
 
 class StudyTaskError(RuntimeError):
     """Some tasks of a study failed with errors that are not numerical (their cells stay pending)."""
-
-
-def fmt_seconds(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s"
 
 
 def pending_cells(store: str, cells: Sequence, index) -> list:
