@@ -303,8 +303,9 @@ def test_ensemble_progress_is_the_mean_loss_of_the_members_not_masked(progress_l
 
 
 def test_a_train_task_forwards_the_lines_to_its_run_logger_with_the_groups_label(monkeypatch):
-    """``tasks.stages.TrainingProgress``: inside a task run a ``dsclab.train`` line reaches the
-    task's run logger after the label the train task sets; outside one it is dropped."""
+    """``tasks.progress.TrainingProgress``: inside a task run a ``dsclab.train`` line reaches the
+    task's run logger after the label the train task sets; outside one it is dropped. The
+    ``dsclab.train`` logger's state is restored after (``training_group`` installs the handler)."""
     from prefect.context import TaskRunContext
 
     import cloudpickle
@@ -312,6 +313,8 @@ def test_a_train_task_forwards_the_lines_to_its_run_logger_with_the_groups_label
 
     from tasks import progress, stages
 
+    train_logger = logging.getLogger("dsclab.train")
+    saved = (list(train_logger.handlers), train_logger.level, train_logger.propagate)
     got = _Lines()
     run_logger = logging.getLogger("test.run_logger")
     run_logger.addHandler(got)
@@ -326,7 +329,9 @@ def test_a_train_task_forwards_the_lines_to_its_run_logger_with_the_groups_label
     handler.emit(record)  # the label is gone after the group
     run_logger.removeHandler(got)
     assert got.messages == ["d=8 (2 cells): training: step 5/10", "training: step 5/10"]
-    assert [h for h in logging.getLogger("dsclab.train").handlers if isinstance(h, progress.TrainingProgress)]
+    assert [h for h in train_logger.handlers if isinstance(h, progress.TrainingProgress)]
+    train_logger.handlers[:], train_logger.propagate = saved[0], saved[2]
+    train_logger.setLevel(saved[1])
     cloudpickle.loads(cloudpickle.dumps(stages.train))  # the task still travels to Dask workers
 
 
