@@ -58,10 +58,36 @@ def device_key(device: str) -> str | None:
     return f"cuda-{visible[index] if index < len(visible) else index}"
 
 
-def _read(fd: int) -> str:
-    with contextlib.suppress(OSError):
-        return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "an unnamed holder"
-    return "an unreadable holder"
+NAMING_SECONDS = 2.0
+"""How long a task that finds the lock held gives its holder to write its name: a holder writes it
+just after taking the lock, and a thread of a loaded process may be paused between the two."""
+
+
+def _holder(fd: int) -> str:
+    """The first line of the lock file (its holder's name), "" while no holder has written one."""
+    try:
+        return os.pread(fd, 4096, 0).decode(errors="replace").partition("\n")[0].strip()
+    except OSError:
+        return "an unreadable holder"
+
+
+def _take(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _name_or_take(fd: int) -> str | None:
+    """The held lock's holder, once it has named itself (at most ``NAMING_SECONDS``), or None if
+    the lock came free and was taken meanwhile."""
+    deadline = time.monotonic() + NAMING_SECONDS
+    while not (name := _holder(fd)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        if _take(fd):
+            return None
+    return name or "an unnamed holder"
 
 
 @contextlib.contextmanager
@@ -70,7 +96,12 @@ def hold(key: str, holder: str, log=None) -> Iterator[float]:
 
     Free: taken at once, silently. Held: ``log`` gets one line naming the holder (``holder`` of
     the process that holds it, its pid and host, since when) before the wait, and one with the
-    wait's length after it. The lock is released when the block ends or its process dies."""
+    wait's length after it. The lock is released when the block ends or its process dies.
+
+    A holder writes its line just after taking the lock and empties the file as it releases it, so
+    a waiter that reads an empty file has caught a holder between the two steps and reads again
+    (``NAMING_SECONDS``). A holder killed with its lock leaves its line, which the next holder
+    overwrites once it has the lock; only a waiter in that instant reads the dead holder's name."""
     path = lock_dir() / f"{key}.lock"
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -78,25 +109,27 @@ def hold(key: str, holder: str, log=None) -> Iterator[float]:
             os.fchmod(fd, 0o666)  # another user's tasks lock it too
     except PermissionError:  # created by another user with a stricter umask: a lock needs no write
         fd = os.open(path, os.O_RDONLY)
-    waited = 0.0
+    named = False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if log is not None:
-                log.info("waiting for %s (lock %s): held by %s", key, path, _read(fd))
-            t0 = time.monotonic()
+        t0 = time.monotonic()
+        if log is None:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            waited = time.monotonic() - t0
-            if log is not None:
-                log.info("got %s after waiting %.1f s", key, waited)
+        elif not _take(fd) and (name := _name_or_take(fd)) is not None:
+            log.info("waiting for %s (lock %s): held by %s", key, path, name)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            log.info("got %s after waiting %.1f s", key, time.monotonic() - t0)
+        waited = time.monotonic() - t0
         with contextlib.suppress(OSError):
             line = (f"{holder} (pid {os.getpid()} on {socket.gethostname()}, "
                     f"since {time.strftime('%Y-%m-%d %H:%M:%S')})\n").encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, line, 0)
+            os.pwrite(fd, line, 0)  # over a killed holder's line, then cut to ours
+            os.ftruncate(fd, len(line))
+            named = True
         yield waited
     finally:
+        if named:  # a clean release names nobody (a killed holder's name stays until the next holder's)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
         os.close(fd)  # closing the file releases the lock
 
 

@@ -10,6 +10,7 @@ The team server is tests/prefect_team.py's (one per session); the Dask cluster h
 scheduler`` and two ``dask worker`` processes, as in the README) one per module."""
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -82,6 +83,55 @@ def test_a_killed_holder_frees_the_lock_at_once(tmp_path, monkeypatch):
     finally:
         holder.kill()
         holder.wait()
+
+
+def _recording_reads(monkeypatch) -> list[str]:
+    """Every read of a lock file's holder line by a waiter, in order."""
+    reads, read = [], gpu_lock._holder
+    monkeypatch.setattr(gpu_lock, "_holder", lambda fd: reads.append(read(fd)) or reads[-1])
+    monkeypatch.setattr(gpu_lock, "NAMING_SECONDS", 120.0)  # whatever the load, the holder below decides
+    return reads
+
+
+def _until(cond, what):
+    deadline = time.monotonic() + 60
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("names_itself", [True, False])
+def test_a_waiter_gives_a_new_holder_time_to_name_itself(tmp_path, monkeypatch, names_itself):
+    """A holder caught between taking the lock and writing its name (a thread paused there on a
+    loaded machine: CI once logged "held by an unnamed holder"): the waiter reads again until the
+    name is there and logs it; if the lock comes free first, the waiter takes it and logs nothing.
+    A clean release leaves the file naming nobody."""
+    monkeypatch.setenv("DSCLAB_GPU_LOCK_DIR", str(tmp_path))
+    reads, log, got = _recording_reads(monkeypatch), Lines(), []
+    path = tmp_path / "cuda-test.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # taken, not yet named
+
+    def wait():
+        with gpu_lock.hold("cuda-test", "waiter", log):
+            got.append(path.read_text())
+
+    t = threading.Thread(target=wait, daemon=True)
+    t.start()
+    try:
+        _until(lambda: "" in reads, "the waiter never read the lock file")
+        assert not log.lines and not got
+        if names_itself:
+            os.pwrite(fd, b"holder Y (pid 1 on here)\n", 0)
+            _until(lambda: log.lines, "the waiter never logged")
+            assert log.lines == [f"waiting for cuda-test (lock {path}): held by holder Y (pid 1 on here)"]
+            assert not got
+    finally:
+        os.close(fd)
+    t.join(60)
+    assert got and got[0].startswith(f"waiter (pid {os.getpid()} on "), got
+    assert len(log.lines) == (2 if names_itself else 0), log.lines
+    assert path.read_text() == ""
 
 
 def test_no_lock_on_the_cpu():
