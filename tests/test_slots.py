@@ -10,6 +10,7 @@ The team server is tests/prefect_team.py's (one per session); the Dask cluster h
 scheduler`` and two ``dask worker`` processes, as in the README) one per module."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -151,11 +152,27 @@ def test_threads_hold_the_device_lock_not_a_prefect_slot(api, tmp_path, monkeypa
     """Under threads, the training tasks of one flow run (two at once: two threads) take turns on
     the device's lock (here the CPU made to count as a device), the second logging whom it waits
     for; none carries a Prefect tag (so none asks the server for a concurrency slot), and no slot
-    is held after."""
+    is held after. The first holder keeps the lock until the second has read its name, so that the
+    two overlap however the machine's load staggers their starts."""
     from flows.study import sample_complexity
 
     monkeypatch.setenv("DSCLAB_GPU_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.setattr(gpu_lock, "device_key", lambda device: "test-device")
+    found_held, name_or_take, hold = threading.Event(), gpu_lock._name_or_take, gpu_lock.hold
+
+    def noting(fd):
+        name = name_or_take(fd)  # read while the first still holds the lock: it waits for this
+        found_held.set()
+        return name
+
+    @contextlib.contextmanager
+    def hold_until_found_held(*args, **kwargs):
+        with hold(*args, **kwargs) as waited:
+            found_held.wait(120)
+            yield waited
+
+    monkeypatch.setattr(gpu_lock, "_name_or_take", noting)
+    monkeypatch.setattr(gpu_lock, "hold", hold_until_found_held)
     spec = parse_spec({**TINY, "store": str(tmp_path / "s.zarr")})
     state = sample_complexity(spec=spec, return_state=True)
     assert state.is_completed(), state
