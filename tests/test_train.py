@@ -315,23 +315,25 @@ def test_a_train_task_forwards_the_lines_to_its_run_logger_with_the_groups_label
 
     train_logger = logging.getLogger("dsclab.train")
     saved = (list(train_logger.handlers), train_logger.level, train_logger.propagate)
-    got = _Lines()
-    run_logger = logging.getLogger("test.run_logger")
-    run_logger.addHandler(got)
-    run_logger.setLevel(logging.INFO)
-    monkeypatch.setattr(prefect, "get_run_logger", lambda: run_logger)
-    handler = progress.TrainingProgress()
-    record = logging.LogRecord("dsclab.train", logging.INFO, __file__, 1, "training: step %d/%d", (5, 10), None)
-    with progress.training_group(_Kind(), [_Cell(8, 0), _Cell(8, 1)]):
-        handler.emit(record)  # no task run here
-        monkeypatch.setattr(TaskRunContext, "get", classmethod(lambda cls: object()))
-        handler.emit(record)
-    handler.emit(record)  # the label is gone after the group
-    run_logger.removeHandler(got)
-    assert got.messages == ["d=8 (2 cells): training: step 5/10", "training: step 5/10"]
-    assert [h for h in train_logger.handlers if isinstance(h, progress.TrainingProgress)]
-    train_logger.handlers[:], train_logger.propagate = saved[0], saved[2]
-    train_logger.setLevel(saved[1])
+    try:
+        got = _Lines()
+        run_logger = logging.getLogger("test.run_logger")
+        run_logger.addHandler(got)
+        run_logger.setLevel(logging.INFO)
+        monkeypatch.setattr(prefect, "get_run_logger", lambda: run_logger)
+        handler = progress.TrainingProgress()
+        record = logging.LogRecord("dsclab.train", logging.INFO, __file__, 1, "training: step %d/%d", (5, 10), None)
+        with progress.training_group(_Kind(), [_Cell(8, 0), _Cell(8, 1)]):
+            handler.emit(record)  # no task run here
+            monkeypatch.setattr(TaskRunContext, "get", classmethod(lambda cls: object()))
+            handler.emit(record)
+        handler.emit(record)  # the label is gone after the group
+        run_logger.removeHandler(got)
+        assert got.messages == ["d=8 (2 cells): training: step 5/10", "training: step 5/10"]
+        assert [h for h in train_logger.handlers if isinstance(h, progress.TrainingProgress)]
+    finally:  # also when an assertion fails: later tests in this process see the logger as before
+        train_logger.handlers[:], train_logger.propagate = saved[0], saved[2]
+        train_logger.setLevel(saved[1])
     cloudpickle.loads(cloudpickle.dumps(stages.train))  # the task still travels to Dask workers
 
 
